@@ -1,0 +1,246 @@
+//! The command-line front ends of both binaries, one file per subcommand.
+//!
+//! Every failure becomes a [`Failure`]: what happened, what to do next, and an exit code from
+//! [`Exit`], the one place exit codes are defined (`docs/EXIT-CODES.md` repeats the table).
+
+pub mod escrow;
+pub mod inspect;
+pub mod recover;
+#[cfg(feature = "server")]
+pub mod server;
+
+use std::fmt;
+use std::path::Path;
+
+use crate::escrow::otp::OtpError;
+use crate::escrow::PacketError;
+use crate::luks::LuksError;
+use crate::prompt::PromptError;
+use crate::secret::Passphrase;
+
+/// Exit codes of `lifeline` and `lifeline-server`: a contract with scripts and initramfs glue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    Ok = 0,
+    /// Anything not listed below (I/O errors, bugs).
+    Failure = 1,
+    /// Bad arguments or unreadable input files.
+    Usage = 2,
+    /// A passphrase or one-time password was wrong (after the allowed attempts).
+    Denied = 3,
+    /// A packet is damaged, altered, of an unknown version, or signed by an untrusted key.
+    BadPacket = 4,
+    /// A valid packet that does not apply here: other volume, other machine, or expired.
+    NotApplicable = 5,
+    /// The volume cannot do what was asked: not LUKS, the key does not open it, no free
+    /// keyslot, keyslot not in use.
+    Volume = 6,
+    /// The target exists already (an authority, an output file); nothing was changed.
+    Exists = 7,
+}
+
+/// A failed command: what happened and what the person should do next.
+#[derive(Debug)]
+pub struct Failure {
+    pub code: Exit,
+    pub what: String,
+    pub todo: Option<String>,
+}
+
+pub type CmdResult = Result<(), Failure>;
+
+impl Failure {
+    pub fn new(code: Exit, what: impl Into<String>) -> Self {
+        Failure {
+            code,
+            what: what.into(),
+            todo: None,
+        }
+    }
+
+    pub fn todo(mut self, todo: impl Into<String>) -> Self {
+        self.todo = Some(todo.into());
+        self
+    }
+
+    pub fn usage(what: impl Into<String>) -> Self {
+        Failure::new(Exit::Usage, what)
+    }
+
+    /// Prefixes the message with where it happened (a file name, a step).
+    pub fn context(mut self, ctx: impl fmt::Display) -> Self {
+        self.what = format!("{ctx}: {}", self.what);
+        self
+    }
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "error: {}", self.what)?;
+        if let Some(todo) = &self.todo {
+            write!(f, "\n  what to do: {todo}")?;
+        }
+        Ok(())
+    }
+}
+
+impl From<PacketError> for Failure {
+    fn from(e: PacketError) -> Self {
+        let what = e.to_string();
+        let (code, todo) = match e {
+            PacketError::Malformed(_) => (
+                Exit::BadPacket,
+                "ask for the packet again; it was cut short or changed on the way",
+            ),
+            PacketError::UnknownVersion(_) => (Exit::BadPacket, "use a newer lifeline to read this packet"),
+            PacketError::OtherSigner => (
+                Exit::BadPacket,
+                "check that --trust names your organisation's key, and get the packet from your helpdesk",
+            ),
+            PacketError::BadSignature => (Exit::BadPacket, "do not use this packet; ask the helpdesk for a new one"),
+            PacketError::OtherVolume { .. } | PacketError::OtherMachine { .. } => (
+                Exit::NotApplicable,
+                "ask the helpdesk for the packet of this volume; read them the volume UUID",
+            ),
+            PacketError::Expired(_) => (Exit::NotApplicable, "ask the helpdesk to issue a new recovery packet"),
+            PacketError::WrongPassphrase => (
+                Exit::Denied,
+                "check the one-time password with the helpdesk and type it again",
+            ),
+            PacketError::NotOurRecipient => (
+                Exit::BadPacket,
+                "this packet was escrowed to another authority; use that authority's directory",
+            ),
+            PacketError::ExcessiveWork(_) => (Exit::BadPacket, "this packet was not made by lifeline; do not use it"),
+            PacketError::HeaderMismatch(_) => (Exit::BadPacket, "do not use this packet; find an unaltered copy"),
+            PacketError::Io(_) => (Exit::Failure, "check the file name and permissions"),
+        };
+        Failure::new(code, what).todo(todo)
+    }
+}
+
+impl From<LuksError> for Failure {
+    fn from(e: LuksError) -> Self {
+        let what = e.to_string();
+        let (code, todo) = match e {
+            LuksError::Open { .. } => (Exit::Usage, "check the device or file name"),
+            LuksError::NotLuks(_) => (Exit::Volume, "name the LUKS partition itself (see lsblk -f) or a LUKS header backup"),
+            LuksError::WrongPassphrase => (Exit::Denied, "type the passphrase again, or recover with a recovery packet"),
+            LuksError::WrongKey => (
+                Exit::Volume,
+                "the volume was re-created or re-encrypted after this key was escrowed; escrow it again",
+            ),
+            LuksError::NoFreeKeyslot { .. } => (
+                Exit::Volume,
+                "free a keyslot first (cryptsetup luksKillSlot DEVICE N, keeping one you can open)",
+            ),
+            LuksError::SlotNotActive(_) => (Exit::Volume, "list keyslots with cryptsetup luksDump DEVICE"),
+            LuksError::Other(_) => (Exit::Failure, "run cryptsetup luksDump DEVICE to check the header"),
+        };
+        Failure::new(code, what).todo(todo)
+    }
+}
+
+impl From<OtpError> for Failure {
+    fn from(e: OtpError) -> Self {
+        Failure::new(Exit::Denied, e.to_string())
+            .todo("read the code back to the helpdesk group by group")
+    }
+}
+
+impl From<PromptError> for Failure {
+    fn from(e: PromptError) -> Self {
+        Failure::new(Exit::Usage, e.to_string())
+            .todo("answer at the prompt, or give the answer in a file (see --help)")
+    }
+}
+
+/// Runs a subcommand and turns its outcome into the process exit code.
+pub fn finish(program: &str, result: CmdResult) -> i32 {
+    match result {
+        Ok(()) => Exit::Ok as i32,
+        Err(f) => {
+            eprintln!("{program}: {f}");
+            f.code as i32
+        }
+    }
+}
+
+/// Reads a key file byte for byte, as `cryptsetup --key-file` does.
+pub fn read_key_file(path: &Path) -> Result<Passphrase, Failure> {
+    let bytes = zeroize::Zeroizing::new(read_small(path, 8192)?);
+    Ok(Passphrase::from_slice(&bytes))
+}
+
+/// Reads a passphrase file: its first line, without the line ending. Someone who writes
+/// `echo secret > file` means "secret", and the passphrase will later be typed at a prompt.
+pub fn read_passphrase_file(path: &Path) -> Result<Passphrase, Failure> {
+    let bytes = zeroize::Zeroizing::new(read_small(path, 8192)?);
+    let line = bytes.split(|&b| b == b'\n').next().unwrap_or(&[]);
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    if line.is_empty() {
+        return Err(Failure::usage(format!(
+            "{}: the passphrase file is empty",
+            path.display()
+        )));
+    }
+    Ok(Passphrase::from_slice(line))
+}
+
+/// Reads a small file, refusing anything larger than `limit`.
+pub fn read_small(path: &Path, limit: u64) -> Result<Vec<u8>, Failure> {
+    use std::io::Read;
+    let file = std::fs::File::open(path)
+        .map_err(|e| Failure::usage(format!("cannot read {}: {e}", path.display())))?;
+    let mut buf = Vec::with_capacity(limit as usize + 1);
+    file.take(limit + 1)
+        .read_to_end(&mut buf)
+        .map_err(|e| Failure::usage(format!("cannot read {}: {e}", path.display())))?;
+    if buf.len() as u64 > limit {
+        return Err(Failure::usage(format!(
+            "{} is larger than {limit} bytes",
+            path.display()
+        )));
+    }
+    Ok(buf)
+}
+
+/// This machine's ID (`/etc/machine-id`), which packets are bound to.
+pub fn local_machine_id() -> Result<String, Failure> {
+    const PATH: &str = "/etc/machine-id";
+    let text = std::fs::read_to_string(PATH).unwrap_or_default();
+    let id = text.trim().to_ascii_lowercase();
+    if id.is_empty() || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(Failure::usage(format!("{PATH} does not hold a machine ID"))
+            .todo("give the ID of the machine this volume belongs to with --machine-id"));
+    }
+    Ok(id)
+}
+
+/// Parses the command line like `argh::from_env`, but exits with [`Exit::Usage`] on bad
+/// arguments (argh's own choice is 1, which we reserve for failures).
+pub fn parse_args<T: argh::TopLevelCommand>() -> T {
+    let strings: Vec<String> = std::env::args_os()
+        .map(|s| s.to_string_lossy().into_owned())
+        .collect();
+    let cmd = strings
+        .first()
+        .map(|p| {
+            Path::new(p)
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or(p)
+        })
+        .unwrap_or("lifeline");
+    let rest: Vec<&str> = strings.iter().skip(1).map(String::as_str).collect();
+    T::from_args(&[cmd], &rest).unwrap_or_else(|early| match early.status {
+        Ok(()) => {
+            println!("{}", early.output);
+            std::process::exit(Exit::Ok as i32);
+        }
+        Err(()) => {
+            eprintln!("{}\nRun {cmd} --help for more information.", early.output);
+            std::process::exit(Exit::Usage as i32);
+        }
+    })
+}

@@ -1,0 +1,49 @@
+//! Subcommands of `lifeline-server`.
+
+pub mod init;
+pub mod recovery;
+
+use std::path::Path;
+
+use super::{read_passphrase_file, Exit, Failure};
+use crate::prompt::{Console, Prompt};
+use crate::secret::Passphrase;
+use crate::server::authority::AuthorityError;
+
+impl From<AuthorityError> for Failure {
+    fn from(e: AuthorityError) -> Self {
+        let what = e.to_string();
+        match e {
+            AuthorityError::Exists(_) => {
+                Failure::new(Exit::Exists, what).todo("choose a new, empty --dir")
+            }
+            AuthorityError::Missing(_) => {
+                Failure::usage(what).todo("name the directory lifeline-server init made")
+            }
+            AuthorityError::WeakPassphrase => Failure::usage(what),
+            AuthorityError::WrongPassphrase => Failure::new(Exit::Denied, what),
+            AuthorityError::Corrupt(_) => Failure::new(Exit::Failure, what)
+                .todo("restore the authority directory from its backup"),
+            AuthorityError::Packet(p) => p.into(),
+            AuthorityError::Io(_) => Failure::new(Exit::Failure, what),
+        }
+    }
+}
+
+/// The administrator passphrase: from a file, or asked on the terminal (twice when `confirm`).
+fn admin_passphrase(file: Option<&Path>, confirm: bool) -> Result<Passphrase, Failure> {
+    if let Some(file) = file {
+        return read_passphrase_file(file);
+    }
+    let mut console = Console::new();
+    let first = console.ask_secret("Administrator passphrase:")?;
+    if confirm {
+        let second = console.ask_secret("Administrator passphrase (again):")?;
+        if *first != *second {
+            return Err(Failure::usage(
+                "the two passphrases differ; nothing was created",
+            ));
+        }
+    }
+    Ok(Passphrase::from_slice(first.as_bytes()))
+}

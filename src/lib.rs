@@ -1,0 +1,44 @@
+//! lifeline keeps people from being locked out of their LUKS-encrypted disks without
+//! weakening the encryption.
+//!
+//! # The story
+//!
+//! A volume's key (the LUKS volume key, not a passphrase) is *escrowed*: written into an escrow
+//! packet encrypted to a recovery authority's age key, which only administrators can unlock.
+//! When a user is locked out, an administrator turns the escrow packet into a *recovery packet*:
+//! the same key, bound to that machine and volume, valid for a few days, encrypted under a fresh
+//! one-time password (OTP) and signed by the authority. The user gets the packet (file, USB
+//! stick, later HTTPS), the helpdesk reads out the OTP, and `lifeline recover` checks signature
+//! and binding, opens the packet, proves the key opens the volume and sets a new passphrase.
+//! The same flow works on a detached LUKS header backup, so a remote user can send a small
+//! header file instead of a disk.
+//!
+//! # Threat model
+//!
+//! - Stolen escrow packets reveal nothing without the authority's identity, which is stored
+//!   encrypted under the administrator passphrase and decrypted only for an approval.
+//! - A stolen recovery packet is protected by the OTP: 64 bits by default behind age's scrypt
+//!   KDF (work factor 18), bound to one machine and volume, with an expiry.
+//! - A forged or altered recovery packet is refused before anyone types a code: the binding is
+//!   in minisign's signed trusted comment.
+//! - Secrets are zeroized, never logged, never `Debug`-printed, never written unencrypted.
+//!
+//! # Modules
+//!
+//! - [`secret`]: every secret type.
+//! - [`escrow`]: packet formats, the plaintext record, the OTP codec.
+//! - [`luks`]: libcryptsetup adapter (volume key, keyslots, check-only activation).
+//! - [`prompt`]: asking a person for secrets.
+//! - [`cmd`]: the subcommands of both binaries and their exit codes.
+//! - `server` (feature `server`): the recovery authority.
+
+#![forbid(unsafe_code)]
+
+pub mod atomic_file;
+pub mod cmd;
+pub mod escrow;
+pub mod luks;
+pub mod prompt;
+pub mod secret;
+#[cfg(feature = "server")]
+pub mod server;

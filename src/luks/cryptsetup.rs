@@ -1,0 +1,230 @@
+//! The libcryptsetup adapter. Works on block devices, image files and detached header
+//! backups alike, without device-mapper (activation with no name only checks the key).
+
+use std::fs::File;
+use std::io::Read;
+use std::path::Path;
+
+use libcryptsetup_rs::consts::flags::{CryptActivate, CryptPbkdf, CryptVolumeKey};
+use libcryptsetup_rs::consts::vals::{CryptKdf, EncryptionFormat, KeyslotInfo};
+use libcryptsetup_rs::{
+    CryptDevice, CryptInit, CryptKeyslotHandle, CryptPbkdfType, Either, LibcryptErr,
+};
+
+use super::{LuksError, LuksInfo, Pbkdf};
+use crate::secret::{Passphrase, VolumeKey};
+
+/// Largest volume key LUKS allows (bytes).
+const MAX_KEY_BYTES: usize = 512;
+/// EPERM: libcryptsetup's answer when no keyslot matches the passphrase or key.
+const EPERM: i32 = 1;
+
+pub struct LuksVolume {
+    device: CryptDevice,
+    path: String,
+    /// 1 or 2.
+    version: u8,
+}
+
+impl std::fmt::Debug for LuksVolume {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "LuksVolume({})", self.path)
+    }
+}
+
+fn other(e: LibcryptErr) -> LuksError {
+    LuksError::Other(e.to_string())
+}
+
+fn errno(e: &LibcryptErr) -> Option<i32> {
+    match e {
+        LibcryptErr::IOError(io) => io.raw_os_error(),
+        _ => None,
+    }
+}
+
+impl LuksVolume {
+    /// Opens a LUKS1 or LUKS2 device, image file or header backup file.
+    pub fn open(path: &Path) -> Result<Self, LuksError> {
+        let shown = path.display().to_string();
+        // Say "cannot open" for a missing file before libcryptsetup says something vaguer.
+        File::open(path).map_err(|source| LuksError::Open {
+            path: shown.clone(),
+            source,
+        })?;
+        let mut device = CryptInit::init(path).map_err(other)?;
+        device
+            .context_handle()
+            .load::<()>(None, None)
+            .map_err(|_| LuksError::NotLuks(shown.clone()))?;
+        let format = device
+            .format_handle()
+            .get_type()
+            .map_err(|_| LuksError::NotLuks(shown.clone()))?;
+        let version = match format {
+            EncryptionFormat::Luks1 => 1,
+            EncryptionFormat::Luks2 => 2,
+            _ => return Err(LuksError::NotLuks(shown)),
+        };
+        Ok(LuksVolume {
+            device,
+            path: shown,
+            version,
+        })
+    }
+
+    pub fn info(&mut self) -> Result<LuksInfo, LuksError> {
+        let mut status = self.device.status_handle();
+        let uuid = status.get_uuid().map_err(other)?.hyphenated().to_string();
+        let cipher = format!(
+            "{}-{}",
+            status.get_cipher().map_err(other)?,
+            status.get_cipher_mode().map_err(other)?
+        );
+        let key_bits = u32::try_from(status.get_volume_key_size()).unwrap_or(0) * 8;
+        let version = self.version;
+        let label = if version == 2 {
+            self.read_label()
+        } else {
+            None
+        };
+        Ok(LuksInfo {
+            uuid,
+            label,
+            version,
+            cipher,
+            key_bits,
+        })
+    }
+
+    /// The LUKS2 label: 48 NUL-padded bytes at offset 24 of the binary header. libcryptsetup
+    /// has no safe binding for `crypt_get_label`, and reading it ourselves needs no `unsafe`.
+    fn read_label(&self) -> Option<String> {
+        let mut head = [0u8; 72];
+        File::open(&self.path).ok()?.read_exact(&mut head).ok()?;
+        let raw = &head[24..72];
+        let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
+        let label = String::from_utf8_lossy(&raw[..end]).into_owned();
+        (!label.is_empty()).then_some(label)
+    }
+
+    /// Reads the volume key with a keyslot passphrase; also says which keyslot took it.
+    pub fn unlock(&mut self, passphrase: &Passphrase) -> Result<(u32, VolumeKey), LuksError> {
+        let mut key = VolumeKey::zeroed(MAX_KEY_BYTES);
+        // expose_secret: libcryptsetup derives the keyslot key from it.
+        let result = self.device.volume_key_handle().get(
+            None,
+            key.expose_secret_mut(),
+            Some(passphrase.expose_secret()),
+        );
+        match result {
+            Ok((slot, len)) => {
+                key.expose_secret_mut().truncate(len);
+                let slot =
+                    u32::try_from(slot).map_err(|_| LuksError::Other("negative keyslot".into()))?;
+                Ok((slot, key))
+            }
+            Err(e) if errno(&e) == Some(EPERM) => Err(LuksError::WrongPassphrase),
+            Err(e) => Err(other(e)),
+        }
+    }
+
+    /// Proves `key` opens the volume: activation without a name, which checks the key
+    /// against the header's digest and maps nothing.
+    pub fn check_key(&mut self, key: &VolumeKey) -> Result<(), LuksError> {
+        // expose_secret: handed to libcryptsetup to check.
+        match self.device.activate_handle().activate_by_volume_key(
+            None,
+            Some(key.expose_secret()),
+            CryptActivate::empty(),
+        ) {
+            Ok(()) => Ok(()),
+            Err(e) if errno(&e) == Some(EPERM) || errno(&e) == Some(libc_einval()) => {
+                Err(LuksError::WrongKey)
+            }
+            Err(e) => Err(other(e)),
+        }
+    }
+
+    /// Number of keyslots the format has.
+    fn slot_count(&self) -> u32 {
+        // LUKS1 has 8, LUKS2 32; the fallback is never used for those two formats.
+        let format = if self.version == 2 {
+            EncryptionFormat::Luks2
+        } else {
+            EncryptionFormat::Luks1
+        };
+        CryptKeyslotHandle::max_keyslots(format).unwrap_or(8)
+    }
+
+    /// The lowest unused keyslot, or an error saying all are used.
+    pub fn free_keyslot(&mut self) -> Result<u32, LuksError> {
+        let total = self.slot_count();
+        for slot in 0..total {
+            if matches!(
+                self.device.keyslot_handle().status(slot),
+                Ok(KeyslotInfo::Inactive)
+            ) {
+                return Ok(slot);
+            }
+        }
+        Err(LuksError::NoFreeKeyslot { total })
+    }
+
+    pub fn slot_is_active(&mut self, slot: u32) -> bool {
+        matches!(
+            self.device.keyslot_handle().status(slot),
+            Ok(KeyslotInfo::Active | KeyslotInfo::ActiveLast | KeyslotInfo::Unbound)
+        )
+    }
+
+    pub fn set_pbkdf(&mut self, pbkdf: Pbkdf) -> Result<(), LuksError> {
+        let Pbkdf::Pbkdf2Iterations(iterations) = pbkdf else {
+            return Ok(());
+        };
+        let kdf = CryptPbkdfType {
+            type_: CryptKdf::Pbkdf2,
+            hash: Some("sha256".into()),
+            time_ms: 0,
+            iterations,
+            max_memory_kb: 0,
+            parallel_threads: 0,
+            flags: CryptPbkdf::NO_BENCHMARK,
+        };
+        self.device
+            .settings_handle()
+            .set_pbkdf_type(&kdf)
+            .map_err(other)
+    }
+
+    /// Adds `passphrase` in the lowest free keyslot, using the volume key; returns the slot.
+    pub fn add_passphrase(
+        &mut self,
+        key: &VolumeKey,
+        passphrase: &Passphrase,
+    ) -> Result<u32, LuksError> {
+        let slot = self.free_keyslot()?;
+        // expose_secret: libcryptsetup wraps the volume key under the new passphrase.
+        self.device
+            .keyslot_handle()
+            .add_by_key(
+                Some(slot),
+                Some(Either::Left(key.expose_secret())),
+                passphrase.expose_secret(),
+                CryptVolumeKey::empty(),
+            )
+            .map_err(other)
+    }
+
+    /// Removes a keyslot. Callers make sure another way in exists first.
+    pub fn destroy_keyslot(&mut self, slot: u32) -> Result<(), LuksError> {
+        if !self.slot_is_active(slot) {
+            return Err(LuksError::SlotNotActive(slot));
+        }
+        self.device.keyslot_handle().destroy(slot).map_err(other)
+    }
+}
+
+const fn libc_einval() -> i32 {
+    22
+}

@@ -1,0 +1,230 @@
+//! Every secret type lifeline handles.
+//!
+//! Each is zeroized on drop, prints as `[redacted]` under `Debug`, is not `Clone` and not
+//! serializable. The only way to the bytes is `expose_secret()`, and every call site says why:
+//! `git grep expose_secret` is the audit of where secrets go.
+
+use std::fmt;
+
+use zeroize::{Zeroize, Zeroizing};
+
+macro_rules! secret_bytes {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        pub struct $name(Zeroizing<Vec<u8>>);
+
+        impl $name {
+            /// Takes ownership of `bytes`; they are wiped when this value is dropped.
+            pub fn new(bytes: Zeroizing<Vec<u8>>) -> Self {
+                Self(bytes)
+            }
+
+            /// Copies `bytes` into a new secret. The caller wipes its own copy.
+            pub fn from_slice(bytes: &[u8]) -> Self {
+                Self(Zeroizing::new(bytes.to_vec()))
+            }
+
+            /// The secret bytes. Callers say at the call site why they need them.
+            pub fn expose_secret(&self) -> &[u8] {
+                &self.0
+            }
+
+            pub fn len(&self) -> usize {
+                self.0.len()
+            }
+
+            pub fn is_empty(&self) -> bool {
+                self.0.is_empty()
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, concat!(stringify!($name), "([redacted; {} bytes])"), self.0.len())
+            }
+        }
+    };
+}
+
+secret_bytes!(
+    /// A LUKS volume key (the data encryption key). Opens the volume without any keyslot.
+    VolumeKey
+);
+
+secret_bytes!(
+    /// A passphrase: a LUKS keyslot passphrase, the random recovery passphrase, or the
+    /// administrator passphrase that protects the authority's keys.
+    Passphrase
+);
+
+impl VolumeKey {
+    /// Fresh zeroed buffer of `len` bytes, for libcryptsetup to fill.
+    pub fn zeroed(len: usize) -> Self {
+        Self(Zeroizing::new(vec![0; len]))
+    }
+
+    /// Mutable access for the one adapter that fills the key in place (libcryptsetup).
+    pub fn expose_secret_mut(&mut self) -> &mut Vec<u8> {
+        &mut self.0
+    }
+
+    /// Constant-time equality, so comparing keys (re-escrow detection) leaks nothing by timing.
+    pub fn ct_eq(&self, other: &VolumeKey) -> bool {
+        if self.0.len() != other.0.len() {
+            return false;
+        }
+        self.0
+            .iter()
+            .zip(other.0.iter())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+    }
+}
+
+impl Passphrase {
+    /// A random recovery passphrase for a keyslot: seven groups of five digits (116 bits).
+    /// Digits because they sit in the same place on every keyboard layout a boot prompt may
+    /// have; 35 digits because that is not a multiple of six, so it can never be taken for a
+    /// one-time password at a prompt that accepts both.
+    pub fn generate_recovery() -> std::io::Result<Self> {
+        const GROUPS: usize = 7;
+        let mut raw = Zeroizing::new([0u8; GROUPS * 4]);
+        random_bytes(&mut raw[..])?;
+        let mut text = Zeroizing::new(String::with_capacity(GROUPS * 6));
+        for (i, chunk) in raw.chunks(4).enumerate() {
+            if i > 0 {
+                text.push('-');
+            }
+            // 2^32 is not a multiple of 100000; the bias this leaves is below 2^-15 per group.
+            let mut value = u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]) % 100_000;
+            let mut group = Zeroizing::new(format!("{value:05}"));
+            text.push_str(&group);
+            value.zeroize();
+            group.zeroize();
+        }
+        Ok(Self::from_slice(text.as_bytes()))
+    }
+
+    /// The passphrase as text, where a text API (age) needs it; `None` if not UTF-8.
+    pub fn to_age_secret(&self) -> Option<age::secrecy::SecretString> {
+        std::str::from_utf8(&self.0)
+            .ok()
+            .map(|s| age::secrecy::SecretString::from(s.to_owned()))
+    }
+}
+
+/// A one-time password in its canonical form: groups of six digits joined by `-`.
+///
+/// Only `escrow::otp` makes these, after checking every group.
+pub struct Otp(Zeroizing<String>);
+
+impl Otp {
+    pub(crate) fn from_canonical(s: String) -> Self {
+        Self(Zeroizing::new(s))
+    }
+
+    /// The canonical text, which is the age passphrase of a recovery packet.
+    pub fn expose_secret(&self) -> &str {
+        &self.0
+    }
+
+    /// How many six-digit groups the code has.
+    pub fn groups(&self) -> usize {
+        self.0.split('-').count()
+    }
+}
+
+impl fmt::Debug for Otp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Otp([redacted; {} groups])", self.groups())
+    }
+}
+
+/// Lower-case hex of secret bytes, itself a secret (for the plaintext record inside packets).
+pub fn hex_secret(bytes: &[u8]) -> Zeroizing<String> {
+    let mut out = Zeroizing::new(String::with_capacity(bytes.len() * 2));
+    for b in bytes {
+        out.push(char::from(b"0123456789abcdef"[usize::from(b >> 4)]));
+        out.push(char::from(b"0123456789abcdef"[usize::from(b & 0xf)]));
+    }
+    out
+}
+
+/// Decodes lower- or upper-case hex into a wiped buffer; `None` if it is not hex.
+pub fn unhex_secret(text: &str) -> Option<Zeroizing<Vec<u8>>> {
+    fn nibble(c: u8) -> Option<u8> {
+        match c {
+            b'0'..=b'9' => Some(c - b'0'),
+            b'a'..=b'f' => Some(c - b'a' + 10),
+            b'A'..=b'F' => Some(c - b'A' + 10),
+            _ => None,
+        }
+    }
+    let raw = text.as_bytes();
+    if raw.len() % 2 != 0 {
+        return None;
+    }
+    let mut out = Zeroizing::new(Vec::with_capacity(raw.len() / 2));
+    for pair in raw.chunks(2) {
+        let mut byte = (nibble(pair[0])? << 4) | nibble(pair[1])?;
+        out.push(byte);
+        byte.zeroize();
+    }
+    Some(out)
+}
+
+/// Fills `buf` from the operating system's CSPRNG.
+pub fn random_bytes(buf: &mut [u8]) -> std::io::Result<()> {
+    getrandom::fill(buf)
+        .map_err(|e| std::io::Error::other(format!("no randomness from the OS: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_output_shows_no_secret_bytes() {
+        let key = VolumeKey::from_slice(&[0xab; 32]);
+        let pass = Passphrase::from_slice(b"correct horse");
+        let otp = Otp::from_canonical("123453-000000-720874-000011".into());
+        let shown = format!("{key:?} {pass:?} {otp:?}");
+        assert!(!shown.contains("ab"), "{shown}");
+        assert!(!shown.contains("171"), "{shown}");
+        assert!(!shown.contains("horse"), "{shown}");
+        assert!(!shown.contains("123453"), "{shown}");
+        assert!(shown.contains("redacted"));
+    }
+
+    #[test]
+    fn hex_round_trip_and_rejects_garbage() {
+        let h = hex_secret(&[0, 1, 0xfe, 0xff]);
+        assert_eq!(h.as_str(), "0001feff");
+        assert_eq!(unhex_secret(&h).unwrap().as_slice(), &[0, 1, 0xfe, 0xff]);
+        assert!(unhex_secret("abc").is_none());
+        assert!(unhex_secret("zz").is_none());
+    }
+
+    #[test]
+    fn recovery_passphrases_are_digit_groups_and_never_look_like_an_otp() {
+        let p = Passphrase::generate_recovery().unwrap();
+        let text = std::str::from_utf8(p.expose_secret()).unwrap();
+        assert_eq!(text.len(), 7 * 5 + 6);
+        assert!(text
+            .split('-')
+            .all(|g| g.len() == 5 && g.bytes().all(|b| b.is_ascii_digit())));
+        assert!(!crate::escrow::otp::looks_like_otp(text));
+        assert_ne!(
+            p.expose_secret(),
+            Passphrase::generate_recovery().unwrap().expose_secret()
+        );
+    }
+
+    #[test]
+    fn constant_time_compare() {
+        let a = VolumeKey::from_slice(&[1, 2, 3]);
+        assert!(a.ct_eq(&VolumeKey::from_slice(&[1, 2, 3])));
+        assert!(!a.ct_eq(&VolumeKey::from_slice(&[1, 2, 4])));
+        assert!(!a.ct_eq(&VolumeKey::from_slice(&[1, 2])));
+    }
+}

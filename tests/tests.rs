@@ -1,1 +1,7 @@
+//! The integration tests: one binary, so libcryptsetup and friends are linked once.
 
+/// Fixtures: scratch dirs, real LUKS images, a real authority, runners for the binaries.
+mod support;
+
+/// The off-line escrow and recovery flow, its refusals, and secrets kept out of output.
+mod offline;

@@ -27,7 +27,9 @@ use crate::secret::Otp;
 const ESCROW_TAG: &str = "lifeline-escrow-packet";
 const RECOVERY_TAG: &str = "lifeline-recovery";
 const ARMOR_BEGIN: &str = "-----BEGIN AGE ENCRYPTED FILE-----";
-const UNTRUSTED_COMMENT: &str = "lifeline recovery packet; see docs/FORMAT.md";
+/// minisign's first line is not covered by the signature, so lifeline fixes its text and
+/// refuses any other: a changed byte anywhere in a packet is then always detected.
+const UNTRUSTED_COMMENT: &str = "lifeline recovery packet";
 
 /// An escrow packet whose clear part has been read; the record is still encrypted.
 #[derive(Debug)]
@@ -278,6 +280,11 @@ fn split_signature(bytes: &[u8]) -> Result<(minisign::SignatureBox, &[u8]), Pack
         })?;
         end += nl + 1;
     }
+    if !text.starts_with(&format!("untrusted comment: {UNTRUSTED_COMMENT}\n")) {
+        return Err(PacketError::Malformed(format!(
+            "the first line must be 'untrusted comment: {UNTRUSTED_COMMENT}'"
+        )));
+    }
     let sig = minisign::SignatureBox::from_string(&text[..end])
         .map_err(|e| PacketError::Malformed(format!("not a recovery packet signature: {e}")))?;
     let armored = &bytes[end..];
@@ -387,6 +394,49 @@ mod tests {
             edited.open(&id),
             Err(PacketError::HeaderMismatch("host"))
         ));
+    }
+
+    #[test]
+    fn a_flipped_bit_anywhere_in_a_recovery_packet_is_refused() {
+        let kp = minisign::KeyPair::generate_unencrypted_keypair().unwrap();
+        let rec = Record {
+            info: sample_info(),
+            volume_key: VolumeKey::from_slice(&[5; 64]),
+            recovery_passphrase: None,
+            binding: Some(binding(SystemTime::now() + Duration::from_secs(3600))),
+        };
+        let code = otp::generate(4).unwrap();
+        let bytes = RecoveryPacket::seal(&rec, &code, &kp.sk).unwrap();
+        for pos in 0..bytes.len() {
+            for bit in [0x01u8, 0x20, 0x80] {
+                let mut bad = bytes.clone();
+                bad[pos] ^= bit;
+                assert!(
+                    RecoveryPacket::verify(&bad, &kp.pk).is_err(),
+                    "flip {bit:#x} at {pos} accepted"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_flipped_bit_anywhere_in_an_escrow_packet_is_refused() {
+        let id = age::x25519::Identity::generate();
+        let rec = Record {
+            info: sample_info(),
+            volume_key: VolumeKey::from_slice(&[9; 64]),
+            recovery_passphrase: None,
+            binding: None,
+        };
+        let bytes = EscrowPacket::seal(&rec, &id.to_public()).unwrap();
+        for pos in 0..bytes.len() {
+            for bit in [0x01u8, 0x20, 0x80] {
+                let mut bad = bytes.clone();
+                bad[pos] ^= bit;
+                let opened = EscrowPacket::parse(&bad).and_then(|p| p.open(&id));
+                assert!(opened.is_err(), "flip {bit:#x} at {pos} accepted");
+            }
+        }
     }
 
     #[test]

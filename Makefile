@@ -1,0 +1,29 @@
+# The two commands of the README's quick start.
+#   make demo   the recovery story, end to end, narrated
+#   make test   every test
+# Both install what they need (Debian 12, as root).
+
+CARGO ?= cargo
+export PATH := $(HOME)/.cargo/bin:$(PATH)
+
+.PHONY: all deps build release test demo clean
+
+all: build
+
+deps:
+	./scripts/install-deps.sh
+
+build: deps
+	$(CARGO) build --all-features
+
+release: deps
+	$(CARGO) build --release --all-features
+
+test: deps
+	$(CARGO) test --all-features
+
+demo: release
+	./scripts/demo.sh
+
+clean:
+	$(CARGO) clean

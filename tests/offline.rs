@@ -1,0 +1,550 @@
+//! The off-line escrow and recovery flow with the real binaries on real LUKS images.
+
+use crate::support::*;
+
+/// Exit codes from `lifeline::cmd::Exit`.
+const DENIED: i32 = 3;
+const BAD_PACKET: i32 = 4;
+const NOT_APPLICABLE: i32 = 5;
+const VOLUME: i32 = 6;
+const EXISTS: i32 = 7;
+
+fn recover_args<'a>(image: &'a str, packet: &'a str, auth_pub: &'a str) -> Vec<&'a str> {
+    vec!["recover", image, "--packet", packet, "--trust", auth_pub]
+}
+
+fn sha(path: &std::path::Path) -> Vec<u8> {
+    // Not a cryptographic need: a cheap fingerprint to prove a file was not modified.
+    let bytes = std::fs::read(path).unwrap();
+    let mut h: u64 = 0xcbf29ce484222325;
+    let mut out = Vec::new();
+    for chunk in bytes.chunks(4096) {
+        for b in chunk {
+            h = (h ^ u64::from(*b)).wrapping_mul(0x100000001b3);
+        }
+        out.extend_from_slice(&h.to_le_bytes());
+    }
+    out
+}
+
+#[test]
+fn forgotten_passphrase_replaced_on_luks2_and_no_secret_in_any_output() {
+    let sb = Sandbox::new();
+    sb.authority("auth");
+    let img = sb.luks_image("disk.img", 2);
+    let mut outputs = Vec::new();
+
+    let escrow = sb.path("disk.escrow");
+    let run = sb.lifeline(&[
+        "escrow",
+        img.path.to_str().unwrap(),
+        "--recipient",
+        "auth/recipient.txt",
+        "--out",
+        "disk.escrow",
+        "--key-file",
+        img.key_file.to_str().unwrap(),
+        "--random-passphrase",
+        "--pbkdf2-iterations",
+        "1000",
+    ]);
+    run.ok();
+    assert!(run.stderr.contains("keyslot 1"), "{}", run.stderr);
+    outputs.push(run.all());
+
+    let inspect = sb.lifeline(&["inspect", "disk.escrow"]);
+    inspect.ok();
+    assert!(inspect
+        .stdout
+        .contains(&format!("volume-uuid: {}", img.uuid)));
+    assert!(inspect.stdout.contains("volume-label: testroot"));
+    outputs.push(inspect.all());
+
+    let issue = sb.server(&[
+        "recovery",
+        "issue",
+        "--dir",
+        "auth",
+        "--escrow",
+        "disk.escrow",
+        "--out",
+        "disk.recovery",
+        "--passphrase-file",
+        "admin.pass",
+    ]);
+    issue.ok();
+    let otp = issue.stdout.trim().to_string();
+    assert_eq!(otp.len(), 27, "one line with the OTP: {otp:?}");
+    outputs.push(issue.stderr.clone()); // the one line that prints the OTP is stdout
+
+    let inspect = sb.lifeline(&["inspect", "disk.recovery"]);
+    inspect.ok();
+    assert!(inspect.stdout.contains(&img.uuid));
+    outputs.push(inspect.all());
+
+    // typed OTP with spaces instead of dashes, as someone on the phone might
+    sb.write("new.pass", "brand new passphrase\n");
+    let typed = otp.replace('-', " ");
+    let mut args = recover_args(
+        img.path.to_str().unwrap(),
+        "disk.recovery",
+        "auth/minisign.pub",
+    );
+    args.extend([
+        "--new-passphrase-file",
+        "new.pass",
+        "--replace-slot",
+        "0",
+        "--pbkdf2-iterations",
+        "1000",
+    ]);
+    let run = sb.lifeline_stdin(&args, &format!("{typed}\n"));
+    run.ok();
+    assert!(run.stderr.contains("Keyslot 0 removed"), "{}", run.stderr);
+    outputs.push(run.all());
+
+    assert!(cryptsetup_accepts(&img.path, "brand new passphrase"));
+    assert!(!cryptsetup_accepts(&img.path, OLD_PASSPHRASE));
+    assert!(escrow.exists());
+
+    let secrets = [
+        hex(&img.volume_key),
+        base64(&img.volume_key),
+        otp.clone(),
+        otp.replace('-', ""),
+    ];
+    for out in &outputs {
+        for s in &secrets {
+            assert!(
+                !out.contains(s.as_str()),
+                "a secret leaked into output:\n{out}"
+            );
+        }
+    }
+}
+
+#[test]
+fn luks1_volume_recovers_the_same_way() {
+    let sb = Sandbox::new();
+    let auth = sb.authority("auth");
+    let img = sb.luks_image("disk1.img", 1);
+    let (packet, otp) = sb.escrow_and_issue(&img, &auth, &[]);
+    let otp_file = sb.write("otp", &otp);
+    sb.write("new.pass", "luks1 new passphrase");
+    let mut args = recover_args(
+        img.path.to_str().unwrap(),
+        packet.to_str().unwrap(),
+        "auth/minisign.pub",
+    );
+    args.extend([
+        "--otp-file",
+        otp_file.to_str().unwrap(),
+        "--new-passphrase-file",
+        "new.pass",
+    ]);
+    args.extend(["--pbkdf2-iterations", "1000"]);
+    sb.lifeline(&args).ok();
+    assert!(cryptsetup_accepts(&img.path, "luks1 new passphrase"));
+    assert!(
+        cryptsetup_accepts(&img.path, OLD_PASSPHRASE),
+        "no --replace-slot: the old one stays"
+    );
+}
+
+#[test]
+fn header_backup_file_gets_the_new_passphrase_and_the_disk_is_untouched() {
+    let sb = Sandbox::new();
+    let auth = sb.authority("auth");
+    let img = sb.luks_image("disk.img", 2);
+    let header = sb.path("header.img");
+    cryptsetup(&[
+        "luksHeaderBackup",
+        img.path.to_str().unwrap(),
+        "--header-backup-file",
+        header.to_str().unwrap(),
+    ])
+    .ok();
+    let disk_before = sha(&img.path);
+    let (packet, otp) = sb.escrow_and_issue(&img, &auth, &[]);
+    sb.write("new.pass", "header passphrase");
+    let mut args = recover_args(
+        header.to_str().unwrap(),
+        packet.to_str().unwrap(),
+        "auth/minisign.pub",
+    );
+    args.extend([
+        "--new-passphrase-file",
+        "new.pass",
+        "--replace-slot",
+        "0",
+        "--pbkdf2-iterations",
+        "1000",
+    ]);
+    sb.lifeline_stdin(&args, &format!("{otp}\n")).ok();
+
+    assert!(cryptsetup_accepts(&header, "header passphrase"));
+    assert!(!cryptsetup_accepts(&header, OLD_PASSPHRASE));
+    assert_eq!(sha(&img.path), disk_before, "only the header file changes");
+    // The user restores the header and the disk opens with the new passphrase.
+    cryptsetup(&[
+        "luksHeaderRestore",
+        "-q",
+        img.path.to_str().unwrap(),
+        "--header-backup-file",
+        header.to_str().unwrap(),
+    ])
+    .ok();
+    assert!(cryptsetup_accepts(&img.path, "header passphrase"));
+}
+
+#[test]
+fn wrong_otp_then_right_otp_at_the_prompt() {
+    let sb = Sandbox::new();
+    let auth = sb.authority("auth");
+    let img = sb.luks_image("disk.img", 2);
+    let (packet, otp) = sb.escrow_and_issue(&img, &auth, &[]);
+    let args = recover_args(
+        img.path.to_str().unwrap(),
+        packet.to_str().unwrap(),
+        "auth/minisign.pub",
+    );
+    // valid shape and checksums, wrong code; then a typo in group 2; then the right one
+    let typo = {
+        let mut groups: Vec<String> = otp.split('-').map(str::to_string).collect();
+        let d = groups[1].as_bytes()[0];
+        groups[1].replace_range(0..1, &((d - b'0' + 1) % 10).to_string());
+        groups.join("-")
+    };
+    let input = format!("000000-000011-000022-000033\n{typo}\n{otp}\n");
+    let run = sb.lifeline_stdin(&args, &input);
+    run.ok();
+    assert!(
+        run.stderr
+            .contains("does not open the packet. 4 attempts left"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("Group 2 is not valid"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn wrong_otp_every_time_is_refused_without_changing_the_volume() {
+    let sb = Sandbox::new();
+    let auth = sb.authority("auth");
+    let img = sb.luks_image("disk.img", 2);
+    let (packet, _otp) = sb.escrow_and_issue(&img, &auth, &[]);
+    let before = sha(&img.path);
+    sb.write("new.pass", "never set");
+    let mut args = recover_args(
+        img.path.to_str().unwrap(),
+        packet.to_str().unwrap(),
+        "auth/minisign.pub",
+    );
+    args.extend(["--new-passphrase-file", "new.pass", "--attempts", "2"]);
+    sb.lifeline_stdin(
+        &args,
+        "000000-000011-000022-000033\n000000-000011-000022-000044\n",
+    )
+    .fails(DENIED, "does not open the packet");
+    let file = sb.write("bad.otp", "123456-000011-000022-000033");
+    let mut args = recover_args(
+        img.path.to_str().unwrap(),
+        packet.to_str().unwrap(),
+        "auth/minisign.pub",
+    );
+    args.extend(["--otp-file", file.to_str().unwrap()]);
+    sb.lifeline(&args).fails(DENIED, "group 1 is not valid");
+    assert_eq!(sha(&img.path), before);
+}
+
+#[test]
+fn packet_for_another_volume_or_machine_or_expired_is_refused_before_the_otp() {
+    let sb = Sandbox::new();
+    let auth = sb.authority("auth");
+    let img = sb.luks_image("disk.img", 2);
+    let other = sb.luks_image("other.img", 2);
+    let (packet, _) = sb.escrow_and_issue(&img, &auth, &[]);
+    let p = packet.to_str().unwrap();
+    // No OTP is given on stdin: a refusal must come before anyone is asked for one.
+    sb.lifeline(&recover_args(
+        other.path.to_str().unwrap(),
+        p,
+        "auth/minisign.pub",
+    ))
+    .fails(
+        NOT_APPLICABLE,
+        &format!("but this volume is {}", other.uuid),
+    );
+    let mut args = recover_args(img.path.to_str().unwrap(), p, "auth/minisign.pub");
+    args.extend(["--machine-id", "00000000000000000000000000000000"]);
+    sb.lifeline(&args).fails(NOT_APPLICABLE, "is for machine");
+
+    let (short, _) = sb.escrow_and_issue(&img, &auth, &["--valid-for", "1s"]);
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    sb.lifeline(&recover_args(
+        img.path.to_str().unwrap(),
+        short.to_str().unwrap(),
+        "auth/minisign.pub",
+    ))
+    .fails(NOT_APPLICABLE, "expired at");
+}
+
+#[test]
+fn packet_signed_by_another_authority_is_refused() {
+    let sb = Sandbox::new();
+    let auth = sb.authority("auth");
+    let img = sb.luks_image("disk.img", 2);
+    let (packet, _) = sb.escrow_and_issue(&img, &auth, &[]);
+    let other = sb.path("other-auth");
+    sb.server(&[
+        "init",
+        "--dir",
+        other.to_str().unwrap(),
+        "--passphrase-file",
+        "admin.pass",
+    ])
+    .ok();
+    sb.lifeline(&recover_args(
+        img.path.to_str().unwrap(),
+        packet.to_str().unwrap(),
+        "other-auth/minisign.pub",
+    ))
+    .fails(BAD_PACKET, "signed by a key that is not trusted");
+    // An escrow packet for one authority cannot be issued by another.
+    let escrow = sb.fresh_path("escrow");
+    sb.lifeline(&[
+        "escrow",
+        img.path.to_str().unwrap(),
+        "--recipient",
+        "auth/recipient.txt",
+        "--out",
+        escrow.to_str().unwrap(),
+        "--key-file",
+        img.key_file.to_str().unwrap(),
+    ])
+    .ok();
+    sb.server(&[
+        "recovery",
+        "issue",
+        "--dir",
+        "other-auth",
+        "--escrow",
+        escrow.to_str().unwrap(),
+        "--out",
+        "x",
+        "--passphrase-file",
+        "admin.pass",
+    ])
+    .fails(BAD_PACKET, "not encrypted to this authority's key");
+    assert!(!sb.path("x").exists());
+}
+
+#[test]
+fn flipped_truncated_and_future_version_packets_are_refused() {
+    let sb = Sandbox::new();
+    let auth = sb.authority("auth");
+    let img = sb.luks_image("disk.img", 2);
+    let (packet, otp) = sb.escrow_and_issue(&img, &auth, &[]);
+    let bytes = std::fs::read(&packet).unwrap();
+    let otp_file = sb.write("otp", &otp);
+    let before = sha(&img.path);
+    let try_packet = |name: &str, content: &[u8]| {
+        let p = sb.write(name, content);
+        let mut args = recover_args(
+            img.path.to_str().unwrap(),
+            p.to_str().unwrap(),
+            "auth/minisign.pub",
+        );
+        args.extend(["--otp-file", otp_file.to_str().unwrap()]);
+        sb.lifeline(&args)
+    };
+    // a flipped bit in the signature, in the trusted comment, and in the encrypted part
+    let comment = bytes.windows(8).position(|w| w == b"machine=").unwrap();
+    for (i, pos) in [20, comment + 9, bytes.len() - 60, bytes.len() / 2 + 200]
+        .into_iter()
+        .enumerate()
+    {
+        let mut bad = bytes.clone();
+        bad[pos] ^= 0x01;
+        let run = try_packet(&format!("flip{i}"), &bad);
+        assert_eq!(run.code, BAD_PACKET, "flip at {pos}: {}", run.stderr);
+    }
+    for cut in [0, 10, 200, bytes.len() / 2, bytes.len() - 40] {
+        let run = try_packet(&format!("cut{cut}"), &bytes[..cut]);
+        assert_eq!(run.code, BAD_PACKET, "cut at {cut}: {}", run.stderr);
+        assert!(
+            run.stderr.contains("damaged") || run.stderr.contains("altered"),
+            "{}",
+            run.stderr
+        );
+    }
+    try_packet("huge", &vec![b'a'; 100 * 1024]).fails(BAD_PACKET, "larger than");
+    try_packet("garbage", b"\x00\x01\x02 not a packet")
+        .fails(BAD_PACKET, "damaged or not a lifeline packet");
+    assert_eq!(sha(&img.path), before);
+}
+
+#[test]
+fn wrong_passphrase_at_escrow_writes_nothing() {
+    let sb = Sandbox::new();
+    sb.authority("auth");
+    let img = sb.luks_image("disk.img", 2);
+    let wrong = sb.write("wrong.key", "not the passphrase");
+    let args = [
+        "escrow",
+        img.path.to_str().unwrap(),
+        "--recipient",
+        "auth/recipient.txt",
+        "--out",
+        "p",
+        "--key-file",
+        wrong.to_str().unwrap(),
+    ];
+    sb.lifeline(&args)
+        .fails(DENIED, "no keyslot accepts that passphrase");
+    assert!(!sb.path("p").exists());
+    // at the prompt: three tries, then the same refusal
+    let run = sb.lifeline_stdin(&args[..6], "a\nb\nc\n");
+    run.fails(DENIED, "no keyslot accepts");
+    assert_eq!(run.stderr.matches("Enter passphrase for").count(), 3);
+    assert!(!sb.path("p").exists());
+    // and a correct answer at the prompt works
+    sb.lifeline_stdin(&args[..6], &format!("{OLD_PASSPHRASE}\n"))
+        .ok();
+    assert!(sb.path("p").exists());
+    // never overwrites an existing packet
+    sb.lifeline_stdin(&args[..6], &format!("{OLD_PASSPHRASE}\n"))
+        .fails(EXISTS, "already exists");
+}
+
+#[test]
+fn full_keyslots_are_named_before_anything_changes() {
+    let sb = Sandbox::new();
+    let auth = sb.authority("auth");
+    let img = sb.luks_image("disk.img", 1);
+    for i in 1..8 {
+        let new = sb.write(&format!("k{i}"), format!("filler {i}"));
+        cryptsetup(&[
+            "luksAddKey",
+            "-q",
+            "--pbkdf-force-iterations",
+            "1000",
+            "--key-file",
+            img.key_file.to_str().unwrap(),
+            img.path.to_str().unwrap(),
+            new.to_str().unwrap(),
+        ])
+        .ok();
+    }
+    let before = sha(&img.path);
+    sb.lifeline(&[
+        "escrow",
+        img.path.to_str().unwrap(),
+        "--recipient",
+        "auth/recipient.txt",
+        "--out",
+        "p",
+        "--key-file",
+        img.key_file.to_str().unwrap(),
+        "--random-passphrase",
+    ])
+    .fails(VOLUME, "all 8 keyslots are in use");
+    assert!(!sb.path("p").exists());
+
+    let (packet, _) = sb.escrow_and_issue(&img, &auth, &[]);
+    sb.write("new.pass", "no room");
+    let mut args = recover_args(
+        img.path.to_str().unwrap(),
+        packet.to_str().unwrap(),
+        "auth/minisign.pub",
+    );
+    args.extend(["--new-passphrase-file", "new.pass"]);
+    // stdin is empty: the refusal must come before the OTP prompt
+    let run = sb.lifeline(&args);
+    run.fails(VOLUME, "all 8 keyslots are in use");
+    assert!(!run.stderr.contains("One-time password"));
+    assert_eq!(sha(&img.path), before);
+}
+
+#[test]
+fn authority_is_never_overwritten_and_wants_the_right_passphrase() {
+    let sb = Sandbox::new();
+    let auth = sb.authority("auth");
+    let before = std::fs::read(auth.join("identity.age")).unwrap();
+    sb.server(&["init", "--dir", "auth", "--passphrase-file", "admin.pass"])
+        .fails(EXISTS, "never overwritten");
+    assert_eq!(std::fs::read(auth.join("identity.age")).unwrap(), before);
+    sb.write("short.pass", "short");
+    sb.server(&[
+        "init",
+        "--dir",
+        "new-auth",
+        "--passphrase-file",
+        "short.pass",
+    ])
+    .fails(2, "at least 12 characters");
+    assert!(!sb.path("new-auth").exists());
+
+    let img = sb.luks_image("disk.img", 2);
+    let escrow = sb.path("e");
+    sb.lifeline(&[
+        "escrow",
+        img.path.to_str().unwrap(),
+        "--recipient",
+        "auth/recipient.txt",
+        "--out",
+        "e",
+        "--key-file",
+        img.key_file.to_str().unwrap(),
+    ])
+    .ok();
+    sb.write("wrong.pass", "not the admin passphrase");
+    sb.server(&[
+        "recovery",
+        "issue",
+        "--dir",
+        "auth",
+        "--escrow",
+        escrow.to_str().unwrap(),
+        "--out",
+        "r",
+        "--passphrase-file",
+        "wrong.pass",
+    ])
+    .fails(DENIED, "administrator passphrase is wrong");
+    assert!(!sb.path("r").exists());
+}
+
+#[test]
+fn usage_errors_name_the_problem() {
+    let sb = Sandbox::new();
+    sb.lifeline(&["recover"])
+        .fails(2, "Required positional arguments not provided");
+    sb.lifeline(&["inspect", "missing-file"])
+        .fails(1, "missing-file");
+    sb.write("not-luks.img", vec![0u8; 1 << 20]);
+    sb.write("recipient.txt", "not a recipient");
+    sb.lifeline(&[
+        "escrow",
+        "not-luks.img",
+        "--recipient",
+        "recipient.txt",
+        "--out",
+        "p",
+    ])
+    .fails(2, "does not hold an age recipient");
+    let auth = sb.authority("auth");
+    sb.lifeline(&[
+        "escrow",
+        "not-luks.img",
+        "--recipient",
+        auth.join("recipient.txt").to_str().unwrap(),
+        "--out",
+        "p",
+    ])
+    .fails(VOLUME, "is not a LUKS volume");
+}

@@ -1,0 +1,322 @@
+//! Shared test fixtures: a scratch directory, real LUKS images made with the cryptsetup CLI,
+//! a real authority made with lifeline-server, and runners for the binaries and stock tools.
+
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+pub const ADMIN_PASSPHRASE: &str = "test authority passphrase";
+pub const OLD_PASSPHRASE: &str = "the forgotten passphrase";
+
+pub struct Sandbox {
+    dir: tempfile::TempDir,
+}
+
+/// A LUKS image and what the test knows about it.
+pub struct Image {
+    pub path: PathBuf,
+    /// The passphrase in keyslot 0, as a key file.
+    pub key_file: PathBuf,
+    pub volume_key: Vec<u8>,
+    pub uuid: String,
+}
+
+/// Output of a finished process, with helpers for asserting on it.
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    fn from(out: Output) -> Run {
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    #[track_caller]
+    pub fn ok(&self) -> &Self {
+        assert_eq!(
+            self.code, 0,
+            "expected success\nstdout:\n{}\nstderr:\n{}",
+            self.stdout, self.stderr
+        );
+        self
+    }
+
+    /// Asserts the exit code and that standard error mentions `text`.
+    #[track_caller]
+    pub fn fails(&self, code: i32, text: &str) -> &Self {
+        assert_eq!(
+            self.code, code,
+            "exit code\nstdout:\n{}\nstderr:\n{}",
+            self.stdout, self.stderr
+        );
+        assert!(
+            self.stderr.contains(text),
+            "stderr lacks {text:?}:\n{}",
+            self.stderr
+        );
+        self
+    }
+
+    pub fn all(&self) -> String {
+        format!("{}{}", self.stdout, self.stderr)
+    }
+}
+
+impl Sandbox {
+    pub fn new() -> Sandbox {
+        Sandbox {
+            dir: tempfile::tempdir().expect("temp dir"),
+        }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub fn write(&self, name: &str, bytes: impl AsRef<[u8]>) -> PathBuf {
+        let p = self.path(name);
+        std::fs::write(&p, bytes).expect("write");
+        p
+    }
+
+    /// A fresh LUKS image (version 1 or 2) with a known volume key and `OLD_PASSPHRASE` in
+    /// keyslot 0, made by the real cryptsetup tool with a cheap PBKDF.
+    pub fn luks_image(&self, name: &str, version: u8) -> Image {
+        let path = self.path(name);
+        let key_file = self.write(&format!("{name}.key"), OLD_PASSPHRASE);
+        let mut volume_key = vec![0u8; 64];
+        getrandom::fill(&mut volume_key).expect("random");
+        let vk_file = self.write(&format!("{name}.vk"), &volume_key);
+        std::fs::File::create(&path)
+            .and_then(|f| f.set_len(20 << 20))
+            .expect("image file");
+        let out = Command::new("cryptsetup")
+            .args(["luksFormat", "-q", "--type", &format!("luks{version}")])
+            .args([
+                "--pbkdf",
+                "pbkdf2",
+                "--pbkdf-force-iterations",
+                "1000",
+                "--key-size",
+                "512",
+            ])
+            .arg("--volume-key-file")
+            .arg(&vk_file)
+            .arg("--key-file")
+            .arg(&key_file)
+            .arg(&path)
+            .output()
+            .expect("cryptsetup");
+        assert!(
+            out.status.success(),
+            "luksFormat: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::fs::remove_file(&vk_file).expect("remove vk");
+        if version == 2 {
+            let out = Command::new("cryptsetup")
+                .args(["config", "--label", "testroot"])
+                .arg(&path)
+                .output()
+                .expect("cryptsetup config");
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let uuid = cryptsetup(&["luksUUID", path.to_str().unwrap()])
+            .stdout
+            .trim()
+            .to_string();
+        Image {
+            path,
+            key_file,
+            volume_key,
+            uuid,
+        }
+    }
+
+    /// A new authority in `name`, with `ADMIN_PASSPHRASE`.
+    pub fn authority(&self, name: &str) -> PathBuf {
+        let pass = self.write("admin.pass", format!("{ADMIN_PASSPHRASE}\n"));
+        let dir = self.path(name);
+        self.server(&[
+            "init",
+            "--dir",
+            dir.to_str().unwrap(),
+            "--passphrase-file",
+            pass.to_str().unwrap(),
+        ])
+        .ok();
+        dir
+    }
+
+    pub fn lifeline(&self, args: &[&str]) -> Run {
+        self.run(env!("CARGO_BIN_EXE_lifeline"), args, None)
+    }
+
+    pub fn lifeline_stdin(&self, args: &[&str], stdin: &str) -> Run {
+        self.run(env!("CARGO_BIN_EXE_lifeline"), args, Some(stdin))
+    }
+
+    pub fn server(&self, args: &[&str]) -> Run {
+        self.run(env!("CARGO_BIN_EXE_lifeline-server"), args, None)
+    }
+
+    fn run(&self, program: &str, args: &[&str], stdin: Option<&str>) -> Run {
+        let mut child = Command::new(program)
+            .args(args)
+            .current_dir(self.dir.path())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        {
+            let mut input = child.stdin.take().expect("stdin");
+            if let Some(text) = stdin {
+                input.write_all(text.as_bytes()).expect("write stdin");
+            }
+        }
+        Run::from(child.wait_with_output().expect("wait"))
+    }
+
+    /// Escrows `image` to the authority in `auth` and issues a recovery packet from it;
+    /// returns the recovery packet's path and the OTP.
+    pub fn escrow_and_issue(
+        &self,
+        image: &Image,
+        auth: &Path,
+        extra_issue: &[&str],
+    ) -> (PathBuf, String) {
+        let escrow = self.fresh_path("escrow");
+        self.lifeline(&[
+            "escrow",
+            image.path.to_str().unwrap(),
+            "--recipient",
+            auth.join("recipient.txt").to_str().unwrap(),
+            "--out",
+            escrow.to_str().unwrap(),
+            "--key-file",
+            image.key_file.to_str().unwrap(),
+        ])
+        .ok();
+        self.issue(&escrow, auth, extra_issue)
+    }
+
+    pub fn issue(&self, escrow: &Path, auth: &Path, extra: &[&str]) -> (PathBuf, String) {
+        let recovery = self.fresh_path("recovery");
+        let mut args = vec![
+            "recovery",
+            "issue",
+            "--dir",
+            auth.to_str().unwrap(),
+            "--escrow",
+            escrow.to_str().unwrap(),
+            "--out",
+            recovery.to_str().unwrap(),
+            "--passphrase-file",
+            "admin.pass",
+        ];
+        args.extend_from_slice(extra);
+        let run = self.server(&args);
+        run.ok();
+        (recovery, run.stdout.trim().to_string())
+    }
+
+    /// A path in the sandbox that does not exist yet.
+    pub fn fresh_path(&self, stem: &str) -> PathBuf {
+        (0..)
+            .map(|i| self.path(&format!("{stem}-{i}")))
+            .find(|p| !p.exists())
+            .expect("a free name")
+    }
+}
+
+/// Runs the cryptsetup CLI.
+pub fn cryptsetup(args: &[&str]) -> Run {
+    Run::from(
+        Command::new("cryptsetup")
+            .args(args)
+            .output()
+            .expect("cryptsetup"),
+    )
+}
+
+/// True when `passphrase` opens `image` according to the real cryptsetup tool.
+pub fn cryptsetup_accepts(image: &Path, passphrase: &str) -> bool {
+    let mut child = Command::new("cryptsetup")
+        .args(["open", "--test-passphrase", "--key-file", "-"])
+        .arg(image)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("cryptsetup");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(passphrase.as_bytes())
+        .unwrap();
+    child.wait().unwrap().success()
+}
+
+/// Runs `command` (a shell command line) on a pseudo-terminal with `script`, typing each of
+/// `lines` a moment apart: the stock `age` tool reads passphrases only from a terminal.
+pub fn run_on_tty(dir: &Path, command: &str, lines: &[&str]) -> Run {
+    let mut child = Command::new("script")
+        .args(["-qec", command, "/dev/null"])
+        .current_dir(dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("script");
+    let mut input = child.stdin.take().expect("stdin");
+    for line in lines {
+        std::thread::sleep(Duration::from_millis(300));
+        input
+            .write_all(format!("{line}\n").as_bytes())
+            .expect("type");
+    }
+    // Keep the terminal open until the program has finished reading.
+    let out = child.wait_with_output().expect("script");
+    drop(input);
+    Run::from(out)
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+pub fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(char::from(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}

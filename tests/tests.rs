@@ -5,3 +5,6 @@ mod support;
 
 /// The off-line escrow and recovery flow, its refusals, and secrets kept out of output.
 mod offline;
+
+/// The stock age and minisign tools against lifeline's packets, both ways.
+mod interop;

@@ -8,3 +8,6 @@ mod offline;
 
 /// The stock age and minisign tools against lifeline's packets, both ways.
 mod interop;
+
+/// The format vectors in tests/vectors/ and their agreement with docs/FORMAT.md.
+mod vectors;

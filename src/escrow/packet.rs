@@ -27,6 +27,7 @@ use crate::secret::Otp;
 const ESCROW_TAG: &str = "lifeline-escrow-packet";
 const RECOVERY_TAG: &str = "lifeline-recovery";
 const ARMOR_BEGIN: &str = "-----BEGIN AGE ENCRYPTED FILE-----";
+const ARMOR_END: &str = "-----END AGE ENCRYPTED FILE-----";
 /// minisign's first line is not covered by the signature, so lifeline fixes its text and
 /// refuses any other: a changed byte anywhere in a packet is then always detected.
 const UNTRUSTED_COMMENT: &str = "lifeline recovery packet";
@@ -68,11 +69,7 @@ impl EscrowPacket {
         let mut lines = head.lines();
         check_version_line(lines.next().unwrap_or(""), ESCROW_TAG)?;
         let info = record::info_from_fields(&Fields::parse(lines)?)?;
-        if !armored.starts_with(ARMOR_BEGIN) {
-            return Err(PacketError::Malformed(
-                "the encrypted part is missing (truncated?)".into(),
-            ));
-        }
+        check_armor(armored.as_bytes())?;
         Ok(EscrowPacket {
             info,
             armored: armored.as_bytes().to_vec(),
@@ -288,12 +285,24 @@ fn split_signature(bytes: &[u8]) -> Result<(minisign::SignatureBox, &[u8]), Pack
     let sig = minisign::SignatureBox::from_string(&text[..end])
         .map_err(|e| PacketError::Malformed(format!("not a recovery packet signature: {e}")))?;
     let armored = &bytes[end..];
+    check_armor(armored)?;
+    Ok((sig, armored))
+}
+
+/// The encrypted part must be whole: a cut file is named as truncated, not as altered.
+fn check_armor(armored: &[u8]) -> Result<(), PacketError> {
     if !armored.starts_with(ARMOR_BEGIN.as_bytes()) {
         return Err(PacketError::Malformed(
             "the encrypted part is missing (truncated?)".into(),
         ));
     }
-    Ok((sig, armored))
+    let trimmed = armored.strip_suffix(b"\n").unwrap_or(armored);
+    if !trimmed.ends_with(ARMOR_END.as_bytes()) {
+        return Err(PacketError::Malformed(
+            "the encrypted part is incomplete (truncated?)".into(),
+        ));
+    }
+    Ok(())
 }
 
 fn packet_text(bytes: &[u8]) -> Result<&str, PacketError> {

@@ -46,11 +46,8 @@ impl Drop for EchoOff {
 impl Prompt for Console {
     fn ask_secret(&mut self, question: &str) -> Result<Zeroizing<String>, PromptError> {
         let stdin = std::io::stdin();
-        let _echo = if stdin.is_terminal() {
-            EchoOff::new()
-        } else {
-            None
-        };
+        let on_terminal = stdin.is_terminal();
+        let _echo = if on_terminal { EchoOff::new() } else { None };
         let mut err = std::io::stderr();
         let _ = write!(err, "{question} ");
         let _ = err.flush();
@@ -60,6 +57,10 @@ impl Prompt for Console {
             .take(MAX_ANSWER as u64)
             .read_line(&mut line)
             .map_err(PromptError::Io)?;
+        if !on_terminal {
+            // The terminal would have echoed the newline (ECHONL); keep the transcript tidy.
+            let _ = writeln!(err);
+        }
         if n == 0 {
             return Err(PromptError::Closed);
         }

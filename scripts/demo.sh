@@ -1,0 +1,61 @@
+#!/bin/sh
+# make demo: the off-line recovery story on a fresh LUKS2 image, narrated.
+# Everything happens in a scratch directory; nothing on this machine is touched.
+set -eu
+
+here=$(cd "$(dirname "$0")/.." && pwd)
+bin="$here/target/release"
+work=$(mktemp -d /tmp/lifeline-demo.XXXXXX)
+trap 'rm -rf "$work"' EXIT
+cd "$work"
+
+say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+run() { printf '$ %s\n' "$*"; "$@"; }
+
+say "A user's laptop has a LUKS2 disk (here: a 20 MiB image) with a passphrase only they know."
+truncate -s 20M disk.img
+printf 'my secret passphrase' > user.key
+run cryptsetup luksFormat -q --type luks2 --pbkdf pbkdf2 --pbkdf-force-iterations 1000 \
+    --label laptop-root --key-file user.key disk.img
+
+say "The organisation creates its recovery authority once (administrator passphrase from a file here)."
+echo 'helpdesk master passphrase' > admin.pass
+run "$bin/lifeline-server" init --dir authority --passphrase-file admin.pass
+ls -l authority
+
+say "On the laptop, the volume key is escrowed to the authority (plus a random recovery passphrase)."
+run "$bin/lifeline" escrow disk.img --recipient authority/recipient.txt --out laptop.escrow \
+    --key-file user.key --random-passphrase --pbkdf2-iterations 1000
+run "$bin/lifeline" inspect laptop.escrow
+
+say "Months later the user forgets the passphrase and calls the helpdesk."
+rm user.key
+echo "  (the only copy of the passphrase is gone)"
+
+say "The helpdesk issues a recovery packet: bound to this laptop and disk, valid 72 hours."
+printf '$ %s\n' "lifeline-server recovery issue --dir authority --escrow laptop.escrow --out laptop.recovery"
+"$bin/lifeline-server" recovery issue --dir authority --escrow laptop.escrow --out laptop.recovery \
+    --passphrase-file admin.pass > otp.txt
+echo "  helpdesk reads out:  $(cat otp.txt)"
+run "$bin/lifeline" inspect laptop.recovery
+
+say "The user receives laptop.recovery (e-mail, USB stick) and first mistypes one digit."
+first=$(cut -c1 otp.txt)
+typo="$(( (first + 1) % 10 ))$(cut -c2- otp.txt)"
+printf '%s\n%s\n' "$typo" "$(cat otp.txt)" > typed.txt
+echo 'new passphrase chosen by the user' > new.pass
+printf '$ %s\n' "lifeline recover disk.img --packet laptop.recovery --trust authority/minisign.pub --new-passphrase-file new.pass --replace-slot 0"
+"$bin/lifeline" recover disk.img --packet laptop.recovery --trust authority/minisign.pub \
+    --new-passphrase-file new.pass --replace-slot 0 --pbkdf2-iterations 1000 < typed.txt
+
+say "The disk opens with the new passphrase; the forgotten one is gone."
+printf 'new passphrase chosen by the user' | cryptsetup open --test-passphrase --key-file - disk.img \
+    && echo "  cryptsetup: new passphrase accepted"
+run cryptsetup luksDump disk.img | grep -E '^Keyslots:|^  [0-9]+: luks2'
+
+say "Without lifeline, the stock tools still work: age opens the packets, minisign verifies them."
+head -n 4 laptop.recovery > laptop.minisig
+tail -n +5 laptop.recovery > laptop.age
+run minisign -V -p authority/minisign.pub -m laptop.age -x laptop.minisig
+
+say "Done. The recovery story worked end to end."

@@ -104,13 +104,6 @@ impl Passphrase {
         }
         Ok(Self::from_slice(text.as_bytes()))
     }
-
-    /// The passphrase as text, where a text API (age) needs it; `None` if not UTF-8.
-    pub fn to_age_secret(&self) -> Option<age::secrecy::SecretString> {
-        std::str::from_utf8(&self.0)
-            .ok()
-            .map(|s| age::secrecy::SecretString::from(s.to_owned()))
-    }
 }
 
 /// A one-time password in its canonical form: groups of six digits joined by `-`.

@@ -21,17 +21,7 @@ fn sh(dir: &std::path::Path, script: &str) -> Run {
 }
 
 fn escrow(sb: &Sandbox, img: &Image) {
-    sb.lifeline(&[
-        "escrow",
-        img.path.to_str().unwrap(),
-        "--recipient",
-        "auth/recipient.txt",
-        "--out",
-        "disk.escrow",
-        "--key-file",
-        img.key_file.to_str().unwrap(),
-    ])
-    .ok();
+    sb.escrow_run(img, "disk.escrow", &[]).ok();
 }
 
 #[test]
@@ -67,9 +57,9 @@ fn stock_age_opens_an_escrow_packet_with_the_identity_unlocked_by_the_admin_pass
 #[test]
 fn stock_age_and_minisign_open_and_verify_a_recovery_packet() {
     let sb = Sandbox::new();
-    let auth = sb.authority("auth");
+    sb.authority("auth");
     let img = sb.luks_image("disk.img", 2);
-    let (packet, otp) = sb.escrow_and_issue(&img, &auth, &[]);
+    let (packet, otp) = sb.escrow_and_issue(&img, &[]);
     std::fs::rename(&packet, sb.path("disk.recovery")).unwrap();
     let dir = sb.path("");
     sh(
@@ -117,7 +107,7 @@ fn record_text(kind: &str, img: &Image, machine: &str, extra: &str) -> String {
 #[test]
 fn lifeline_issues_recovery_from_an_escrow_packet_that_stock_age_wrote() {
     let sb = Sandbox::new();
-    let auth = sb.authority("auth");
+    sb.authority("auth");
     let img = sb.luks_image("disk.img", 2);
     let machine = std::fs::read_to_string("/etc/machine-id")
         .unwrap()
@@ -138,7 +128,7 @@ fn lifeline_issues_recovery_from_an_escrow_packet_that_stock_age_wrote() {
         "age -a -R auth/recipient.txt record.txt | cat head.txt - > handmade.escrow",
     );
 
-    let (recovery, otp) = sb.issue(&sb.path("handmade.escrow"), &auth, &[]);
+    let (recovery, otp) = sb.issue(&sb.path("handmade.escrow"), &[]);
     sb.write("new.pass", "made by age");
     sb.lifeline_stdin(
         &[

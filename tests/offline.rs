@@ -35,19 +35,11 @@ fn forgotten_passphrase_replaced_on_luks2_and_no_secret_in_any_output() {
     let mut outputs = Vec::new();
 
     let escrow = sb.path("disk.escrow");
-    let run = sb.lifeline(&[
-        "escrow",
-        img.path.to_str().unwrap(),
-        "--recipient",
-        "auth/recipient.txt",
-        "--out",
+    let run = sb.escrow_run(
+        &img,
         "disk.escrow",
-        "--key-file",
-        img.key_file.to_str().unwrap(),
-        "--random-passphrase",
-        "--pbkdf2-iterations",
-        "1000",
-    ]);
+        &["--random-passphrase", "--pbkdf2-iterations", "1000"],
+    );
     run.ok();
     assert!(run.stderr.contains("keyslot 1"), "{}", run.stderr);
     outputs.push(run.all());
@@ -60,18 +52,7 @@ fn forgotten_passphrase_replaced_on_luks2_and_no_secret_in_any_output() {
     assert!(inspect.stdout.contains("volume-label: testroot"));
     outputs.push(inspect.all());
 
-    let issue = sb.server(&[
-        "recovery",
-        "issue",
-        "--dir",
-        "auth",
-        "--escrow",
-        "disk.escrow",
-        "--out",
-        "disk.recovery",
-        "--passphrase-file",
-        "admin.pass",
-    ]);
+    let issue = sb.issue_run("auth", "disk.escrow", "disk.recovery", "admin.pass", &[]);
     issue.ok();
     let otp = issue.stdout.trim().to_string();
     assert_eq!(otp.len(), 27, "one line with the OTP: {otp:?}");
@@ -126,9 +107,9 @@ fn forgotten_passphrase_replaced_on_luks2_and_no_secret_in_any_output() {
 #[test]
 fn luks1_volume_recovers_the_same_way() {
     let sb = Sandbox::new();
-    let auth = sb.authority("auth");
+    sb.authority("auth");
     let img = sb.luks_image("disk1.img", 1);
-    let (packet, otp) = sb.escrow_and_issue(&img, &auth, &[]);
+    let (packet, otp) = sb.escrow_and_issue(&img, &[]);
     let otp_file = sb.write("otp", &otp);
     sb.write("new.pass", "luks1 new passphrase");
     let mut args = recover_args(
@@ -154,7 +135,7 @@ fn luks1_volume_recovers_the_same_way() {
 #[test]
 fn header_backup_file_gets_the_new_passphrase_and_the_disk_is_untouched() {
     let sb = Sandbox::new();
-    let auth = sb.authority("auth");
+    sb.authority("auth");
     let img = sb.luks_image("disk.img", 2);
     let header = sb.path("header.img");
     cryptsetup(&[
@@ -165,7 +146,7 @@ fn header_backup_file_gets_the_new_passphrase_and_the_disk_is_untouched() {
     ])
     .ok();
     let disk_before = sha(&img.path);
-    let (packet, otp) = sb.escrow_and_issue(&img, &auth, &[]);
+    let (packet, otp) = sb.escrow_and_issue(&img, &[]);
     sb.write("new.pass", "header passphrase");
     let mut args = recover_args(
         header.to_str().unwrap(),
@@ -200,9 +181,9 @@ fn header_backup_file_gets_the_new_passphrase_and_the_disk_is_untouched() {
 #[test]
 fn wrong_otp_then_right_otp_at_the_prompt() {
     let sb = Sandbox::new();
-    let auth = sb.authority("auth");
+    sb.authority("auth");
     let img = sb.luks_image("disk.img", 2);
-    let (packet, otp) = sb.escrow_and_issue(&img, &auth, &[]);
+    let (packet, otp) = sb.escrow_and_issue(&img, &[]);
     let args = recover_args(
         img.path.to_str().unwrap(),
         packet.to_str().unwrap(),
@@ -234,9 +215,9 @@ fn wrong_otp_then_right_otp_at_the_prompt() {
 #[test]
 fn wrong_otp_every_time_is_refused_without_changing_the_volume() {
     let sb = Sandbox::new();
-    let auth = sb.authority("auth");
+    sb.authority("auth");
     let img = sb.luks_image("disk.img", 2);
-    let (packet, _otp) = sb.escrow_and_issue(&img, &auth, &[]);
+    let (packet, _otp) = sb.escrow_and_issue(&img, &[]);
     let before = sha(&img.path);
     sb.write("new.pass", "never set");
     let mut args = recover_args(
@@ -264,10 +245,10 @@ fn wrong_otp_every_time_is_refused_without_changing_the_volume() {
 #[test]
 fn packet_for_another_volume_or_machine_or_expired_is_refused_before_the_otp() {
     let sb = Sandbox::new();
-    let auth = sb.authority("auth");
+    sb.authority("auth");
     let img = sb.luks_image("disk.img", 2);
     let other = sb.luks_image("other.img", 2);
-    let (packet, _) = sb.escrow_and_issue(&img, &auth, &[]);
+    let (packet, _) = sb.escrow_and_issue(&img, &[]);
     let p = packet.to_str().unwrap();
     // No OTP is given on stdin: a refusal must come before anyone is asked for one.
     sb.lifeline(&recover_args(
@@ -283,7 +264,7 @@ fn packet_for_another_volume_or_machine_or_expired_is_refused_before_the_otp() {
     args.extend(["--machine-id", "00000000000000000000000000000000"]);
     sb.lifeline(&args).fails(NOT_APPLICABLE, "is for machine");
 
-    let (short, _) = sb.escrow_and_issue(&img, &auth, &["--valid-for", "1s"]);
+    let (short, _) = sb.escrow_and_issue(&img, &["--valid-for", "1s"]);
     std::thread::sleep(std::time::Duration::from_millis(1500));
     sb.lifeline(&recover_args(
         img.path.to_str().unwrap(),
@@ -296,9 +277,9 @@ fn packet_for_another_volume_or_machine_or_expired_is_refused_before_the_otp() {
 #[test]
 fn packet_signed_by_another_authority_is_refused() {
     let sb = Sandbox::new();
-    let auth = sb.authority("auth");
+    sb.authority("auth");
     let img = sb.luks_image("disk.img", 2);
-    let (packet, _) = sb.escrow_and_issue(&img, &auth, &[]);
+    let (packet, _) = sb.escrow_and_issue(&img, &[]);
     let other = sb.path("other-auth");
     sb.server(&[
         "init",
@@ -316,29 +297,14 @@ fn packet_signed_by_another_authority_is_refused() {
     .fails(BAD_PACKET, "signed by a key that is not trusted");
     // An escrow packet for one authority cannot be issued by another.
     let escrow = sb.fresh_path("escrow");
-    sb.lifeline(&[
-        "escrow",
-        img.path.to_str().unwrap(),
-        "--recipient",
-        "auth/recipient.txt",
-        "--out",
-        escrow.to_str().unwrap(),
-        "--key-file",
-        img.key_file.to_str().unwrap(),
-    ])
-    .ok();
-    sb.server(&[
-        "recovery",
-        "issue",
-        "--dir",
+    sb.escrow_run(&img, escrow.to_str().unwrap(), &[]).ok();
+    sb.issue_run(
         "other-auth",
-        "--escrow",
         escrow.to_str().unwrap(),
-        "--out",
         "x",
-        "--passphrase-file",
         "admin.pass",
-    ])
+        &[],
+    )
     .fails(BAD_PACKET, "not encrypted to this authority's key");
     assert!(!sb.path("x").exists());
 }
@@ -346,9 +312,9 @@ fn packet_signed_by_another_authority_is_refused() {
 #[test]
 fn flipped_truncated_and_future_version_packets_are_refused() {
     let sb = Sandbox::new();
-    let auth = sb.authority("auth");
+    sb.authority("auth");
     let img = sb.luks_image("disk.img", 2);
-    let (packet, otp) = sb.escrow_and_issue(&img, &auth, &[]);
+    let (packet, otp) = sb.escrow_and_issue(&img, &[]);
     let bytes = std::fs::read(&packet).unwrap();
     let otp_file = sb.write("otp", &otp);
     let before = sha(&img.path);
@@ -424,7 +390,7 @@ fn wrong_passphrase_at_escrow_writes_nothing() {
 #[test]
 fn full_keyslots_are_named_before_anything_changes() {
     let sb = Sandbox::new();
-    let auth = sb.authority("auth");
+    sb.authority("auth");
     let img = sb.luks_image("disk.img", 1);
     for i in 1..8 {
         let new = sb.write(&format!("k{i}"), format!("filler {i}"));
@@ -441,21 +407,11 @@ fn full_keyslots_are_named_before_anything_changes() {
         .ok();
     }
     let before = sha(&img.path);
-    sb.lifeline(&[
-        "escrow",
-        img.path.to_str().unwrap(),
-        "--recipient",
-        "auth/recipient.txt",
-        "--out",
-        "p",
-        "--key-file",
-        img.key_file.to_str().unwrap(),
-        "--random-passphrase",
-    ])
-    .fails(VOLUME, "all 8 keyslots are in use");
+    sb.escrow_run(&img, "p", &["--random-passphrase"])
+        .fails(VOLUME, "all 8 keyslots are in use");
     assert!(!sb.path("p").exists());
 
-    let (packet, _) = sb.escrow_and_issue(&img, &auth, &[]);
+    let (packet, _) = sb.escrow_and_issue(&img, &[]);
     sb.write("new.pass", "no room");
     let mut args = recover_args(
         img.path.to_str().unwrap(),
@@ -491,31 +447,10 @@ fn authority_is_never_overwritten_and_wants_the_right_passphrase() {
 
     let img = sb.luks_image("disk.img", 2);
     let escrow = sb.path("e");
-    sb.lifeline(&[
-        "escrow",
-        img.path.to_str().unwrap(),
-        "--recipient",
-        "auth/recipient.txt",
-        "--out",
-        "e",
-        "--key-file",
-        img.key_file.to_str().unwrap(),
-    ])
-    .ok();
+    sb.escrow_run(&img, "e", &[]).ok();
     sb.write("wrong.pass", "not the admin passphrase");
-    sb.server(&[
-        "recovery",
-        "issue",
-        "--dir",
-        "auth",
-        "--escrow",
-        escrow.to_str().unwrap(),
-        "--out",
-        "r",
-        "--passphrase-file",
-        "wrong.pass",
-    ])
-    .fails(DENIED, "administrator passphrase is wrong");
+    sb.issue_run("auth", escrow.to_str().unwrap(), "r", "wrong.pass", &[])
+        .fails(DENIED, "administrator passphrase is wrong");
     assert!(!sb.path("r").exists());
 }
 

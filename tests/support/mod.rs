@@ -191,45 +191,65 @@ impl Sandbox {
         Run::from(child.wait_with_output().expect("wait"))
     }
 
-    /// Escrows `image` to the authority in `auth` and issues a recovery packet from it;
-    /// returns the recovery packet's path and the OTP.
-    pub fn escrow_and_issue(
-        &self,
-        image: &Image,
-        auth: &Path,
-        extra_issue: &[&str],
-    ) -> (PathBuf, String) {
-        let escrow = self.fresh_path("escrow");
-        self.lifeline(&[
+    /// `lifeline escrow` of `image` to the authority in `auth/`, with its key file.
+    pub fn escrow_run(&self, image: &Image, out: &str, extra: &[&str]) -> Run {
+        let mut args = vec![
             "escrow",
             image.path.to_str().unwrap(),
             "--recipient",
-            auth.join("recipient.txt").to_str().unwrap(),
+            "auth/recipient.txt",
             "--out",
-            escrow.to_str().unwrap(),
+            out,
             "--key-file",
             image.key_file.to_str().unwrap(),
-        ])
-        .ok();
-        self.issue(&escrow, auth, extra_issue)
+        ];
+        args.extend_from_slice(extra);
+        self.lifeline(&args)
     }
 
-    pub fn issue(&self, escrow: &Path, auth: &Path, extra: &[&str]) -> (PathBuf, String) {
-        let recovery = self.fresh_path("recovery");
+    /// `lifeline-server recovery issue` with the authority in `dir`.
+    pub fn issue_run(
+        &self,
+        dir: &str,
+        escrow: &str,
+        out: &str,
+        pass_file: &str,
+        extra: &[&str],
+    ) -> Run {
         let mut args = vec![
             "recovery",
             "issue",
             "--dir",
-            auth.to_str().unwrap(),
+            dir,
             "--escrow",
-            escrow.to_str().unwrap(),
+            escrow,
             "--out",
-            recovery.to_str().unwrap(),
+            out,
             "--passphrase-file",
-            "admin.pass",
+            pass_file,
         ];
         args.extend_from_slice(extra);
-        let run = self.server(&args);
+        self.server(&args)
+    }
+
+    /// Escrows `image` to the authority in `auth/` and issues a recovery packet from it;
+    /// returns the recovery packet's path and the OTP.
+    pub fn escrow_and_issue(&self, image: &Image, extra_issue: &[&str]) -> (PathBuf, String) {
+        let escrow = self.fresh_path("escrow");
+        self.escrow_run(image, escrow.to_str().unwrap(), &[]).ok();
+        self.issue(&escrow, extra_issue)
+    }
+
+    /// Issues a recovery packet from `escrow` with the authority in `auth/`.
+    pub fn issue(&self, escrow: &Path, extra: &[&str]) -> (PathBuf, String) {
+        let recovery = self.fresh_path("recovery");
+        let run = self.issue_run(
+            "auth",
+            escrow.to_str().unwrap(),
+            recovery.to_str().unwrap(),
+            "admin.pass",
+            extra,
+        );
         run.ok();
         (recovery, run.stdout.trim().to_string())
     }

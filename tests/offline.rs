@@ -349,6 +349,20 @@ fn flipped_truncated_and_future_version_packets_are_refused() {
         );
     }
     try_packet("huge", &vec![b'a'; 100 * 1024]).fails(BAD_PACKET, "larger than");
+    // a packet from a future lifeline (the test vector, signed by the vector key)
+    let vectors = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vectors");
+    let vector = std::fs::read(vectors.join("recovery-unknown-version.vector")).unwrap();
+    let body = &vector[vector.windows(2).position(|w| w == b"\n\n").unwrap() + 2..];
+    let future = sb.write("future", body);
+    sb.lifeline(&recover_args(
+        img.path.to_str().unwrap(),
+        future.to_str().unwrap(),
+        vectors.join("keys/minisign.pub").to_str().unwrap(),
+    ))
+    .fails(
+        BAD_PACKET,
+        "format version 2, which this lifeline does not know",
+    );
     try_packet("garbage", b"\x00\x01\x02 not a packet")
         .fails(BAD_PACKET, "damaged or not a lifeline packet");
     assert_eq!(sha(&img.path), before);

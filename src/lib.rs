@@ -42,3 +42,4 @@ pub mod prompt;
 pub mod secret;
 #[cfg(feature = "server")]
 pub mod server;
+pub mod tpm;

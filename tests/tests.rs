@@ -11,3 +11,6 @@ mod interop;
 
 /// The format vectors in tests/vectors/ and their agreement with docs/FORMAT.md.
 mod vectors;
+
+/// TPM objects on real swtpm: DRSK, sealing, backup and board-swap restore, lockdown.
+mod tpm;

@@ -8,7 +8,8 @@ use std::path::Path;
 use libcryptsetup_rs::consts::flags::{CryptActivate, CryptPbkdf, CryptVolumeKey};
 use libcryptsetup_rs::consts::vals::{CryptKdf, EncryptionFormat, KeyslotInfo};
 use libcryptsetup_rs::{
-    CryptDevice, CryptInit, CryptKeyslotHandle, CryptPbkdfType, Either, LibcryptErr,
+    CryptDevice, CryptInit, CryptKeyslotHandle, CryptPbkdfType, CryptTokenInfo, Either,
+    LibcryptErr, TokenInput,
 };
 
 use super::{LuksError, LuksInfo, Pbkdf};
@@ -228,3 +229,54 @@ impl LuksVolume {
 const fn libc_einval() -> i32 {
     22
 }
+
+/// Tokens: LUKS2 only. The JSON's meaning belongs to the caller.
+impl LuksVolume {
+    pub fn is_luks2(&self) -> bool {
+        self.version == 2
+    }
+
+    /// The first token of `token_type`, with its ID.
+    pub fn find_token(
+        &mut self,
+        token_type: &str,
+    ) -> Result<Option<(u32, serde_json::Value)>, LuksError> {
+        if !self.is_luks2() {
+            return Ok(None);
+        }
+        for id in 0..LUKS2_TOKENS {
+            let mut tokens = self.device.token_handle();
+            match tokens.status(id) {
+                Ok(CryptTokenInfo::External(t) | CryptTokenInfo::ExternalUnknown(t))
+                    if t == token_type =>
+                {
+                    return tokens
+                        .json_get(id)
+                        .map(|json| Some((id, json)))
+                        .map_err(other);
+                }
+                _ => {}
+            }
+        }
+        Ok(None)
+    }
+
+    /// Stores `json` as the token of its type, replacing an existing one in place: one
+    /// metadata write, which LUKS2 makes atomic with its two header copies.
+    pub fn put_token(
+        &mut self,
+        token_type: &str,
+        json: &serde_json::Value,
+    ) -> Result<u32, LuksError> {
+        let existing = self.find_token(token_type)?.map(|(id, _)| id);
+        let mut tokens = self.device.token_handle();
+        let input = match existing {
+            Some(id) => TokenInput::ReplaceToken(id, json),
+            None => TokenInput::AddToken(json),
+        };
+        tokens.json_set(input).map_err(other)
+    }
+}
+
+/// LUKS2 has 32 token slots.
+const LUKS2_TOKENS: u32 = 32;

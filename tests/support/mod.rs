@@ -340,3 +340,5 @@ pub fn base64(bytes: &[u8]) -> String {
     }
     out
 }
+
+pub mod swtpm;

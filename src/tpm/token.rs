@@ -1,0 +1,150 @@
+//! The `lifeline-tpm2` LUKS2 token: a volume key sealed under the DRSK, as JSON.
+//!
+//! LUKS1 volumes have no tokens; the same JSON is kept in `<state dir>/sealed/<uuid>.json`.
+//! `docs/FORMAT.md` specifies the fields.
+
+use serde_json::{json, Value};
+
+use super::{PcrBinding, SealedBlob};
+
+pub const TOKEN_TYPE: &str = "lifeline-tpm2";
+pub const TOKEN_VERSION: u64 = 1;
+
+/// A sealed volume key and what is needed to unseal it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SealedToken {
+    /// Client ID of the DRSK it is sealed under.
+    pub client_id: String,
+    pub blob: SealedBlob,
+    pub pcrs: Option<PcrBinding>,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub struct TokenError(pub String);
+
+impl std::fmt::Display for TokenError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the lifeline-tpm2 token is damaged: {}", self.0)
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn field<'a>(v: &'a Value, key: &str) -> Result<&'a str, TokenError> {
+    v[key]
+        .as_str()
+        .ok_or_else(|| TokenError(format!("'{key}' is missing")))
+}
+
+fn unhex(text: &str, key: &str) -> Result<Vec<u8>, TokenError> {
+    (0..text.len())
+        .step_by(2)
+        .map(|i| {
+            text.get(i..i + 2)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+        })
+        .collect::<Option<Vec<u8>>>()
+        .ok_or_else(|| TokenError(format!("'{key}' is not hex")))
+}
+
+impl SealedToken {
+    pub fn to_json(&self) -> Value {
+        let mut v = json!({
+            "type": TOKEN_TYPE,
+            "keyslots": [],
+            "lifeline-version": TOKEN_VERSION,
+            "client-id": self.client_id,
+            "public": hex(&self.blob.public),
+            "private": hex(&self.blob.private),
+        });
+        if let Some(p) = &self.pcrs {
+            v["pcr-bank"] = json!("sha256");
+            v["pcrs"] = json!(p.pcrs);
+            v["pcr-values"] = json!(p.values.iter().map(|d| hex(d)).collect::<Vec<_>>());
+        }
+        v
+    }
+
+    pub fn from_json(v: &Value) -> Result<SealedToken, TokenError> {
+        if v["type"] != TOKEN_TYPE {
+            return Err(TokenError("not a lifeline-tpm2 token".into()));
+        }
+        match v["lifeline-version"].as_u64() {
+            Some(TOKEN_VERSION) => {}
+            Some(n) => {
+                return Err(TokenError(format!(
+                    "version {n} is newer than this lifeline"
+                )))
+            }
+            None => return Err(TokenError("'lifeline-version' is missing".into())),
+        }
+        let pcrs = match v.get("pcrs") {
+            None => None,
+            Some(list) => {
+                if v["pcr-bank"] != "sha256" {
+                    return Err(TokenError("only the sha256 PCR bank is supported".into()));
+                }
+                let pcrs = list
+                    .as_array()
+                    .and_then(|a| {
+                        a.iter()
+                            .map(|n| n.as_u64().and_then(|n| u8::try_from(n).ok()))
+                            .collect::<Option<Vec<u8>>>()
+                    })
+                    .filter(|p| p.iter().all(|&n| n < 24))
+                    .ok_or_else(|| TokenError("'pcrs' is not a list of PCR numbers".into()))?;
+                let values = v["pcr-values"]
+                    .as_array()
+                    .ok_or_else(|| TokenError("'pcr-values' is missing".into()))?
+                    .iter()
+                    .map(|d| unhex(d.as_str().unwrap_or("-"), "pcr-values"))
+                    .collect::<Result<Vec<_>, _>>()?;
+                if values.len() != pcrs.len() {
+                    return Err(TokenError("'pcr-values' does not match 'pcrs'".into()));
+                }
+                Some(PcrBinding { pcrs, values })
+            }
+        };
+        Ok(SealedToken {
+            client_id: field(v, "client-id")?.to_string(),
+            blob: SealedBlob {
+                public: unhex(field(v, "public")?, "public")?,
+                private: unhex(field(v, "private")?, "private")?,
+            },
+            pcrs,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_with_and_without_pcrs() {
+        let mut t = SealedToken {
+            client_id: "ab".repeat(32),
+            blob: SealedBlob {
+                public: vec![0, 2, 1, 2],
+                private: vec![0, 1, 9],
+            },
+            pcrs: None,
+        };
+        assert_eq!(SealedToken::from_json(&t.to_json()).unwrap(), t);
+        t.pcrs = Some(PcrBinding {
+            pcrs: vec![7, 11],
+            values: vec![vec![1; 32], vec![2; 32]],
+        });
+        let v = t.to_json();
+        assert_eq!(v["keyslots"], json!([]));
+        assert_eq!(SealedToken::from_json(&v).unwrap(), t);
+        let mut future = v.clone();
+        future["lifeline-version"] = json!(2);
+        assert!(SealedToken::from_json(&future)
+            .unwrap_err()
+            .0
+            .contains("newer"));
+    }
+}

@@ -1,0 +1,934 @@
+//! The tss-esapi adapter. Templates, sessions, and the one place TPM response codes are
+//! classified.
+//!
+//! Object shapes (docs/TPM.md has the full templates):
+//! - SRK: ECC P-256 restricted decrypt primary in the owner hierarchy, AES-128-CFB, the TCG
+//!   storage template, so it is the same key every time for the same TPM seed.
+//! - DRSK: ECC P-256 restricted decrypt key under the SRK, fixedTPM and fixedParent clear,
+//!   adminWithPolicy, authPolicy = the duplication policy of `policy.rs`.
+//! - Sealed volume key: keyedhash sealed data under the DRSK, fixedParent set (it moves only
+//!   together with the DRSK), optionally bound to PCRs.
+
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use tss_esapi::attributes::{ObjectAttributesBuilder, SessionAttributesBuilder};
+use tss_esapi::constants::response_code::Tss2ResponseCodeKind as Rc;
+use tss_esapi::constants::{CommandCode, PropertyTag, SessionType};
+use tss_esapi::handles::{AuthHandle, KeyHandle, ObjectHandle, PersistentTpmHandle, TpmHandle};
+use tss_esapi::interface_types::algorithm::{HashingAlgorithm, PublicAlgorithm};
+use tss_esapi::interface_types::dynamic_handles::Persistent;
+use tss_esapi::interface_types::ecc::EccCurve;
+use tss_esapi::interface_types::resource_handles::{Hierarchy, Provision};
+use tss_esapi::interface_types::session_handles::{AuthSession, PolicySession};
+use tss_esapi::structures::{
+    Auth, Digest, DigestList, EccPoint, EncryptedSecret, KeyedHashScheme, Nonce, PcrSelectionList,
+    PcrSelectionListBuilder, PcrSlot, Private, Public, PublicBuilder, PublicEccParametersBuilder,
+    PublicKeyedHashParameters, SensitiveData, SymmetricDefinition, SymmetricDefinitionObject,
+};
+use tss_esapi::tcti_ldr::TctiNameConf;
+use tss_esapi::traits::{Marshall, UnMarshall};
+use tss_esapi::Context;
+
+use super::policy;
+use super::{tpm2b, untpm2b, Duplicate, PcrBinding, SealedBlob, TpmError, DRSK_HANDLE, SRK_HANDLE};
+use crate::secret::{Passphrase, VolumeKey};
+
+/// A connection to one TPM.
+pub struct TssTpm {
+    ctx: Context,
+    /// A DRSK imported in this process but not persisted (initramfs restore); used instead of
+    /// the persistent handle while set.
+    transient_drsk: Option<KeyHandle>,
+}
+
+impl std::fmt::Debug for TssTpm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TssTpm")
+    }
+}
+
+/// What `provision` found or did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Provisioned {
+    Created,
+    AlreadyThere,
+    Replaced,
+}
+
+// ---- error classification -----------------------------------------------------------------
+
+fn kind(e: &tss_esapi::Error) -> Option<Rc> {
+    match e {
+        tss_esapi::Error::Tss2Error(rc) => rc.kind(),
+        tss_esapi::Error::WrapperError(_) => None,
+    }
+}
+
+/// The failures every call shares; call sites map the kinds that mean something there first.
+fn classify(e: tss_esapi::Error, doing: &str) -> TpmError {
+    match kind(&e) {
+        Some(Rc::Lockout) => TpmError::Lockout,
+        Some(Rc::Retry | Rc::Yielded | Rc::Testing) => {
+            TpmError::Other(format!("{doing}: the TPM is busy ({e})"))
+        }
+        _ => {
+            let text = e.to_string();
+            // TCTI-layer errors (device gone, connection refused) carry no TPM response kind.
+            if kind(&e).is_none() && text.to_ascii_lowercase().contains("tcti") {
+                TpmError::NoDevice(format!("{doing}: {text}"))
+            } else {
+                TpmError::Other(format!("{doing}: {text}"))
+            }
+        }
+    }
+}
+
+fn owner_error(e: tss_esapi::Error, doing: &str) -> TpmError {
+    match kind(&e) {
+        Some(Rc::AuthFail | Rc::BadAuth) => TpmError::OwnerAuthWrong,
+        _ => classify(e, doing),
+    }
+}
+
+fn wrapper(e: tss_esapi::Error) -> TpmError {
+    TpmError::Other(e.to_string())
+}
+
+// ---- templates ------------------------------------------------------------------------------
+
+/// A restricted decrypt ECC P-256 storage key. `movable` clears fixedTPM/fixedParent;
+/// `auth_policy` (the DRSK's duplication policy) also sets adminWithPolicy.
+fn storage_template(movable: bool, auth_policy: Option<&[u8]>) -> Result<Public, TpmError> {
+    let attributes = ObjectAttributesBuilder::new()
+        .with_fixed_tpm(!movable)
+        .with_fixed_parent(!movable)
+        .with_sensitive_data_origin(true)
+        .with_user_with_auth(true)
+        .with_admin_with_policy(auth_policy.is_some())
+        .with_no_da(true)
+        .with_restricted(true)
+        .with_decrypt(true)
+        .build()
+        .map_err(wrapper)?;
+    let params = PublicEccParametersBuilder::new_restricted_decryption_key(
+        SymmetricDefinitionObject::AES_128_CFB,
+        EccCurve::NistP256,
+    )
+    .build()
+    .map_err(wrapper)?;
+    PublicBuilder::new()
+        .with_public_algorithm(PublicAlgorithm::Ecc)
+        .with_name_hashing_algorithm(HashingAlgorithm::Sha256)
+        .with_object_attributes(attributes)
+        .with_auth_policy(Digest::try_from(auth_policy.unwrap_or(&[]).to_vec()).map_err(wrapper)?)
+        .with_ecc_parameters(params)
+        .with_ecc_unique_identifier(EccPoint::default())
+        .build()
+        .map_err(wrapper)
+}
+
+fn sealed_template(pcr_policy: Option<&[u8]>) -> Result<Public, TpmError> {
+    let attributes = ObjectAttributesBuilder::new()
+        .with_fixed_tpm(false)
+        .with_fixed_parent(true)
+        .with_user_with_auth(pcr_policy.is_none())
+        .with_no_da(true)
+        .build()
+        .map_err(wrapper)?;
+    PublicBuilder::new()
+        .with_public_algorithm(PublicAlgorithm::KeyedHash)
+        .with_name_hashing_algorithm(HashingAlgorithm::Sha256)
+        .with_object_attributes(attributes)
+        .with_auth_policy(Digest::try_from(pcr_policy.unwrap_or(&[]).to_vec()).map_err(wrapper)?)
+        .with_keyed_hash_parameters(PublicKeyedHashParameters::new(KeyedHashScheme::Null))
+        .with_keyed_hash_unique_identifier(Digest::default())
+        .build()
+        .map_err(wrapper)
+}
+
+/// TPM2B_PUBLIC bytes of a public area.
+pub(crate) fn public_bytes(public: &Public) -> Result<Vec<u8>, TpmError> {
+    Ok(tpm2b(&public.marshall().map_err(wrapper)?))
+}
+
+fn public_from(bytes: &[u8], what: &str) -> Result<Public, TpmError> {
+    let inner =
+        untpm2b(bytes).ok_or_else(|| TpmError::Other(format!("{what} is not a TPM2B_PUBLIC")))?;
+    Public::unmarshall(inner).map_err(|_| TpmError::Other(format!("{what} is not a TPM2B_PUBLIC")))
+}
+
+/// The Name of a TPM2B_PUBLIC.
+pub fn name_of_public(bytes: &[u8]) -> Result<Vec<u8>, TpmError> {
+    let inner = untpm2b(bytes).ok_or_else(|| TpmError::Other("not a TPM2B_PUBLIC".into()))?;
+    Ok(policy::name_of(inner))
+}
+
+fn pcr_selection(pcrs: &[u8]) -> Result<PcrSelectionList, TpmError> {
+    let slots = pcrs
+        .iter()
+        .map(|&n| {
+            PcrSlot::try_from(1u32 << n)
+                .map_err(|_| TpmError::Other(format!("PCR {n} does not exist")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    PcrSelectionListBuilder::new()
+        .with_selection(HashingAlgorithm::Sha256, &slots)
+        .build()
+        .map_err(wrapper)
+}
+
+fn policy_session(s: AuthSession) -> Result<PolicySession, TpmError> {
+    PolicySession::try_from(s).map_err(wrapper)
+}
+
+impl TssTpm {
+    /// Connects, waiting up to `wait` for the TPM to appear (a boot may still be loading the
+    /// driver). `tcti` is a TCTI string such as `device:/dev/tpmrm0` or
+    /// `swtpm:host=127.0.0.1,port=2321`.
+    pub fn open(tcti: &str, wait: Duration) -> Result<TssTpm, TpmError> {
+        let conf = TctiNameConf::from_str(tcti)
+            .map_err(|_| TpmError::NoDevice(format!("'{tcti}' is not a TCTI configuration")))?;
+        let deadline = Instant::now() + wait;
+        loop {
+            if let Some(path) = tcti.strip_prefix("device:") {
+                if !std::path::Path::new(path).exists() {
+                    if Instant::now() >= deadline {
+                        return Err(TpmError::NoDevice(format!("{path} does not exist")));
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                    continue;
+                }
+            }
+            match Context::new(conf.clone()) {
+                Ok(ctx) => {
+                    return Ok(TssTpm {
+                        ctx,
+                        transient_drsk: None,
+                    })
+                }
+                Err(e) if Instant::now() >= deadline => {
+                    return Err(TpmError::NoDevice(format!("{tcti}: {e}")))
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(100)),
+            }
+        }
+    }
+
+    /// True when the owner hierarchy has an authorization value.
+    pub fn owner_auth_set(&mut self) -> Result<bool, TpmError> {
+        let permanent = self
+            .ctx
+            .get_tpm_property(PropertyTag::Permanent)
+            .map_err(|e| classify(e, "reading TPM properties"))?;
+        Ok(permanent.unwrap_or(0) & 1 == 1)
+    }
+
+    fn set_owner_auth(&mut self, auth: Option<&Passphrase>) -> Result<(), TpmError> {
+        // expose_secret: handed to the TSS, which computes the authorization with it.
+        let value = Auth::try_from(auth.map(|a| a.expose_secret().to_vec()).unwrap_or_default())
+            .map_err(|_| TpmError::Other("the owner authorization is too long".into()))?;
+        self.ctx
+            .tr_set_auth(ObjectHandle::Owner, value)
+            .map_err(wrapper)
+    }
+
+    /// The object at a persistent handle, or `None` if the handle is empty.
+    fn persistent(&mut self, handle: u32) -> Result<Option<ObjectHandle>, TpmError> {
+        let tpm_handle = TpmHandle::Persistent(PersistentTpmHandle::new(handle).map_err(wrapper)?);
+        match self.ctx.tr_from_tpm_public(tpm_handle) {
+            Ok(h) => Ok(Some(h)),
+            Err(e) if matches!(kind(&e), Some(Rc::Handle | Rc::Value)) => Ok(None),
+            Err(e) => Err(classify(e, "reading a persistent handle")),
+        }
+    }
+
+    fn read_public(&mut self, handle: ObjectHandle) -> Result<Public, TpmError> {
+        let (public, _, _) = self
+            .ctx
+            .read_public(handle.into())
+            .map_err(|e| classify(e, "reading a public area"))?;
+        Ok(public)
+    }
+
+    fn flush(&mut self, handle: impl Into<ObjectHandle>) {
+        let _ = self.ctx.flush_context(handle.into());
+    }
+
+    /// Creates the SRK as a transient primary (same key every time for this TPM's seed).
+    fn create_srk(&mut self, owner_auth: Option<&Passphrase>) -> Result<KeyHandle, TpmError> {
+        self.set_owner_auth(owner_auth)?;
+        let template = storage_template(false, None)?;
+        let result = self
+            .ctx
+            .execute_with_session(Some(AuthSession::Password), |ctx| {
+                ctx.create_primary(Hierarchy::Owner, template, None, None, None, None)
+            })
+            .map_err(|e| owner_error(e, "creating the storage root key"))?;
+        Ok(result.key_handle)
+    }
+
+    /// The SRK: the persistent one at 0x81000003 if present, else a transient primary.
+    /// Returns the handle and whether it must be flushed after use.
+    fn srk(&mut self, owner_auth: Option<&Passphrase>) -> Result<(KeyHandle, bool), TpmError> {
+        if let Some(h) = self.persistent(SRK_HANDLE)? {
+            return Ok((h.into(), false));
+        }
+        if owner_auth.is_none() && self.owner_auth_set()? {
+            return Err(TpmError::OwnerAuthNeeded);
+        }
+        Ok((self.create_srk(owner_auth)?, true))
+    }
+
+    /// The SRK's TPM2B_PUBLIC: what a backup server needs to restore a DRSK to this TPM.
+    pub fn srk_public(&mut self, owner_auth: Option<&Passphrase>) -> Result<Vec<u8>, TpmError> {
+        let (srk, transient) = self.srk(owner_auth)?;
+        let public = self.read_public(srk.into());
+        if transient {
+            self.flush(srk);
+        }
+        public_bytes(&public?)
+    }
+
+    /// The DRSK in use: a restored transient one, else the persistent one.
+    fn drsk(&mut self) -> Result<KeyHandle, TpmError> {
+        if let Some(h) = self.transient_drsk {
+            return Ok(h);
+        }
+        self.persistent(DRSK_HANDLE)?
+            .map(KeyHandle::from)
+            .ok_or(TpmError::DrskMissing)
+    }
+
+    /// The DRSK's TPM2B_PUBLIC.
+    pub fn drsk_public(&mut self) -> Result<Vec<u8>, TpmError> {
+        let drsk = self.drsk()?;
+        let public = self.read_public(drsk.into())?;
+        public_bytes(&public)
+    }
+
+    /// Creates (or checks) the SRK at 0x81000003 and the DRSK at 0x81000004 whose
+    /// duplication policy allows exactly the backup servers whose DRSK Names are given.
+    pub fn provision(
+        &mut self,
+        server_names: &[Vec<u8>],
+        owner_auth: Option<&Passphrase>,
+        force: bool,
+    ) -> Result<Provisioned, TpmError> {
+        if owner_auth.is_none() && self.owner_auth_set()? {
+            return Err(TpmError::OwnerAuthNeeded);
+        }
+        self.set_owner_auth(owner_auth)?;
+        let auth_policy = policy::drsk_auth_policy(server_names);
+
+        // The SRK: ours if it is the primary our template makes on this TPM.
+        let fresh_srk = self.create_srk(owner_auth)?;
+        let fresh_srk_public = self.read_public(fresh_srk.into())?;
+        let mut outcome = Provisioned::AlreadyThere;
+        let srk = match self.persistent(SRK_HANDLE)? {
+            Some(existing) => {
+                let existing_public = self.read_public(existing)?;
+                if existing_public != fresh_srk_public {
+                    if !force {
+                        self.flush(fresh_srk);
+                        return Err(TpmError::ForeignObject(
+                            "another key is at 0x81000003; lifeline leaves it alone (use --force to replace it)"
+                                .into(),
+                        ));
+                    }
+                    self.evict(existing, SRK_HANDLE)?;
+                    self.persist(fresh_srk.into(), SRK_HANDLE)?;
+                    outcome = Provisioned::Replaced;
+                }
+                self.flush(fresh_srk);
+                self.persistent(SRK_HANDLE)?
+                    .ok_or(TpmError::Other("the SRK vanished".into()))?
+            }
+            None => {
+                let h = self.persist(fresh_srk.into(), SRK_HANDLE)?;
+                self.flush(fresh_srk);
+                outcome = Provisioned::Created;
+                h
+            }
+        };
+
+        // The DRSK: ours if it has our shape and exactly this policy.
+        if let Some(existing) = self.persistent(DRSK_HANDLE)? {
+            let public = self.read_public(existing)?;
+            let expected = storage_template(true, Some(&auth_policy))?;
+            let same_shape = public.object_attributes() == expected.object_attributes()
+                && public.auth_policy().value() == auth_policy.as_slice();
+            if same_shape && outcome != Provisioned::Replaced {
+                return Ok(outcome);
+            }
+            if !force {
+                return Err(TpmError::ForeignObject(
+                    if public.auth_policy().value() != auth_policy.as_slice()
+                        && public.object_attributes() == expected.object_attributes()
+                    {
+                        "the DRSK at 0x81000004 has another set of backup servers; replacing it loses every secret sealed under it (use --force, then enroll again)".into()
+                    } else {
+                        "another object is at 0x81000004; lifeline leaves it alone (use --force to replace it)".into()
+                    },
+                ));
+            }
+            self.evict(existing, DRSK_HANDLE)?;
+            outcome = Provisioned::Replaced;
+        } else if outcome == Provisioned::AlreadyThere {
+            outcome = Provisioned::Created;
+        }
+        let template = storage_template(true, Some(&auth_policy))?;
+        let created = self
+            .ctx
+            .execute_with_session(Some(AuthSession::Password), |ctx| {
+                ctx.create(srk.into(), template, None, None, None, None)
+            })
+            .map_err(|e| classify(e, "creating the DRSK"))?;
+        let loaded = self
+            .ctx
+            .execute_with_session(Some(AuthSession::Password), |ctx| {
+                ctx.load(srk.into(), created.out_private, created.out_public)
+            })
+            .map_err(|e| classify(e, "loading the DRSK"))?;
+        let result = self.persist(loaded.into(), DRSK_HANDLE);
+        self.flush(loaded);
+        result?;
+        Ok(outcome)
+    }
+
+    fn persist(&mut self, object: ObjectHandle, handle: u32) -> Result<ObjectHandle, TpmError> {
+        let persistent = Persistent::Persistent(PersistentTpmHandle::new(handle).map_err(wrapper)?);
+        self.ctx
+            .execute_with_session(Some(AuthSession::Password), |ctx| {
+                ctx.evict_control(Provision::Owner, object, persistent)
+            })
+            .map_err(|e| owner_error(e, "making a key persistent"))
+    }
+
+    fn evict(&mut self, persistent_object: ObjectHandle, handle: u32) -> Result<(), TpmError> {
+        let persistent = Persistent::Persistent(PersistentTpmHandle::new(handle).map_err(wrapper)?);
+        self.ctx
+            .execute_with_session(Some(AuthSession::Password), |ctx| {
+                ctx.evict_control(Provision::Owner, persistent_object, persistent)
+            })
+            .map_err(|e| owner_error(e, "removing a persistent key"))?;
+        Ok(())
+    }
+
+    /// A session salted to `salt_key` that encrypts the first parameter both ways, so secrets
+    /// do not cross the bus in clear.
+    fn encrypted_session(
+        &mut self,
+        salt_key: KeyHandle,
+        kind: SessionType,
+    ) -> Result<AuthSession, TpmError> {
+        let session = self
+            .ctx
+            .start_auth_session(
+                Some(salt_key),
+                None,
+                None,
+                kind,
+                SymmetricDefinition::AES_128_CFB,
+                HashingAlgorithm::Sha256,
+            )
+            .map_err(|e| classify(e, "starting a session"))?
+            .ok_or_else(|| TpmError::Other("no session".into()))?;
+        let (attributes, mask) = SessionAttributesBuilder::new()
+            .with_decrypt(true)
+            .with_encrypt(true)
+            .with_continue_session(true)
+            .build();
+        self.ctx
+            .tr_sess_set_attributes(session, attributes, mask)
+            .map_err(wrapper)?;
+        Ok(session)
+    }
+
+    fn read_pcrs(&mut self, pcrs: &[u8]) -> Result<Vec<Vec<u8>>, TpmError> {
+        let selection = pcr_selection(pcrs)?;
+        let (_, _, digests) = self
+            .ctx
+            .pcr_read(selection)
+            .map_err(|e| classify(e, "reading PCRs"))?;
+        Ok(digests.value().iter().map(|d| d.value().to_vec()).collect())
+    }
+
+    /// Seals `key` under the DRSK, optionally bound to the current values of `pcrs`
+    /// (SHA-256 bank).
+    pub fn seal(
+        &mut self,
+        key: &VolumeKey,
+        pcrs: &[u8],
+    ) -> Result<(SealedBlob, Option<PcrBinding>), TpmError> {
+        let drsk = self.drsk()?;
+        let binding = if pcrs.is_empty() {
+            None
+        } else {
+            Some(PcrBinding {
+                pcrs: pcrs.to_vec(),
+                values: self.read_pcrs(pcrs)?,
+            })
+        };
+        let pcr_policy = match &binding {
+            Some(b) => Some(self.trial_pcr_policy(&b.pcrs)?),
+            None => None,
+        };
+        let template = sealed_template(pcr_policy.as_deref())?;
+        // expose_secret: sealing is the purpose; it goes into an encrypted session parameter.
+        let sensitive = SensitiveData::try_from(key.expose_secret().to_vec())
+            .map_err(|_| TpmError::Other("the volume key is too long to seal".into()))?;
+        let session = self.encrypted_session(drsk, SessionType::Hmac)?;
+        let created = self
+            .ctx
+            .execute_with_session(Some(session), |ctx| {
+                ctx.create(drsk, template, None, Some(sensitive), None, None)
+            })
+            .map_err(|e| classify(e, "sealing under the DRSK"));
+        self.flush(tss_esapi::handles::SessionHandle::from(session));
+        let created = created?;
+        Ok((
+            SealedBlob {
+                public: public_bytes(&created.out_public)?,
+                private: tpm2b(created.out_private.value()),
+            },
+            binding,
+        ))
+    }
+
+    fn trial_pcr_policy(&mut self, pcrs: &[u8]) -> Result<Vec<u8>, TpmError> {
+        let session = self
+            .ctx
+            .start_auth_session(
+                None,
+                None,
+                None,
+                SessionType::Trial,
+                SymmetricDefinition::Null,
+                HashingAlgorithm::Sha256,
+            )
+            .map_err(|e| classify(e, "starting a trial session"))?
+            .ok_or_else(|| TpmError::Other("no session".into()))?;
+        let ps = policy_session(session)?;
+        let result = self
+            .ctx
+            .policy_pcr(ps, Digest::default(), pcr_selection(pcrs)?)
+            .and_then(|()| self.ctx.policy_get_digest(ps))
+            .map_err(|e| classify(e, "computing the PCR policy"));
+        self.flush(tss_esapi::handles::SessionHandle::from(session));
+        Ok(result?.value().to_vec())
+    }
+
+    /// Unseals a blob made by `seal`, through an encrypted session.
+    pub fn unseal(
+        &mut self,
+        blob: &SealedBlob,
+        pcrs: Option<&PcrBinding>,
+    ) -> Result<VolumeKey, TpmError> {
+        let drsk = self.drsk()?;
+        let public = public_from(&blob.public, "the sealed object's public part")?;
+        let private = Private::try_from(
+            untpm2b(&blob.private)
+                .ok_or_else(|| {
+                    TpmError::Other("the sealed object's private part is not a TPM2B".into())
+                })?
+                .to_vec(),
+        )
+        .map_err(wrapper)?;
+        let object = self
+            .ctx
+            .execute_with_session(Some(AuthSession::Password), |ctx| {
+                ctx.load(drsk, private, public)
+            })
+            .map_err(|e| match kind(&e) {
+                Some(Rc::Integrity | Rc::Handle | Rc::Value | Rc::Size) => TpmError::ForeignObject(
+                    "the sealed key was made under another DRSK (TPM cleared or replaced)".into(),
+                ),
+                _ => classify(e, "loading the sealed key"),
+            })?;
+        let kind_of_session = if pcrs.is_some() {
+            SessionType::Policy
+        } else {
+            SessionType::Hmac
+        };
+        let session = match self.encrypted_session(drsk, kind_of_session) {
+            Ok(s) => s,
+            Err(e) => {
+                self.flush(object);
+                return Err(e);
+            }
+        };
+        let mut result = Ok(());
+        if let Some(b) = pcrs {
+            result = policy_session(session).and_then(|ps| {
+                self.ctx
+                    .policy_pcr(ps, Digest::default(), pcr_selection(&b.pcrs)?)
+                    .map_err(|e| classify(e, "PCR policy"))
+            });
+        }
+        let unsealed = result.and_then(|()| {
+            self.ctx
+                .execute_with_session(Some(session), |ctx| ctx.unseal(object.into()))
+                .map_err(|e| match kind(&e) {
+                    Some(Rc::PolicyFail | Rc::Value | Rc::PcrChanged) => {
+                        TpmError::PcrMismatch(String::new())
+                    }
+                    _ => classify(e, "unsealing"),
+                })
+        });
+        self.flush(tss_esapi::handles::SessionHandle::from(session));
+        self.flush(object);
+        match unsealed {
+            // Convert at the boundary: SensitiveData derefs to a plain Vec and derives Debug.
+            Ok(data) => Ok(VolumeKey::new(zeroize::Zeroizing::new(
+                data.value().to_vec(),
+            ))),
+            Err(TpmError::PcrMismatch(_)) => {
+                Err(TpmError::PcrMismatch(self.which_pcrs_changed(pcrs)))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn which_pcrs_changed(&mut self, binding: Option<&PcrBinding>) -> String {
+        let Some(b) = binding else {
+            return "policy check failed".into();
+        };
+        match self.read_pcrs(&b.pcrs) {
+            Ok(now) => {
+                let changed: Vec<String> = b
+                    .pcrs
+                    .iter()
+                    .zip(b.values.iter().zip(now.iter()))
+                    .filter(|(_, (then, now))| then != now)
+                    .map(|(n, _)| n.to_string())
+                    .collect();
+                match changed.len() {
+                    0 => "PCR policy check failed".into(),
+                    1 => format!("PCR {} changed", changed[0]),
+                    _ => format!("PCRs {} changed", changed.join(", ")),
+                }
+            }
+            Err(_) => "PCR policy check failed".into(),
+        }
+    }
+
+    /// Duplicates the DRSK to a backup server's DRSK (given as its TPM2B_PUBLIC), through the
+    /// PolicyDuplicationSelect branch for that server. `server_names` are all backup servers
+    /// the DRSK was provisioned with, in order (PolicyOR needs every branch).
+    pub fn duplicate_drsk(
+        &mut self,
+        server_public: &[u8],
+        server_names: &[Vec<u8>],
+    ) -> Result<Duplicate, TpmError> {
+        let drsk = self.drsk()?;
+        let drsk_public = self.read_public(drsk.into())?;
+        let drsk_name = self.ctx.tr_get_name(drsk.into()).map_err(wrapper)?;
+        let parent_public = public_from(server_public, "the server key")?;
+        let parent_name = name_of_public(server_public)?;
+        let parent = self
+            .ctx
+            .load_external_public(parent_public, Hierarchy::Null)
+            .map_err(|e| classify(e, "loading the server key"))?;
+        let result = self.policy_duplicate(drsk.into(), parent, server_names, |ctx, ps| {
+            ctx.policy_duplication_select(
+                ps,
+                drsk_name.clone(),
+                tss_esapi::structures::Name::try_from(parent_name.clone())?,
+                false,
+            )
+        });
+        self.flush(parent);
+        let (private, seed) = result?;
+        Ok(Duplicate {
+            public: public_bytes(&drsk_public)?,
+            private,
+            seed,
+        })
+    }
+
+    /// Runs `branch` in a fresh policy session, then PolicyOR over the DRSK policy's branches,
+    /// then TPM2_Duplicate of `object` to `new_parent` (no inner wrapper).
+    fn policy_duplicate(
+        &mut self,
+        object: ObjectHandle,
+        new_parent: KeyHandle,
+        server_names: &[Vec<u8>],
+        branch: impl FnOnce(&mut Context, PolicySession) -> tss_esapi::Result<()>,
+    ) -> Result<(Vec<u8>, Vec<u8>), TpmError> {
+        let branches = policy::drsk_branches(server_names);
+        let mut list = DigestList::new();
+        for b in &branches {
+            list.add(Digest::try_from(b.to_vec()).map_err(wrapper)?)
+                .map_err(wrapper)?;
+        }
+        let session = self
+            .ctx
+            .start_auth_session(
+                None,
+                None,
+                None,
+                SessionType::Policy,
+                SymmetricDefinition::AES_128_CFB,
+                HashingAlgorithm::Sha256,
+            )
+            .map_err(|e| classify(e, "starting a policy session"))?
+            .ok_or_else(|| TpmError::Other("no session".into()))?;
+        let ps = policy_session(session)?;
+        let refused = |e: tss_esapi::Error| match kind(&e) {
+            Some(
+                Rc::PolicyFail
+                | Rc::Value
+                | Rc::Policy
+                | Rc::AuthFail
+                | Rc::BadAuth
+                | Rc::Attributes,
+            ) => TpmError::PolicyRefused(format!(
+                "the DRSK's policy does not allow this duplication ({e})"
+            )),
+            _ => classify(e, "duplicating"),
+        };
+        let result = branch(&mut self.ctx, ps)
+            .and_then(|()| self.ctx.policy_or(ps, list))
+            .map_err(refused)
+            .and_then(|()| {
+                self.ctx
+                    .execute_with_session(Some(session), |ctx| {
+                        ctx.duplicate(
+                            object,
+                            new_parent.into(),
+                            None,
+                            SymmetricDefinitionObject::Null,
+                        )
+                    })
+                    .map_err(refused)
+            });
+        self.flush(tss_esapi::handles::SessionHandle::from(session));
+        let (_, private, seed) = result?;
+        Ok((tpm2b(private.value()), tpm2b(seed.value())))
+    }
+
+    /// Imports a duplicate under `parent` and returns the new TPM2B_PRIVATE.
+    fn import(&mut self, parent: KeyHandle, dup: &Duplicate) -> Result<Private, TpmError> {
+        let public = public_from(&dup.public, "the duplicate's public part")?;
+        let private = Private::try_from(
+            untpm2b(&dup.private)
+                .ok_or_else(|| TpmError::Other("the duplicate is damaged".into()))?
+                .to_vec(),
+        )
+        .map_err(wrapper)?;
+        let seed = EncryptedSecret::try_from(
+            untpm2b(&dup.seed)
+                .ok_or_else(|| TpmError::Other("the duplicate's seed is damaged".into()))?
+                .to_vec(),
+        )
+        .map_err(wrapper)?;
+        self.ctx
+            .execute_with_session(Some(AuthSession::Password), |ctx| {
+                ctx.import(
+                    parent.into(),
+                    None,
+                    public,
+                    private,
+                    seed,
+                    SymmetricDefinitionObject::Null,
+                )
+            })
+            .map_err(|e| match kind(&e) {
+                Some(Rc::Integrity | Rc::Value | Rc::Size) => TpmError::ForeignObject(
+                    "the duplicate was not made for this TPM's storage key".into(),
+                ),
+                _ => classify(e, "importing the DRSK"),
+            })
+    }
+
+    /// Client side of a restore: imports the DRSK under this TPM's SRK and loads it. With
+    /// `persist` it becomes 0x81000004 (needs the owner authorization if set); otherwise it
+    /// stays loaded for the life of this connection.
+    pub fn restore_drsk(
+        &mut self,
+        dup: &Duplicate,
+        persist: bool,
+        owner_auth: Option<&Passphrase>,
+    ) -> Result<String, TpmError> {
+        let (srk, srk_transient) = self.srk(owner_auth)?;
+        let result = self.import(srk, dup).and_then(|private| {
+            let public = public_from(&dup.public, "the duplicate's public part")?;
+            self.ctx
+                .execute_with_session(Some(AuthSession::Password), |ctx| {
+                    ctx.load(srk, private, public)
+                })
+                .map_err(|e| classify(e, "loading the restored DRSK"))
+        });
+        if srk_transient {
+            self.flush(srk);
+        }
+        let drsk = result?;
+        if persist {
+            if owner_auth.is_none() && self.owner_auth_set()? {
+                self.flush(drsk);
+                return Err(TpmError::OwnerAuthNeeded);
+            }
+            self.set_owner_auth(owner_auth)?;
+            if let Some(existing) = self.persistent(DRSK_HANDLE)? {
+                self.evict(existing, DRSK_HANDLE)?;
+            }
+            let persisted = self.persist(drsk.into(), DRSK_HANDLE);
+            self.flush(drsk);
+            persisted?;
+        } else {
+            self.transient_drsk = Some(drsk);
+        }
+        Ok(super::client_id(&dup.public))
+    }
+}
+
+// ---- the server's side of custody -------------------------------------------------------------
+
+/// The backup server's own DRSK, kept as blobs under its SRK (not at a persistent handle, so
+/// a server can also be a lifeline client with its own DRSK at 0x81000004). fixedTPM: it never
+/// leaves the server's TPM.
+#[derive(Debug, Clone)]
+pub struct ServerKey {
+    pub public: Vec<u8>,
+    pub private: Vec<u8>,
+}
+
+impl TssTpm {
+    /// Creates the server's DRSK under its SRK.
+    pub fn create_server_key(
+        &mut self,
+        owner_auth: Option<&Passphrase>,
+    ) -> Result<ServerKey, TpmError> {
+        let (srk, transient) = self.srk(owner_auth)?;
+        let template = storage_template(false, None)?;
+        let created = self
+            .ctx
+            .execute_with_session(Some(AuthSession::Password), |ctx| {
+                ctx.create(srk, template, None, None, None, None)
+            })
+            .map_err(|e| classify(e, "creating the server key"));
+        if transient {
+            self.flush(srk);
+        }
+        let created = created?;
+        Ok(ServerKey {
+            public: public_bytes(&created.out_public)?,
+            private: tpm2b(created.out_private.value()),
+        })
+    }
+
+    fn load_server_key(
+        &mut self,
+        key: &ServerKey,
+        owner_auth: Option<&Passphrase>,
+    ) -> Result<KeyHandle, TpmError> {
+        let (srk, transient) = self.srk(owner_auth)?;
+        let public = public_from(&key.public, "the server key")?;
+        let private = Private::try_from(
+            untpm2b(&key.private)
+                .ok_or_else(|| TpmError::Other("the server key is damaged".into()))?
+                .to_vec(),
+        )
+        .map_err(wrapper)?;
+        let loaded = self
+            .ctx
+            .execute_with_session(Some(AuthSession::Password), |ctx| {
+                ctx.load(srk, private, public)
+            })
+            .map_err(|e| match kind(&e) {
+                Some(Rc::Integrity) => {
+                    TpmError::ForeignObject("the server key belongs to another TPM".into())
+                }
+                _ => classify(e, "loading the server key"),
+            });
+        if transient {
+            self.flush(srk);
+        }
+        loaded
+    }
+
+    /// Imports a client's DRSK duplicate under the server key; returns the TPM2B_PRIVATE that
+    /// only this TPM can load.
+    pub fn import_client(
+        &mut self,
+        key: &ServerKey,
+        dup: &Duplicate,
+        owner_auth: Option<&Passphrase>,
+    ) -> Result<Vec<u8>, TpmError> {
+        let server = self.load_server_key(key, owner_auth)?;
+        let result = self.import(server, dup);
+        self.flush(server);
+        Ok(tpm2b(result?.value()))
+    }
+
+    /// Re-duplicates a stored client DRSK to a replacement TPM's SRK (its TPM2B_PUBLIC),
+    /// through the PolicySecret(server key) + PolicyCommandCode(Duplicate) branch.
+    pub fn reduplicate_client(
+        &mut self,
+        key: &ServerKey,
+        client_public: &[u8],
+        client_private: &[u8],
+        server_names: &[Vec<u8>],
+        new_parent_public: &[u8],
+        owner_auth: Option<&Passphrase>,
+    ) -> Result<Duplicate, TpmError> {
+        let server = self.load_server_key(key, owner_auth)?;
+        let stored = Duplicate {
+            public: client_public.to_vec(),
+            private: client_private.to_vec(),
+            seed: Vec::new(),
+        };
+        let loaded = public_from(client_public, "the client DRSK").and_then(|public| {
+            let private = Private::try_from(
+                untpm2b(&stored.private)
+                    .ok_or_else(|| TpmError::Other("the stored DRSK is damaged".into()))?
+                    .to_vec(),
+            )
+            .map_err(wrapper)?;
+            self.ctx
+                .execute_with_session(Some(AuthSession::Password), |ctx| {
+                    ctx.load(server, private, public)
+                })
+                .map_err(|e| classify(e, "loading the stored DRSK"))
+        });
+        let copy = match loaded {
+            Ok(c) => c,
+            Err(e) => {
+                self.flush(server);
+                return Err(e);
+            }
+        };
+        let new_parent = public_from(new_parent_public, "the new storage key").and_then(|p| {
+            self.ctx
+                .load_external_public(p, Hierarchy::Null)
+                .map_err(|e| classify(e, "loading the new storage key"))
+        });
+        let result = new_parent.and_then(|parent| {
+            let server_auth: AuthHandle = ObjectHandle::from(server).into();
+            let r = self.policy_duplicate(copy.into(), parent, server_names, |ctx, ps| {
+                ctx.execute_with_session(Some(AuthSession::Password), |ctx| {
+                    ctx.policy_secret(
+                        ps,
+                        server_auth,
+                        Nonce::default(),
+                        Digest::default(),
+                        Nonce::default(),
+                        None,
+                    )
+                })?;
+                ctx.policy_command_code(ps, CommandCode::Duplicate)
+            });
+            self.flush(parent);
+            r
+        });
+        self.flush(copy);
+        self.flush(server);
+        let (private, seed) = result?;
+        Ok(Duplicate {
+            public: client_public.to_vec(),
+            private,
+            seed,
+        })
+    }
+}

@@ -75,6 +75,30 @@ impl Drop for Staged {
     }
 }
 
+/// Replaces `target` (or creates it) in one step: readers see the old file or the new one.
+pub fn replace(target: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+    if let Some(dir) = target.parent().filter(|p| !p.as_os_str().is_empty()) {
+        fs::create_dir_all(dir)?;
+    }
+    let temp = target.with_extension("lifeline-tmp");
+    let result = (|| {
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(&temp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        fs::rename(&temp, target)?;
+        File::open(parent(target))?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&temp);
+    }
+    result
+}
+
 /// Writes a new file in one step.
 pub fn write_new(target: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
     stage(target, bytes, mode)?.commit()

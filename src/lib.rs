@@ -37,6 +37,7 @@
 pub mod atomic_file;
 pub mod cmd;
 pub mod escrow;
+pub mod hex;
 pub mod luks;
 pub mod prompt;
 pub mod secret;

@@ -71,3 +71,107 @@ fn library_seal_backup_board_swap_restore_unseal() {
         "persisted DRSK unseals"
     );
 }
+
+/// seeds/003's demo.sh: TPM A provisions, seals a real LUKS image's key, backs up to server
+/// TPM B; A's state is thrown away (new TPM C = new motherboard); B restores to C; C unseals
+/// the original sealed blob and the key opens the image. Then the same with a PCR-bound blob.
+#[test]
+fn seed_demo_board_swap_restore_unseals_the_original_blob() {
+    let sb = Sandbox::new();
+    let b = Swtpm::start(&sb.path("tpm-b"));
+    sb.server_on(&b, &["drsk", "init", "--dir", "srv"]).ok();
+
+    let img = sb.luks_image("disk.img", 2);
+    let pcr_img = sb.luks_image("pcr.img", 1);
+    let image = img.path.to_str().unwrap();
+    let pcr_image = pcr_img.path.to_str().unwrap();
+    let a = Swtpm::start(&sb.path("tpm-a"));
+    let client_id = sb
+        .lifeline_on(&a, &["provision", "--backup-server-key", "srv/drsk.pub"])
+        .ok()
+        .stdout
+        .trim()
+        .to_string();
+    assert_eq!(client_id.len(), 64);
+    sb.lifeline_on(
+        &a,
+        &[
+            "enroll",
+            image,
+            "--key-file",
+            img.key_file.to_str().unwrap(),
+        ],
+    )
+    .ok();
+    sb.lifeline_on(&a, &["unseal-check", image]).ok();
+    // PCR 16 is the resettable debug PCR: give it a value, bind the LUKS1 volume's key to it.
+    extend_pcr16(&a);
+    sb.lifeline_on(
+        &a,
+        &[
+            "enroll",
+            pcr_image,
+            "--pcrs",
+            "16",
+            "--key-file",
+            pcr_img.key_file.to_str().unwrap(),
+        ],
+    )
+    .ok();
+    sb.lifeline_on(&a, &["unseal-check", pcr_image]).ok();
+    sb.lifeline_on(
+        &a,
+        &["backup", "--server-key", "srv/drsk.pub", "--out", "a.dup"],
+    )
+    .ok();
+    sb.server_on(&b, &["drsk", "import", "--dir", "srv", "a.dup"])
+        .ok();
+    drop(a);
+    std::fs::remove_dir_all(sb.path("tpm-a")).unwrap();
+
+    let c = Swtpm::start(&sb.path("tpm-c"));
+    sb.lifeline_on(&c, &["unseal-check", image])
+        .fails(8, "no lifeline storage key (DRSK)");
+    sb.lifeline_on(&c, &["srk-public", "--out", "c.srk"]).ok();
+    let args = [
+        "drsk",
+        "restore",
+        "--dir",
+        "srv",
+        "--client",
+        &client_id,
+        "--new-parent",
+        "c.srk",
+        "--out",
+        "c.restore",
+    ];
+    sb.server_on(&b, &args).ok();
+    let restored = sb
+        .lifeline_on(&c, &["restore", "--in", "c.restore", "--persist"])
+        .ok()
+        .stdout
+        .trim()
+        .to_string();
+    assert_eq!(restored, client_id);
+    sb.lifeline_on(&c, &["unseal-check", image]).ok();
+    assert_eq!(sb.lifeline_on(&c, &["id"]).ok().stdout.trim(), client_id);
+
+    // The PCR-bound blob: refused while PCR 16 differs, unsealed once it holds the value again.
+    sb.lifeline_on(&c, &["unseal-check", pcr_image])
+        .fails(8, "PCR 16 changed");
+    extend_pcr16(&c);
+    sb.lifeline_on(&c, &["unseal-check", pcr_image]).ok();
+}
+
+fn extend_pcr16(t: &Swtpm) {
+    let out = t
+        .tools("tpm2_pcrextend")
+        .arg("16:sha256=0101010101010101010101010101010101010101010101010101010101010101")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

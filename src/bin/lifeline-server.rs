@@ -8,8 +8,12 @@ use lifeline::cmd::{self, server};
 #[derive(FromArgs, Debug)]
 /// lifeline-server: the recovery authority. Creates the keys escrow packets are encrypted to
 /// and issues signed recovery packets with one-time passwords.
-/// Exit codes: 0 ok, 1 failure, 2 usage, 3 wrong passphrase, 4 bad packet, 7 target exists.
+/// Holds clients' TPM storage keys (DRSKs) in its own TPM for motherboard-swap restores.
+/// Exit codes: 0 ok, 1 failure, 2 usage, 3 wrong passphrase, 4 bad packet, 7 target exists, 8 TPM.
 struct LifelineServer {
+    /// the server's TPM, as a TCTI string (default: $LIFELINE_TCTI, else device:/dev/tpmrm0)
+    #[argh(option)]
+    tcti: Option<String>,
     #[argh(subcommand)]
     command: Command,
 }
@@ -19,13 +23,17 @@ struct LifelineServer {
 enum Command {
     Init(server::init::Args),
     Recovery(server::recovery::Args),
+    Drsk(server::drsk::Args),
 }
 
 fn main() {
+    cmd::quiet_tss_log();
     let args: LifelineServer = cmd::parse_args();
+    let g = cmd::Globals::new(args.tcti, None);
     let result = match args.command {
         Command::Init(a) => server::init::run(a),
         Command::Recovery(a) => server::recovery::run(a),
+        Command::Drsk(a) => server::drsk::run(a, &g),
     };
     std::process::exit(cmd::finish("lifeline-server", result));
 }

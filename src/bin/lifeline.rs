@@ -1,16 +1,26 @@
-//! `lifeline`: the client. Escrow a volume's key, recover access with a recovery packet.
+//! `lifeline`: the client. Escrow and recover volume keys; provision the TPM, seal volume keys
+//! under its recoverable storage key, back that key up and restore it after a board swap.
 
 #![forbid(unsafe_code)]
 
+use std::path::PathBuf;
+
 use argh::FromArgs;
-use lifeline::cmd::{self, escrow, inspect, recover};
+use lifeline::cmd::{self, backup, enroll, escrow, inspect, provision, recover, Globals};
 
 #[derive(FromArgs, Debug)]
 /// lifeline: never be locked out of your LUKS disk. Escrow a volume's key to your recovery
-/// authority; get back in with a recovery packet and a one-time password from your helpdesk.
+/// authority; get back in with a recovery packet and a one-time password from your helpdesk;
+/// unlock with the TPM through a storage key that survives a motherboard swap.
 /// Exit codes: 0 ok, 1 failure, 2 usage, 3 wrong passphrase or one-time password, 4 bad packet,
-/// 5 packet not for this volume/machine or expired, 6 volume problem, 7 target exists.
+/// 5 packet not for this volume/machine or expired, 6 volume problem, 7 target exists, 8 TPM.
 struct Lifeline {
+    /// TPM to use, as a TCTI string (default: $LIFELINE_TCTI, else device:/dev/tpmrm0)
+    #[argh(option)]
+    tcti: Option<String>,
+    /// directory for lifeline's state files (default: $LIFELINE_STATE_DIR, else /etc/lifeline)
+    #[argh(option)]
+    state_dir: Option<PathBuf>,
     #[argh(subcommand)]
     command: Command,
 }
@@ -21,14 +31,30 @@ enum Command {
     Escrow(escrow::Args),
     Recover(recover::Args),
     Inspect(inspect::Args),
+    Provision(provision::Args),
+    Id(provision::IdArgs),
+    Enroll(enroll::Args),
+    UnsealCheck(enroll::CheckArgs),
+    Backup(backup::Args),
+    SrkPublic(backup::SrkArgs),
+    Restore(backup::RestoreArgs),
 }
 
 fn main() {
+    cmd::quiet_tss_log();
     let args: Lifeline = cmd::parse_args();
+    let g = Globals::new(args.tcti, args.state_dir);
     let result = match args.command {
         Command::Escrow(a) => escrow::run(a),
         Command::Recover(a) => recover::run(a),
         Command::Inspect(a) => inspect::run(a),
+        Command::Provision(a) => provision::run(a, &g),
+        Command::Id(a) => provision::run_id(a, &g),
+        Command::Enroll(a) => enroll::run(a, &g),
+        Command::UnsealCheck(a) => enroll::run_check(a, &g),
+        Command::Backup(a) => backup::run(a, &g),
+        Command::SrkPublic(a) => backup::run_srk(a, &g),
+        Command::Restore(a) => backup::run_restore(a, &g),
     };
     std::process::exit(cmd::finish("lifeline", result));
 }

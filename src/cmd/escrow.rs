@@ -5,15 +5,11 @@ use std::time::SystemTime;
 
 use argh::FromArgs;
 
-use super::{local_machine_id, read_key_file, CmdResult, Exit, Failure};
+use super::{local_machine_id, CmdResult, Exit, Failure};
 use crate::atomic_file;
 use crate::escrow::{EscrowPacket, Record, VolumeInfo};
 use crate::luks::{LuksVolume, Pbkdf};
-use crate::prompt::{Console, Prompt};
-use crate::secret::{Passphrase, VolumeKey};
-
-/// Passphrase attempts at the prompt, as cryptsetup allows.
-const PASSPHRASE_TRIES: u32 = 3;
+use crate::secret::Passphrase;
 
 #[derive(FromArgs, Debug)]
 /// Escrow a LUKS volume's key: read it with a passphrase and write it to an escrow packet,
@@ -61,7 +57,7 @@ pub fn run(args: Args) -> CmdResult {
         Some(id) => id.to_ascii_lowercase(),
         None => local_machine_id()?,
     };
-    let key = read_volume_key(&mut volume, &args)?;
+    let key = super::volume_key_from_user(&mut volume, &args.device, args.key_file.as_deref())?;
 
     let recovery_passphrase = if args.random_passphrase {
         // Fail before writing anything if there is no room for the new keyslot.
@@ -145,25 +141,4 @@ pub fn read_recipient(path: &std::path::Path) -> Result<age::x25519::Recipient, 
         ))
         .todo("use the recipient.txt that lifeline-server init wrote")
     })
-}
-
-fn read_volume_key(volume: &mut LuksVolume, args: &Args) -> Result<VolumeKey, Failure> {
-    if let Some(file) = &args.key_file {
-        let pass = read_key_file(file)?;
-        return Ok(volume.unlock(&pass)?.1);
-    }
-    let mut console = Console::new();
-    let question = format!("Enter passphrase for {}:", args.device.display());
-    for attempt in 1..=PASSPHRASE_TRIES {
-        let answer = console.ask_secret(&question)?;
-        let pass = Passphrase::from_slice(answer.as_bytes());
-        match volume.unlock(&pass) {
-            Ok((_, key)) => return Ok(key),
-            Err(crate::luks::LuksError::WrongPassphrase) if attempt < PASSPHRASE_TRIES => {
-                console.say("No keyslot accepts that passphrase. Try again.");
-            }
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Err(crate::luks::LuksError::WrongPassphrase.into())
 }

@@ -3,20 +3,25 @@
 //! Every failure becomes a [`Failure`]: what happened, what to do next, and an exit code from
 //! [`Exit`], the one place exit codes are defined (`docs/EXIT-CODES.md` repeats the table).
 
+pub mod backup;
+pub mod enroll;
 pub mod escrow;
 pub mod inspect;
+pub mod provision;
 pub mod recover;
 #[cfg(feature = "server")]
 pub mod server;
 
 use std::fmt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use crate::escrow::otp::OtpError;
 use crate::escrow::PacketError;
 use crate::luks::LuksError;
 use crate::prompt::PromptError;
 use crate::secret::Passphrase;
+use crate::tpm::{TpmError, TssTpm, DEFAULT_TCTI};
 
 /// Exit codes of `lifeline` and `lifeline-server`: a contract with scripts and initramfs glue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,6 +42,9 @@ pub enum Exit {
     Volume = 6,
     /// The target exists already (an authority, an output file); nothing was changed.
     Exists = 7,
+    /// The TPM cannot do it: no TPM, no DRSK, PCRs changed, lockout, refused by policy,
+    /// or a foreign object where lifeline's should be.
+    Tpm = 8,
 }
 
 /// A failed command: what happened and what the person should do next.
@@ -141,6 +149,39 @@ impl From<LuksError> for Failure {
     }
 }
 
+impl From<TpmError> for Failure {
+    fn from(e: TpmError) -> Self {
+        let what = e.to_string();
+        let (code, todo) = match e {
+            TpmError::NoDevice(_) => (
+                Exit::Tpm,
+                "check that the TPM is enabled in the firmware, or name it with --tcti or LIFELINE_TCTI",
+            ),
+            TpmError::DrskMissing => (
+                Exit::Tpm,
+                "run lifeline provision; after a motherboard swap, restore the DRSK from a backup server (lifeline restore)",
+            ),
+            TpmError::ForeignObject(_) => (Exit::Tpm, "restore the DRSK from a backup server, or provision and enroll again"),
+            TpmError::PcrMismatch(_) => (
+                Exit::Tpm,
+                "boot the way the key was enrolled, or recover with a recovery packet and enroll again",
+            ),
+            TpmError::Lockout => (
+                Exit::Tpm,
+                "wait for the lockout to end, or reset it with the lockout authorization (tpm2_dictionarylockout -c)",
+            ),
+            TpmError::OwnerAuthNeeded => (Exit::Usage, "give the TPM owner authorization with --owner-auth-file"),
+            TpmError::OwnerAuthWrong => (Exit::Denied, "check the TPM owner authorization"),
+            TpmError::PolicyRefused(_) => (
+                Exit::Tpm,
+                "the DRSK can be backed up only to the servers named when it was provisioned",
+            ),
+            TpmError::Other(_) => (Exit::Tpm, "run the command again; if it persists, check the TPM with tpm2_getcap"),
+        };
+        Failure::new(code, what).todo(todo)
+    }
+}
+
 impl From<OtpError> for Failure {
     fn from(e: OtpError) -> Self {
         Failure::new(Exit::Denied, e.to_string())
@@ -205,6 +246,79 @@ pub fn read_small(path: &Path, limit: u64) -> Result<Vec<u8>, Failure> {
     Ok(buf)
 }
 
+/// Passphrase attempts at the prompt, as cryptsetup allows.
+const PASSPHRASE_TRIES: u32 = 3;
+
+/// Reads a volume's key with its passphrase: from a key file (byte for byte, as cryptsetup
+/// does), else asked for up to three times.
+pub fn volume_key_from_user(
+    volume: &mut crate::luks::LuksVolume,
+    device: &Path,
+    key_file: Option<&Path>,
+) -> Result<crate::secret::VolumeKey, Failure> {
+    use crate::prompt::Prompt;
+    if let Some(file) = key_file {
+        let pass = read_key_file(file)?;
+        return Ok(volume.unlock(&pass)?.1);
+    }
+    let mut console = crate::prompt::Console::new();
+    let question = format!("Enter passphrase for {}:", device.display());
+    for attempt in 1..=PASSPHRASE_TRIES {
+        let answer = console.ask_secret(&question)?;
+        let pass = Passphrase::from_slice(answer.as_bytes());
+        match volume.unlock(&pass) {
+            Ok((_, key)) => return Ok(key),
+            Err(LuksError::WrongPassphrase) if attempt < PASSPHRASE_TRIES => {
+                console.say("No keyslot accepts that passphrase. Try again.");
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(LuksError::WrongPassphrase.into())
+}
+
+/// Options every TPM command shares.
+#[derive(Debug, Clone)]
+pub struct Globals {
+    /// TCTI configuration: `--tcti`, else `LIFELINE_TCTI`, else the kernel resource manager.
+    pub tcti: String,
+    /// Where lifeline keeps its small state files (`--state-dir`, `LIFELINE_STATE_DIR`).
+    pub state_dir: PathBuf,
+}
+
+/// How long commands wait for a TPM to appear.
+const TPM_WAIT: Duration = Duration::from_secs(5);
+
+impl Globals {
+    pub fn new(tcti: Option<String>, state_dir: Option<PathBuf>) -> Globals {
+        Globals {
+            tcti: tcti
+                .or_else(|| std::env::var("LIFELINE_TCTI").ok())
+                .unwrap_or_else(|| DEFAULT_TCTI.to_string()),
+            state_dir: state_dir
+                .or_else(|| std::env::var_os("LIFELINE_STATE_DIR").map(PathBuf::from))
+                .unwrap_or_else(|| PathBuf::from("/etc/lifeline")),
+        }
+    }
+
+    pub fn open_tpm(&self) -> Result<TssTpm, Failure> {
+        Ok(TssTpm::open(&self.tcti, TPM_WAIT)?)
+    }
+}
+
+/// The TPM owner authorization: from a file, else asked for when the TPM has one set.
+pub fn owner_auth(tpm: &mut TssTpm, file: Option<&Path>) -> Result<Option<Passphrase>, Failure> {
+    if let Some(f) = file {
+        return read_passphrase_file(f).map(Some);
+    }
+    if !tpm.owner_auth_set()? {
+        return Ok(None);
+    }
+    use crate::prompt::Prompt;
+    let answer = crate::prompt::Console::new().ask_secret("TPM owner authorization:")?;
+    Ok(Some(Passphrase::from_slice(answer.as_bytes())))
+}
+
 /// This machine's ID (`/etc/machine-id`), which packets are bound to.
 pub fn local_machine_id() -> Result<String, Failure> {
     const PATH: &str = "/etc/machine-id";
@@ -243,4 +357,13 @@ pub fn parse_args<T: argh::TopLevelCommand>() -> T {
             std::process::exit(Exit::Usage as i32);
         }
     })
+}
+
+/// Keeps the TSS libraries' own error logging off the console: lifeline reports every TPM
+/// failure itself, in one line. Respects a TSS2_LOG the user set. Called first thing in
+/// `main`, before any thread exists.
+pub fn quiet_tss_log() {
+    if std::env::var_os("TSS2_LOG").is_none() {
+        std::env::set_var("TSS2_LOG", "all+none");
+    }
 }

@@ -7,11 +7,12 @@
 
 pub mod policy;
 pub mod token;
+pub mod transfer;
 mod tss;
 
 use std::fmt;
 
-pub use tss::{name_of_public, Provisioned, ServerKey, TssTpm};
+pub use tss::{auth_policy_of, name_of_public, Provisioned, ServerKey, TssTpm};
 
 /// Persistent handle of lifeline's storage root key (0x81000001/2 are the platform's SRK/EK).
 pub const SRK_HANDLE: u32 = 0x8100_0003;
@@ -97,10 +98,7 @@ pub struct Duplicate {
 /// The client ID: lower-case hex SHA-256 of the DRSK's TPM2B_PUBLIC (as `sha256sum drsk.pub`).
 pub fn client_id(drsk_public: &[u8]) -> String {
     use sha2::Digest;
-    sha2::Sha256::digest(drsk_public)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    crate::hex::encode(&sha2::Sha256::digest(drsk_public))
 }
 
 /// Frames `bytes` as a TPM2B (big-endian u16 size, then the bytes).

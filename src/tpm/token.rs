@@ -6,6 +6,7 @@
 use serde_json::{json, Value};
 
 use super::{PcrBinding, SealedBlob};
+use crate::hex::encode as hex;
 
 pub const TOKEN_TYPE: &str = "lifeline-tpm2";
 pub const TOKEN_VERSION: u64 = 1;
@@ -28,10 +29,6 @@ impl std::fmt::Display for TokenError {
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 fn field<'a>(v: &'a Value, key: &str) -> Result<&'a str, TokenError> {
     v[key]
         .as_str()
@@ -39,14 +36,7 @@ fn field<'a>(v: &'a Value, key: &str) -> Result<&'a str, TokenError> {
 }
 
 fn unhex(text: &str, key: &str) -> Result<Vec<u8>, TokenError> {
-    (0..text.len())
-        .step_by(2)
-        .map(|i| {
-            text.get(i..i + 2)
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-        })
-        .collect::<Option<Vec<u8>>>()
-        .ok_or_else(|| TokenError(format!("'{key}' is not hex")))
+    crate::hex::decode(text).ok_or_else(|| TokenError(format!("'{key}' is not hex")))
 }
 
 impl SealedToken {

@@ -164,6 +164,14 @@ pub fn name_of_public(bytes: &[u8]) -> Result<Vec<u8>, TpmError> {
     Ok(policy::name_of(inner))
 }
 
+/// The authPolicy of a TPM2B_PUBLIC.
+pub fn auth_policy_of(bytes: &[u8]) -> Result<Vec<u8>, TpmError> {
+    Ok(public_from(bytes, "the public part")?
+        .auth_policy()
+        .value()
+        .to_vec())
+}
+
 fn pcr_selection(pcrs: &[u8]) -> Result<PcrSelectionList, TpmError> {
     let slots = pcrs
         .iter()
@@ -231,6 +239,19 @@ impl TssTpm {
         self.ctx
             .tr_set_auth(ObjectHandle::Owner, value)
             .map_err(wrapper)
+    }
+
+    /// Sets the owner authorization of a TPM that has none.
+    pub fn change_owner_auth(&mut self, new: &Passphrase) -> Result<(), TpmError> {
+        self.set_owner_auth(None)?;
+        // expose_secret: the TPM stores it as the owner hierarchy's authorization value.
+        let value = Auth::try_from(new.expose_secret().to_vec())
+            .map_err(|_| TpmError::Other("the owner authorization is too long".into()))?;
+        self.ctx
+            .execute_with_session(Some(AuthSession::Password), |ctx| {
+                ctx.hierarchy_change_auth(AuthHandle::Owner, value)
+            })
+            .map_err(|e| owner_error(e, "setting the owner authorization"))
     }
 
     /// The object at a persistent handle, or `None` if the handle is empty.

@@ -162,20 +162,48 @@ impl Sandbox {
     }
 
     pub fn lifeline(&self, args: &[&str]) -> Run {
-        self.run(env!("CARGO_BIN_EXE_lifeline"), args, None)
+        self.run(env!("CARGO_BIN_EXE_lifeline"), args, None, &[])
     }
 
     pub fn lifeline_stdin(&self, args: &[&str], stdin: &str) -> Run {
-        self.run(env!("CARGO_BIN_EXE_lifeline"), args, Some(stdin))
+        self.run(env!("CARGO_BIN_EXE_lifeline"), args, Some(stdin), &[])
     }
 
     pub fn server(&self, args: &[&str]) -> Run {
-        self.run(env!("CARGO_BIN_EXE_lifeline-server"), args, None)
+        self.run(env!("CARGO_BIN_EXE_lifeline-server"), args, None, &[])
     }
 
-    fn run(&self, program: &str, args: &[&str], stdin: Option<&str>) -> Run {
+    /// `lifeline` on the machine whose TPM is `tpm`, with its state in `state/` (the root
+    /// disk, which survives a motherboard swap).
+    pub fn lifeline_on(&self, tpm: &swtpm::Swtpm, args: &[&str]) -> Run {
+        let state = self.path("state");
+        let env = [
+            ("LIFELINE_TCTI", tpm.tcti()),
+            ("LIFELINE_STATE_DIR", state.display().to_string()),
+        ];
+        self.run(env!("CARGO_BIN_EXE_lifeline"), args, None, &env)
+    }
+
+    /// `lifeline-server` with `tpm` as the server's TPM.
+    pub fn server_on(&self, tpm: &swtpm::Swtpm, args: &[&str]) -> Run {
+        self.run(
+            env!("CARGO_BIN_EXE_lifeline-server"),
+            args,
+            None,
+            &[("LIFELINE_TCTI", tpm.tcti())],
+        )
+    }
+
+    fn run(
+        &self,
+        program: &str,
+        args: &[&str],
+        stdin: Option<&str>,
+        env: &[(&str, String)],
+    ) -> Run {
         let mut child = Command::new(program)
             .args(args)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .current_dir(self.dir.path())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

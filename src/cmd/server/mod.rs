@@ -1,5 +1,6 @@
 //! Subcommands of `lifeline-server`.
 
+pub mod drsk;
 pub mod init;
 pub mod recovery;
 

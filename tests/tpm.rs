@@ -175,3 +175,162 @@ fn extend_pcr16(t: &Swtpm) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn drsk_goes_only_to_a_server_named_at_provisioning() {
+    let sb = Sandbox::new();
+    let b = Swtpm::start(&sb.path("tpm-b"));
+    let mut server = open(&b);
+    let good = server.create_server_key(None).unwrap();
+    let rogue = server.create_server_key(None).unwrap();
+    let good_name = name_of_public(&good.public).unwrap();
+    let rogue_name = name_of_public(&rogue.public).unwrap();
+    let a = Swtpm::start(&sb.path("tpm-a"));
+    let mut client = open(&a);
+    client
+        .provision(std::slice::from_ref(&good_name), None, false)
+        .unwrap();
+
+    // The TPM refuses: through the real branch list, and through a list that names the rogue.
+    let honest = client.duplicate_drsk(&rogue.public, std::slice::from_ref(&good_name));
+    assert!(
+        matches!(honest, Err(TpmError::PolicyRefused(_))),
+        "{honest:?}"
+    );
+    let lying = client.duplicate_drsk(&rogue.public, &[good_name.clone(), rogue_name]);
+    assert!(
+        matches!(lying, Err(TpmError::PolicyRefused(_))),
+        "{lying:?}"
+    );
+    assert!(client.duplicate_drsk(&good.public, &[good_name]).is_ok());
+
+    // The command line says so before asking the TPM.
+    std::fs::write(sb.path("good.pub"), &good.public).unwrap();
+    std::fs::write(sb.path("rogue.pub"), &rogue.public).unwrap();
+    sb.lifeline_on(&a, &["provision", "--backup-server-key", "good.pub"])
+        .ok();
+    sb.lifeline_on(&a, &["backup", "--server-key", "rogue.pub", "--out", "x"])
+        .fails(8, "not provisioned for the server key");
+}
+
+/// An attacker on the client's TPM who knows the server key's public part tries the other
+/// branch: PolicySecret against that key (loaded from its public part), PolicyCommandCode,
+/// PolicyOR, then Duplicate to a key of their own.
+fn secret_branch_without_the_server_key(
+    tcti: &str,
+    server_public: &[u8],
+    target_public: &[u8],
+    names: &[Vec<u8>],
+) -> tss_esapi::Result<()> {
+    use std::str::FromStr;
+    use tss_esapi::constants::{CommandCode, SessionType};
+    use tss_esapi::handles::{ObjectHandle, PersistentTpmHandle, TpmHandle};
+    use tss_esapi::interface_types::algorithm::HashingAlgorithm;
+    use tss_esapi::interface_types::resource_handles::Hierarchy;
+    use tss_esapi::interface_types::session_handles::{AuthSession, PolicySession};
+    use tss_esapi::structures::{
+        Digest, DigestList, Nonce, Public, SymmetricDefinition, SymmetricDefinitionObject,
+    };
+    use tss_esapi::traits::UnMarshall;
+
+    let mut ctx = tss_esapi::Context::new(tss_esapi::tcti_ldr::TctiNameConf::from_str(tcti)?)?;
+    let server =
+        ctx.load_external_public(Public::unmarshall(&server_public[2..])?, Hierarchy::Null)?;
+    let target =
+        ctx.load_external_public(Public::unmarshall(&target_public[2..])?, Hierarchy::Null)?;
+    let drsk = ctx.tr_from_tpm_public(TpmHandle::Persistent(PersistentTpmHandle::new(
+        tpm::DRSK_HANDLE,
+    )?))?;
+    let session = ctx
+        .start_auth_session(
+            None,
+            None,
+            None,
+            SessionType::Policy,
+            SymmetricDefinition::AES_128_CFB,
+            HashingAlgorithm::Sha256,
+        )?
+        .expect("session");
+    let ps = PolicySession::try_from(session)?;
+    let server_auth = ObjectHandle::from(server).into();
+    // Each step may already fail; any failure is the refusal we want.
+    ctx.execute_with_session(Some(AuthSession::Password), |ctx| {
+        ctx.policy_secret(
+            ps,
+            server_auth,
+            Nonce::default(),
+            Digest::default(),
+            Nonce::default(),
+            None,
+        )
+    })?;
+    ctx.policy_command_code(ps, CommandCode::Duplicate)?;
+    let mut list = DigestList::new();
+    for b in tpm::policy::drsk_branches(names) {
+        list.add(Digest::try_from(b.to_vec())?)?;
+    }
+    ctx.policy_or(ps, list)?;
+    ctx.execute_with_session(Some(session), |ctx| {
+        ctx.duplicate(drsk, target.into(), None, SymmetricDefinitionObject::Null)
+    })?;
+    Ok(())
+}
+
+#[test]
+fn the_server_keys_public_part_alone_cannot_reduplicate() {
+    let sb = Sandbox::new();
+    let b = Swtpm::start(&sb.path("tpm-b"));
+    let mut server = open(&b);
+    let key = server.create_server_key(None).unwrap();
+    let rogue = server.create_server_key(None).unwrap();
+    let name = name_of_public(&key.public).unwrap();
+    let a = Swtpm::start(&sb.path("tpm-a"));
+    open(&a)
+        .provision(std::slice::from_ref(&name), None, false)
+        .unwrap();
+    let attempt =
+        secret_branch_without_the_server_key(&a.tcti(), &key.public, &rogue.public, &[name]);
+    assert!(
+        attempt.is_err(),
+        "the client TPM duplicated its DRSK without the server key"
+    );
+
+    // Nor can another TPM use the server's files: its key is wrapped for the server's TPM.
+    sb.server_on(&b, &["drsk", "init", "--dir", "srv"]).ok();
+    let other = Swtpm::start(&sb.path("tpm-x"));
+    sb.lifeline_on(
+        &a,
+        &[
+            "provision",
+            "--backup-server-key",
+            "srv/drsk.pub",
+            "--force",
+        ],
+    )
+    .ok();
+    let id = sb.lifeline_on(&a, &["id"]).ok().stdout.trim().to_string();
+    sb.lifeline_on(
+        &a,
+        &["backup", "--server-key", "srv/drsk.pub", "--out", "a.dup"],
+    )
+    .ok();
+    sb.server_on(&b, &["drsk", "import", "--dir", "srv", "a.dup"])
+        .ok();
+    sb.lifeline_on(&other, &["srk-public", "--out", "x.srk"])
+        .ok();
+    let args = [
+        "drsk",
+        "restore",
+        "--dir",
+        "srv",
+        "--client",
+        &id,
+        "--new-parent",
+        "x.srk",
+        "--out",
+        "x.restore",
+    ];
+    sb.server_on(&other, &args)
+        .fails(8, "belongs to another TPM");
+    assert!(!sb.path("x.restore").exists());
+}

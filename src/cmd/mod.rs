@@ -161,7 +161,11 @@ impl From<TpmError> for Failure {
                 Exit::Tpm,
                 "run lifeline provision; after a motherboard swap, restore the DRSK from a backup server (lifeline restore)",
             ),
-            TpmError::ForeignObject(_) => (Exit::Tpm, "restore the DRSK from a backup server, or provision and enroll again"),
+            TpmError::ForeignObject(_) => (
+                Exit::Tpm,
+                "lifeline leaves keys it did not make alone; provision --force replaces them, and everything sealed under the old DRSK must be enrolled again",
+            ),
+            TpmError::OtherKey(_) => (Exit::Tpm, "restore the DRSK from its backup server, or enroll again"),
             TpmError::PcrMismatch(_) => (
                 Exit::Tpm,
                 "boot the way the key was enrolled, or recover with a recovery packet and enroll again",

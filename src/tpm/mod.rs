@@ -28,8 +28,12 @@ pub enum TpmError {
     NoDevice(String),
     /// Nothing at 0x81000004: not provisioned, or the TPM was cleared or replaced.
     DrskMissing,
-    /// Something else is at one of our handles, or the sealed blob belongs to another DRSK.
+    /// Something lifeline did not make (or made for other backup servers) is at 0x81000003
+    /// or 0x81000004; it is left alone.
     ForeignObject(String),
+    /// A blob was made under another key than the one here: a sealed key under another DRSK,
+    /// a duplicate for another TPM, a server key of another TPM.
+    OtherKey(String),
     /// The PCR values differ from those the secret was sealed to.
     PcrMismatch(String),
     /// Dictionary-attack lockout.
@@ -52,7 +56,7 @@ impl fmt::Display for TpmError {
                 f,
                 "the TPM has no lifeline storage key (DRSK) at 0x81000004"
             ),
-            TpmError::ForeignObject(what) => write!(f, "{what}"),
+            TpmError::ForeignObject(what) | TpmError::OtherKey(what) => write!(f, "{what}"),
             TpmError::PcrMismatch(what) => write!(f, "TPM could not unseal ({what})"),
             TpmError::Lockout => write!(f, "the TPM is in dictionary-attack lockout"),
             TpmError::OwnerAuthNeeded => {

@@ -353,8 +353,7 @@ impl TssTpm {
                     if !force {
                         self.flush(fresh_srk);
                         return Err(TpmError::ForeignObject(
-                            "another key is at 0x81000003; lifeline leaves it alone (use --force to replace it)"
-                                .into(),
+                            "another key is at 0x81000003".into(),
                         ));
                     }
                     self.evict(existing, SRK_HANDLE)?;
@@ -562,7 +561,7 @@ impl TssTpm {
                 ctx.load(drsk, private, public)
             })
             .map_err(|e| match kind(&e) {
-                Some(Rc::Integrity | Rc::Handle | Rc::Value | Rc::Size) => TpmError::ForeignObject(
+                Some(Rc::Integrity | Rc::Handle | Rc::Value | Rc::Size) => TpmError::OtherKey(
                     "the sealed key was made under another DRSK (TPM cleared or replaced)".into(),
                 ),
                 _ => classify(e, "loading the sealed key"),
@@ -756,7 +755,7 @@ impl TssTpm {
                 )
             })
             .map_err(|e| match kind(&e) {
-                Some(Rc::Integrity | Rc::Value | Rc::Size) => TpmError::ForeignObject(
+                Some(Rc::Integrity | Rc::Value | Rc::Size) => TpmError::OtherKey(
                     "the duplicate was not made for this TPM's storage key".into(),
                 ),
                 _ => classify(e, "importing the DRSK"),
@@ -859,7 +858,7 @@ impl TssTpm {
             })
             .map_err(|e| match kind(&e) {
                 Some(Rc::Integrity) => {
-                    TpmError::ForeignObject("the server key belongs to another TPM".into())
+                    TpmError::OtherKey("the server key belongs to another TPM".into())
                 }
                 _ => classify(e, "loading the server key"),
             });

@@ -334,3 +334,225 @@ fn the_server_keys_public_part_alone_cannot_reduplicate() {
         .fails(8, "belongs to another TPM");
     assert!(!sb.path("x.restore").exists());
 }
+
+#[test]
+fn no_tpm_is_named_after_a_bounded_wait() {
+    let sb = Sandbox::new();
+    let started = std::time::Instant::now();
+    // Nothing listens on port 1 of the loopback.
+    sb.lifeline_tcti("swtpm:host=127.0.0.1,port=1", &["id"])
+        .fails(8, "no TPM");
+    assert!(started.elapsed() < Duration::from_secs(30));
+    sb.lifeline_tcti("device:/dev/lifeline-no-such-tpm", &["id"])
+        .fails(8, "does not exist");
+}
+
+#[test]
+fn foreign_objects_at_our_handles_are_left_alone_unless_forced() {
+    let sb = Sandbox::new();
+    let t = Swtpm::start(&sb.path("tpm"));
+    let dir = sb.path("");
+    t.tool(
+        &dir,
+        "tpm2_createprimary",
+        &["-C", "o", "-G", "rsa", "-c", "other.ctx"],
+    );
+    t.tool(
+        &dir,
+        "tpm2_evictcontrol",
+        &["-C", "o", "-c", "other.ctx", "0x81000004"],
+    );
+    let before = t.tool(&dir, "tpm2_readpublic", &["-c", "0x81000004"]);
+    sb.lifeline_on(&t, &["provision"])
+        .fails(8, "another object is at 0x81000004");
+    assert_eq!(
+        t.tool(&dir, "tpm2_readpublic", &["-c", "0x81000004"]),
+        before
+    );
+    let handles = String::from_utf8(t.tool(&dir, "tpm2_getcap", &["handles-persistent"])).unwrap();
+    assert!(
+        !handles.contains("0x81000003"),
+        "a refusal changed nothing: {handles}"
+    );
+
+    sb.lifeline_on(&t, &["provision", "--force"]).ok();
+    let img = sb.luks_image("disk.img", 2);
+    let image = img.path.to_str().unwrap();
+    sb.lifeline_on(
+        &t,
+        &[
+            "enroll",
+            image,
+            "--key-file",
+            img.key_file.to_str().unwrap(),
+        ],
+    )
+    .ok();
+    sb.lifeline_on(&t, &["unseal-check", image]).ok();
+    // A DRSK for other backup servers is ours but still not replaced silently.
+    let server = Swtpm::start(&sb.path("srv-tpm"));
+    sb.server_on(&server, &["drsk", "init", "--dir", "srv"])
+        .ok();
+    sb.lifeline_on(&t, &["provision", "--backup-server-key", "srv/drsk.pub"])
+        .fails(8, "provisioned for other backup servers");
+    sb.lifeline_on(&t, &["unseal-check", image]).ok();
+}
+
+#[test]
+fn owner_authorization_missing_or_wrong_is_named() {
+    let sb = Sandbox::new();
+    let t = Swtpm::start(&sb.path("tpm"));
+    let dir = sb.path("");
+    t.tool(
+        &dir,
+        "tpm2_changeauth",
+        &["-c", "owner", "right owner auth"],
+    );
+    sb.write("wrong", "wrong owner auth\n");
+    sb.write("right", "right owner auth\n");
+    sb.lifeline_on(&t, &["srk-public", "--out", "srk.pub"])
+        .fails(2, "owner authorization is set and is needed");
+    sb.lifeline_on(&t, &["provision", "--owner-auth-file", "wrong"])
+        .fails(3, "owner authorization is wrong");
+    sb.lifeline_on(&t, &["provision"]).fails(2, "no answer");
+    sb.lifeline_on(&t, &["provision", "--owner-auth-file", "right"])
+        .ok();
+    // With the SRK persistent, exporting it needs no owner authorization.
+    sb.lifeline_on(&t, &["srk-public", "--out", "srk.pub"]).ok();
+}
+
+/// Token JSON for a sealed object that tpm2-tools made.
+fn token_for(client_id: &str, public: &[u8], private: &[u8]) -> String {
+    format!(
+        r#"{{"type":"lifeline-tpm2","keyslots":[],"lifeline-version":1,"client-id":"{client_id}","public":"{}","private":"{}"}}"#,
+        lifeline::hex::encode(public),
+        lifeline::hex::encode(private)
+    )
+}
+
+#[test]
+fn tpm2_tools_unseal_lifeline_blobs_and_the_reverse_and_lockout_is_named() {
+    let sb = Sandbox::new();
+    let t = Swtpm::start(&sb.path("tpm"));
+    let dir = sb.path("");
+    let id = sb
+        .lifeline_on(&t, &["provision"])
+        .ok()
+        .stdout
+        .trim()
+        .to_string();
+    let img = sb.luks_image("disk.img", 2);
+    let image = img.path.to_str().unwrap();
+    sb.lifeline_on(
+        &t,
+        &[
+            "enroll",
+            image,
+            "--key-file",
+            img.key_file.to_str().unwrap(),
+        ],
+    )
+    .ok();
+
+    // lifeline's token holds standard TPM2B blobs: tpm2_load + tpm2_unseal give the key.
+    let exported = crate::support::cryptsetup(&["token", "export", "--token-id", "0", image]);
+    let token: serde_json::Value = serde_json::from_str(exported.ok().stdout.trim()).unwrap();
+    let field = |k: &str| lifeline::hex::decode(token[k].as_str().unwrap()).unwrap();
+    sb.write("l.pub", field("public"));
+    sb.write("l.priv", field("private"));
+    let out = t
+        .tools("tpm2_load")
+        .args([
+            "-C",
+            "0x81000004",
+            "-u",
+            "l.pub",
+            "-r",
+            "l.priv",
+            "-c",
+            "l.ctx",
+        ])
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        t.tool(&dir, "tpm2_unseal", &["-c", "l.ctx"]),
+        img.volume_key
+    );
+
+    // The reverse: a sealed object made by tpm2-tools under the DRSK, in lifeline's token.
+    // It is DA-protected (no noda), unlike lifeline's own objects.
+    let other = sb.luks_image("other.img", 2);
+    let other_image = other.path.to_str().unwrap();
+    sb.write("vk.bin", &other.volume_key);
+    let args = [
+        "-C",
+        "0x81000004",
+        "-i",
+        "vk.bin",
+        "-u",
+        "t.pub",
+        "-r",
+        "t.priv",
+        "-a",
+        "fixedparent|userwithauth",
+    ];
+    t.tool(&dir, "tpm2_create", &args);
+    let json = token_for(
+        &id,
+        &std::fs::read(sb.path("t.pub")).unwrap(),
+        &std::fs::read(sb.path("t.priv")).unwrap(),
+    );
+    sb.write("token.json", json);
+    crate::support::cryptsetup(&[
+        "token",
+        "import",
+        "--json-file",
+        sb.path("token.json").to_str().unwrap(),
+        other_image,
+    ])
+    .ok();
+    sb.lifeline_on(&t, &["unseal-check", other_image]).ok();
+
+    // Dictionary-attack lockout: one wrong password on a DA-protected object locks the TPM.
+    t.tool(
+        &dir,
+        "tpm2_dictionarylockout",
+        &["-s", "-n", "1", "-t", "600", "-l", "600"],
+    );
+    let args = [
+        "-C",
+        "0x81000004",
+        "-i",
+        "vk.bin",
+        "-u",
+        "w.pub",
+        "-r",
+        "w.priv",
+        "-a",
+        "fixedparent|userwithauth",
+        "-p",
+        "pw",
+    ];
+    t.tool(&dir, "tpm2_create", &args);
+    let wrong = t
+        .tools("sh")
+        .args([
+            "-c",
+            "tpm2_load -C 0x81000004 -u w.pub -r w.priv -c w.ctx && tpm2_unseal -c w.ctx -p wrong",
+        ])
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    assert!(!wrong.status.success());
+    t.tool(&dir, "tpm2_flushcontext", &["-t"]);
+    sb.lifeline_on(&t, &["unseal-check", other_image])
+        .fails(8, "dictionary-attack lockout");
+    // lifeline's own sealed objects are noDA: lockout cannot keep a machine from booting.
+    sb.lifeline_on(&t, &["unseal-check", image]).ok();
+}

@@ -48,6 +48,13 @@ impl std::fmt::Debug for TssTpm {
     }
 }
 
+/// What is at one of lifeline's persistent handles.
+enum HandleState {
+    Empty,
+    Ours(ObjectHandle),
+    Foreign(ObjectHandle),
+}
+
 /// What `provision` found or did.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Provisioned {
@@ -330,6 +337,7 @@ impl TssTpm {
 
     /// Creates (or checks) the SRK at 0x81000003 and the DRSK at 0x81000004 whose
     /// duplication policy allows exactly the backup servers whose DRSK Names are given.
+    /// Both handles are inspected before anything changes: a refusal leaves the TPM as it was.
     pub fn provision(
         &mut self,
         server_names: &[Vec<u8>],
@@ -339,81 +347,105 @@ impl TssTpm {
         if owner_auth.is_none() && self.owner_auth_set()? {
             return Err(TpmError::OwnerAuthNeeded);
         }
-        self.set_owner_auth(owner_auth)?;
         let auth_policy = policy::drsk_auth_policy(server_names);
+        let drsk_template = storage_template(true, Some(&auth_policy))?;
 
-        // The SRK: ours if it is the primary our template makes on this TPM.
+        // Ours is the primary our template makes on this TPM: compare with a fresh one.
         let fresh_srk = self.create_srk(owner_auth)?;
-        let fresh_srk_public = self.read_public(fresh_srk.into())?;
-        let mut outcome = Provisioned::AlreadyThere;
-        let srk = match self.persistent(SRK_HANDLE)? {
-            Some(existing) => {
-                let existing_public = self.read_public(existing)?;
-                if existing_public != fresh_srk_public {
-                    if !force {
-                        self.flush(fresh_srk);
-                        return Err(TpmError::ForeignObject(
-                            "another key is at 0x81000003".into(),
-                        ));
-                    }
-                    self.evict(existing, SRK_HANDLE)?;
-                    self.persist(fresh_srk.into(), SRK_HANDLE)?;
-                    outcome = Provisioned::Replaced;
-                }
-                self.flush(fresh_srk);
-                self.persistent(SRK_HANDLE)?
-                    .ok_or(TpmError::Other("the SRK vanished".into()))?
-            }
-            None => {
-                let h = self.persist(fresh_srk.into(), SRK_HANDLE)?;
-                self.flush(fresh_srk);
-                outcome = Provisioned::Created;
-                h
-            }
-        };
-
-        // The DRSK: ours if it has our shape and exactly this policy.
-        if let Some(existing) = self.persistent(DRSK_HANDLE)? {
-            let public = self.read_public(existing)?;
-            let expected = storage_template(true, Some(&auth_policy))?;
-            let same_shape = public.object_attributes() == expected.object_attributes()
-                && public.auth_policy().value() == auth_policy.as_slice();
-            if same_shape && outcome != Provisioned::Replaced {
-                return Ok(outcome);
-            }
-            if !force {
-                return Err(TpmError::ForeignObject(
-                    if public.auth_policy().value() != auth_policy.as_slice()
-                        && public.object_attributes() == expected.object_attributes()
+        let result = self
+            .inspect_handles(fresh_srk, &drsk_template)
+            .and_then(|(srk, drsk)| {
+                use HandleState::{Empty, Foreign, Ours};
+                let foreign = match (&srk, &drsk) {
+                    (Foreign(_), _) => Some("another key is at 0x81000003"),
+                    (_, Foreign(_)) => Some("another object is at 0x81000004"),
+                    (_, Ours(h))
+                        if self.read_public(*h)?.auth_policy().value()
+                            != auth_policy.as_slice() =>
                     {
-                        "the DRSK at 0x81000004 has another set of backup servers; replacing it loses every secret sealed under it (use --force, then enroll again)".into()
-                    } else {
-                        "another object is at 0x81000004; lifeline leaves it alone (use --force to replace it)".into()
-                    },
-                ));
+                        Some("the DRSK at 0x81000004 was provisioned for other backup servers")
+                    }
+                    _ => None,
+                };
+                if let (Some(what), false) = (foreign, force) {
+                    return Err(TpmError::ForeignObject(what.into()));
+                }
+                let mut outcome = if foreign.is_some() {
+                    Provisioned::Replaced
+                } else {
+                    Provisioned::AlreadyThere
+                };
+                let srk = match srk {
+                    Ours(h) => h,
+                    Empty | Foreign(_) => {
+                        if let Foreign(old) = srk {
+                            self.evict(old, SRK_HANDLE)?;
+                        }
+                        if outcome == Provisioned::AlreadyThere {
+                            outcome = Provisioned::Created;
+                        }
+                        self.persist(fresh_srk.into(), SRK_HANDLE)?
+                    }
+                };
+                match drsk {
+                    // A new SRK means a new DRSK: the old one's parent is gone.
+                    Ours(_) if foreign.is_none() && outcome == Provisioned::AlreadyThere => {
+                        return Ok(outcome)
+                    }
+                    Ours(old) | Foreign(old) => self.evict(old, DRSK_HANDLE)?,
+                    Empty => {}
+                }
+                if outcome == Provisioned::AlreadyThere {
+                    outcome = Provisioned::Created;
+                }
+                self.create_drsk(srk.into(), drsk_template.clone())?;
+                Ok(outcome)
+            });
+        self.flush(fresh_srk);
+        result
+    }
+
+    /// What is at our two handles: empty, ours, or something else.
+    fn inspect_handles(
+        &mut self,
+        fresh_srk: KeyHandle,
+        drsk_template: &Public,
+    ) -> Result<(HandleState, HandleState), TpmError> {
+        let fresh_public = self.read_public(fresh_srk.into())?;
+        let srk = match self.persistent(SRK_HANDLE)? {
+            None => HandleState::Empty,
+            Some(h) if self.read_public(h)? == fresh_public => HandleState::Ours(h),
+            Some(h) => HandleState::Foreign(h),
+        };
+        let drsk = match self.persistent(DRSK_HANDLE)? {
+            None => HandleState::Empty,
+            Some(h)
+                if self.read_public(h)?.object_attributes()
+                    == drsk_template.object_attributes() =>
+            {
+                HandleState::Ours(h)
             }
-            self.evict(existing, DRSK_HANDLE)?;
-            outcome = Provisioned::Replaced;
-        } else if outcome == Provisioned::AlreadyThere {
-            outcome = Provisioned::Created;
-        }
-        let template = storage_template(true, Some(&auth_policy))?;
+            Some(h) => HandleState::Foreign(h),
+        };
+        Ok((srk, drsk))
+    }
+
+    fn create_drsk(&mut self, srk: KeyHandle, template: Public) -> Result<(), TpmError> {
         let created = self
             .ctx
             .execute_with_session(Some(AuthSession::Password), |ctx| {
-                ctx.create(srk.into(), template, None, None, None, None)
+                ctx.create(srk, template, None, None, None, None)
             })
             .map_err(|e| classify(e, "creating the DRSK"))?;
         let loaded = self
             .ctx
             .execute_with_session(Some(AuthSession::Password), |ctx| {
-                ctx.load(srk.into(), created.out_private, created.out_public)
+                ctx.load(srk, created.out_private, created.out_public)
             })
             .map_err(|e| classify(e, "loading the DRSK"))?;
         let result = self.persist(loaded.into(), DRSK_HANDLE);
         self.flush(loaded);
-        result?;
-        Ok(outcome)
+        result.map(|_| ())
     }
 
     fn persist(&mut self, object: ObjectHandle, handle: u32) -> Result<ObjectHandle, TpmError> {

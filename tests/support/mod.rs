@@ -176,9 +176,14 @@ impl Sandbox {
     /// `lifeline` on the machine whose TPM is `tpm`, with its state in `state/` (the root
     /// disk, which survives a motherboard swap).
     pub fn lifeline_on(&self, tpm: &swtpm::Swtpm, args: &[&str]) -> Run {
+        self.lifeline_tcti(&tpm.tcti(), args)
+    }
+
+    /// `lifeline` with the TPM named by a TCTI string and its state in `state/`.
+    pub fn lifeline_tcti(&self, tcti: &str, args: &[&str]) -> Run {
         let state = self.path("state");
         let env = [
-            ("LIFELINE_TCTI", tpm.tcti()),
+            ("LIFELINE_TCTI", tcti.to_string()),
             ("LIFELINE_STATE_DIR", state.display().to_string()),
         ];
         self.run(env!("CARGO_BIN_EXE_lifeline"), args, None, &env)

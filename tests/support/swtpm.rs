@@ -62,12 +62,31 @@ impl Swtpm {
         format!("swtpm:host=127.0.0.1,port={}", self.port)
     }
 
-    /// Environment for tpm2-tools talking to this TPM.
+    /// A tpm2-tools command talking to this TPM.
     pub fn tools(&self, program: &str) -> Command {
         let mut c = Command::new(program);
         c.env("TPM2TOOLS_TCTI", self.tcti())
             .env("TSS2_LOG", "all+none");
         c
+    }
+
+    /// Runs a tpm2-tools command in `dir`, asserts success, then flushes transient objects
+    /// (there is no resource manager, and swtpm holds only three). Returns its output.
+    pub fn tool(&self, dir: &Path, program: &str, args: &[&str]) -> Vec<u8> {
+        let out = self
+            .tools(program)
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{program} {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let flushed = self.tools("tpm2_flushcontext").arg("-t").output().unwrap();
+        assert!(flushed.status.success());
+        out.stdout
     }
 }
 

@@ -14,7 +14,7 @@ fn open(t: &Swtpm) -> TssTpm {
 }
 
 #[test]
-fn library_seal_backup_board_swap_restore_unseal() {
+fn transient_restore_unseals_in_the_same_process_as_the_initramfs_will() {
     let sb = Sandbox::new();
     let server_tpm = Swtpm::start(&sb.path("server-tpm"));
     let mut server = open(&server_tpm);
@@ -24,11 +24,11 @@ fn library_seal_backup_board_swap_restore_unseal() {
     let client_tpm = Swtpm::start(&sb.path("tpm-a"));
     let mut a = open(&client_tpm);
     assert_eq!(
-        a.provision(&[server_name.clone()], None, false).unwrap(),
+        a.provision(std::slice::from_ref(&server_name), None, false).unwrap(),
         tpm::Provisioned::Created
     );
     assert_eq!(
-        a.provision(&[server_name.clone()], None, false).unwrap(),
+        a.provision(std::slice::from_ref(&server_name), None, false).unwrap(),
         tpm::Provisioned::AlreadyThere
     );
     let key = VolumeKey::from_slice(&[42; 64]);
@@ -36,7 +36,7 @@ fn library_seal_backup_board_swap_restore_unseal() {
     assert!(a.unseal(&blob, None).unwrap().ct_eq(&key));
     let client_id = tpm::client_id(&a.drsk_public().unwrap());
     let dup = a
-        .duplicate_drsk(&server_key.public, &[server_name.clone()])
+        .duplicate_drsk(&server_key.public, std::slice::from_ref(&server_name))
         .unwrap();
     let stored = server.import_client(&server_key, &dup, None).unwrap();
     drop(a);

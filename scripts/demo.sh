@@ -58,4 +58,48 @@ head -n 4 laptop.recovery > laptop.minisig
 tail -n +5 laptop.recovery > laptop.age
 run minisign -V -p authority/minisign.pub -m laptop.age -x laptop.minisig
 
-say "Done. The recovery story worked end to end."
+
+# ---- Act two: the TPM and a motherboard swap, on software TPMs ----------------------------
+
+tpm() { # start a software TPM with its state in $1, listening on port $2
+  mkdir -p "$1"
+  swtpm socket --tpm2 --flags not-need-init,startup-clear --tpmstate dir="$1" \
+    --server type=tcp,port="$2",bindaddr=127.0.0.1 --ctrl type=tcp,port=$(($2 + 1)),bindaddr=127.0.0.1 &
+  echo $! > "$1.pid"
+  sleep 0.5
+}
+stop_tpm() { kill "$(cat "$1.pid")" 2>/dev/null || true; }
+trap 'stop_tpm server-tpm; stop_tpm laptop-tpm; stop_tpm new-board-tpm; rm -rf "$work"' EXIT
+port=$((23000 + $$ % 1000 * 6))
+export TSS2_LOG=all+none LIFELINE_STATE_DIR="$work/laptop-etc"
+
+say "Act two: the laptop unlocks with its TPM, under a storage key that survives a new motherboard."
+tpm server-tpm "$port"
+LIFELINE_TCTI="swtpm:host=127.0.0.1,port=$port" run "$bin/lifeline-server" drsk init --dir server
+
+tpm laptop-tpm $((port + 2))
+export LIFELINE_TCTI="swtpm:host=127.0.0.1,port=$((port + 2))"
+run "$bin/lifeline" provision --backup-server-key server/drsk.pub
+printf 'new passphrase chosen by the user' > user.key
+run "$bin/lifeline" enroll disk.img --key-file user.key
+run "$bin/lifeline" unseal-check disk.img
+
+say "The laptop's storage key is backed up into the server's TPM (it never exists outside a TPM)."
+run "$bin/lifeline" backup --server-key server/drsk.pub --out laptop.drsk
+LIFELINE_TCTI="swtpm:host=127.0.0.1,port=$port" run "$bin/lifeline-server" drsk import --dir server laptop.drsk
+
+say "The motherboard dies. The same disk goes into a machine with a new, empty TPM."
+stop_tpm laptop-tpm; rm -rf laptop-tpm
+tpm new-board-tpm $((port + 4))
+export LIFELINE_TCTI="swtpm:host=127.0.0.1,port=$((port + 4))"
+"$bin/lifeline" unseal-check disk.img || echo "  (as expected: the new TPM cannot unseal yet)"
+
+say "The server re-wraps the storage key for the new TPM; the original sealed key works again."
+run "$bin/lifeline" srk-public --out new-board.srk
+client=$(sed -n 's/^client-id: //p' laptop.drsk)
+LIFELINE_TCTI="swtpm:host=127.0.0.1,port=$port" run "$bin/lifeline-server" drsk restore --dir server \
+    --client "$client" --new-parent new-board.srk --out new-board.restore
+run "$bin/lifeline" restore --in new-board.restore --persist
+run "$bin/lifeline" unseal-check disk.img
+
+say "Done: forgotten passphrase recovered, and the TPM key survived a motherboard swap."

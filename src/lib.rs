@@ -13,6 +13,12 @@
 //! The same flow works on a detached LUKS header backup, so a remote user can send a small
 //! header file instead of a disk.
 //!
+//! For unattended unlock the volume key is sealed with the TPM under a *recoverable* storage
+//! key (DRSK) at 0x81000004. The DRSK's policy lets it be duplicated only into the TPMs of the
+//! backup servers named at provisioning, and onward only by a TPM holding such a server's key;
+//! after a motherboard swap the server re-wraps it for the new TPM and every sealed key works
+//! again. Its private part never leaves a TPM.
+//!
 //! # Threat model
 //!
 //! - Stolen escrow packets reveal nothing without the authority's identity, which is stored
@@ -21,15 +27,19 @@
 //!   KDF (work factor 18), bound to one machine and volume, with an expiry.
 //! - A forged or altered recovery packet is refused before anyone types a code: the binding is
 //!   in minisign's signed trusted comment.
+//! - Whoever controls a client's TPM (even with the owner authorization) cannot export the
+//!   DRSK to a key of their own; the TPM enforces it.
 //! - Secrets are zeroized, never logged, never `Debug`-printed, never written unencrypted.
 //!
 //! # Modules
 //!
 //! - [`secret`]: every secret type.
 //! - [`escrow`]: packet formats, the plaintext record, the OTP codec.
-//! - [`luks`]: libcryptsetup adapter (volume key, keyslots, check-only activation).
+//! - [`luks`]: libcryptsetup adapter (volume key, keyslots, tokens, check-only activation).
+//! - [`tpm`]: tss-esapi adapter, policy digests, the `lifeline-tpm2` token, DRSK files.
 //! - [`prompt`]: asking a person for secrets.
 //! - [`cmd`]: the subcommands of both binaries and their exit codes.
+//! - [`atomic_file`], [`hex`]: files written whole or not at all; hex for the text formats.
 //! - `server` (feature `server`): the recovery authority.
 
 #![forbid(unsafe_code)]

@@ -24,11 +24,13 @@ fn transient_restore_unseals_in_the_same_process_as_the_initramfs_will() {
     let client_tpm = Swtpm::start(&sb.path("tpm-a"));
     let mut a = open(&client_tpm);
     assert_eq!(
-        a.provision(std::slice::from_ref(&server_name), None, false).unwrap(),
+        a.provision(std::slice::from_ref(&server_name), None, false)
+            .unwrap(),
         tpm::Provisioned::Created
     );
     assert_eq!(
-        a.provision(std::slice::from_ref(&server_name), None, false).unwrap(),
+        a.provision(std::slice::from_ref(&server_name), None, false)
+            .unwrap(),
         tpm::Provisioned::AlreadyThere
     );
     let key = VolumeKey::from_slice(&[42; 64]);

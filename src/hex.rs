@@ -7,7 +7,8 @@ pub fn encode(bytes: &[u8]) -> String {
 
 /// `None` unless `text` is an even number of hex digits.
 pub fn decode(text: &str) -> Option<Vec<u8>> {
-    if text.len() % 2 != 0 {
+    // from_str_radix alone would accept a sign ("+1").
+    if text.len() % 2 != 0 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
     (0..text.len())

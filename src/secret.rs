@@ -70,14 +70,7 @@ impl VolumeKey {
 
     /// Constant-time equality, so comparing keys (re-escrow detection) leaks nothing by timing.
     pub fn ct_eq(&self, other: &VolumeKey) -> bool {
-        if self.0.len() != other.0.len() {
-            return false;
-        }
-        self.0
-            .iter()
-            .zip(other.0.iter())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0
+        ct_eq(&self.0, &other.0)
     }
 }
 
@@ -164,6 +157,11 @@ pub fn unhex_secret(text: &str) -> Option<Zeroizing<Vec<u8>>> {
         byte.zeroize();
     }
     Some(out)
+}
+
+/// Compares two byte strings in time that depends only on their lengths.
+pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Fills `buf` from the operating system's CSPRNG.

@@ -558,3 +558,194 @@ fn tpm2_tools_unseal_lifeline_blobs_and_the_reverse_and_lockout_is_named() {
     // lifeline's own sealed objects are noDA: lockout cannot keep a machine from booting.
     sb.lifeline_on(&t, &["unseal-check", image]).ok();
 }
+
+/// A storage key's public part made in software: it has the attributes of a TPM-resident key
+/// but no TPM holds its private part.
+fn software_storage_key() -> Vec<u8> {
+    use tss_esapi::attributes::ObjectAttributesBuilder;
+    use tss_esapi::interface_types::{algorithm::*, ecc::EccCurve};
+    use tss_esapi::structures::*;
+    use tss_esapi::traits::Marshall;
+    let attributes = ObjectAttributesBuilder::new()
+        .with_fixed_tpm(true)
+        .with_fixed_parent(true)
+        .with_sensitive_data_origin(true)
+        .with_user_with_auth(true)
+        .with_restricted(true)
+        .with_decrypt(true)
+        .build()
+        .unwrap();
+    let params = PublicEccParametersBuilder::new_restricted_decryption_key(
+        SymmetricDefinitionObject::AES_128_CFB,
+        EccCurve::NistP256,
+    )
+    .build()
+    .unwrap();
+    let mut x = [0u8; 32];
+    getrandom::fill(&mut x).unwrap();
+    let public = PublicBuilder::new()
+        .with_public_algorithm(PublicAlgorithm::Ecc)
+        .with_name_hashing_algorithm(HashingAlgorithm::Sha256)
+        .with_object_attributes(attributes)
+        .with_ecc_parameters(params)
+        .with_ecc_unique_identifier(EccPoint::new(
+            EccParameter::try_from(x.to_vec()).unwrap(),
+            EccParameter::try_from(x.to_vec()).unwrap(),
+        ))
+        .build()
+        .unwrap();
+    tpm::tpm2b(&public.marshall().unwrap())
+}
+
+#[test]
+fn restore_needs_proof_of_a_genuine_tpm_when_the_server_asks() {
+    let sb = Sandbox::new();
+    let ca_pem = crate::support::swtpm::manufacture(&sb.path("tpm-c"), &sb.path("ca"));
+    sb.write("ek-ca.pem", &ca_pem);
+    let b = Swtpm::start(&sb.path("tpm-b"));
+    sb.server_on(
+        &b,
+        &["drsk", "init", "--dir", "srv", "--ek-ca", "ek-ca.pem"],
+    )
+    .ok();
+    let img = sb.luks_image("disk.img", 2);
+    let image = img.path.to_str().unwrap();
+    let a = Swtpm::start(&sb.path("tpm-a"));
+    let id = sb
+        .lifeline_on(&a, &["provision", "--backup-server-key", "srv/drsk.pub"])
+        .ok()
+        .stdout
+        .trim()
+        .to_string();
+    sb.lifeline_on(
+        &a,
+        &[
+            "enroll",
+            image,
+            "--key-file",
+            img.key_file.to_str().unwrap(),
+        ],
+    )
+    .ok();
+    sb.lifeline_on(
+        &a,
+        &["backup", "--server-key", "srv/drsk.pub", "--out", "a.dup"],
+    )
+    .ok();
+    sb.server_on(&b, &["drsk", "import", "--dir", "srv", "a.dup"])
+        .ok();
+    drop(a);
+
+    let c = Swtpm::start(&sb.path("tpm-c"));
+    sb.lifeline_on(&c, &["srk-public", "--out", "c.srk", "--ek-out", "c.ek"])
+        .ok();
+    let restore = |srk: &str, proof: Option<&str>, out: &str| {
+        let mut args = vec![
+            "drsk",
+            "restore",
+            "--dir",
+            "srv",
+            "--client",
+            &id,
+            "--new-parent",
+            srk,
+            "--out",
+            out,
+        ];
+        if let Some(p) = proof {
+            args.extend(["--proof", p]);
+        }
+        sb.server_on(&b, &args)
+    };
+    restore("c.srk", None, "r0").fails(8, "requires proof of a genuine TPM: no --proof given");
+
+    // A software key posing as the new TPM's storage key, with the genuine TPM's EK: the server
+    // issues a challenge, but no TPM can answer it.
+    std::fs::write(sb.path("fake.srk"), software_storage_key()).unwrap();
+    let challenge = [
+        "drsk",
+        "challenge",
+        "--dir",
+        "srv",
+        "--client",
+        &id,
+        "--ek",
+        "c.ek",
+    ];
+    sb.server_on(
+        &b,
+        &[
+            &challenge[..],
+            &["--new-parent", "fake.srk", "--out", "fake.chal"],
+        ]
+        .concat(),
+    )
+    .ok();
+    sb.lifeline_on(
+        &c,
+        &["activate", "--in", "fake.chal", "--out", "fake.proof"],
+    )
+    .fails(8, "made for another TPM or another storage key");
+    sb.write(
+        "forged.proof",
+        format!("lifeline-tpm-proof v1\nsecret: {}\n", "00".repeat(32)),
+    );
+    restore("fake.srk", Some("forged.proof"), "r1").fails(8, "does not match the challenge");
+    assert!(!sb.path("r1").exists());
+
+    // A movable key is refused outright, and so is an EK certified by another CA.
+    let dup = std::fs::read_to_string(sb.path("a.dup")).unwrap();
+    let drsk_public = dup
+        .lines()
+        .find_map(|l| l.strip_prefix("public: "))
+        .unwrap();
+    sb.write("movable.pub", lifeline::hex::decode(drsk_public).unwrap());
+    sb.server_on(
+        &b,
+        &[
+            &challenge[..],
+            &["--new-parent", "movable.pub", "--out", "m.chal"],
+        ]
+        .concat(),
+    )
+    .fails(8, "not a TPM-resident storage key");
+    let d_ca = crate::support::swtpm::manufacture(&sb.path("tpm-d"), &sb.path("other-ca"));
+    assert_ne!(d_ca, ca_pem);
+    let d = Swtpm::start(&sb.path("tpm-d"));
+    sb.lifeline_on(&d, &["srk-public", "--out", "d.srk", "--ek-out", "d.ek"])
+        .ok();
+    let args = [
+        "drsk",
+        "challenge",
+        "--dir",
+        "srv",
+        "--client",
+        &id,
+        "--new-parent",
+        "d.srk",
+        "--ek",
+        "d.ek",
+        "--out",
+        "d.chal",
+    ];
+    sb.server_on(&b, &args)
+        .fails(8, "not signed by a configured CA");
+
+    // The genuine machine: challenge, activate, restore with the proof; the old key unseals.
+    sb.server_on(
+        &b,
+        &[
+            &challenge[..],
+            &["--new-parent", "c.srk", "--out", "c.chal"],
+        ]
+        .concat(),
+    )
+    .ok();
+    sb.lifeline_on(&c, &["activate", "--in", "c.chal", "--out", "c.proof"])
+        .ok();
+    restore("c.srk", Some("c.proof"), "c.restore").ok();
+    restore("c.srk", Some("c.proof"), "again").fails(8, "no challenge is pending");
+    sb.lifeline_on(&c, &["restore", "--in", "c.restore", "--persist"])
+        .ok();
+    sb.lifeline_on(&c, &["unseal-check", image]).ok();
+}

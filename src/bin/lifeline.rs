@@ -38,6 +38,7 @@ enum Command {
     Backup(backup::Args),
     SrkPublic(backup::SrkArgs),
     Restore(backup::RestoreArgs),
+    Activate(backup::ActivateArgs),
 }
 
 fn main() {
@@ -55,6 +56,7 @@ fn main() {
         Command::Backup(a) => backup::run(a, &g),
         Command::SrkPublic(a) => backup::run_srk(a, &g),
         Command::Restore(a) => backup::run_restore(a, &g),
+        Command::Activate(a) => backup::run_activate(a, &g),
     };
     std::process::exit(cmd::finish("lifeline", result));
 }

@@ -74,6 +74,10 @@ pub struct SrkArgs {
     /// the TPM owner authorization, if set and the SRK is not persistent yet
     #[argh(option)]
     pub owner_auth_file: Option<PathBuf>,
+    /// also write this TPM's endorsement key and its certificate here, for servers that want
+    /// proof the storage key lives in a genuine TPM (lifeline-server drsk challenge)
+    #[argh(option)]
+    pub ek_out: Option<PathBuf>,
 }
 
 pub fn run_srk(args: SrkArgs, g: &Globals) -> CmdResult {
@@ -83,9 +87,64 @@ pub fn run_srk(args: SrkArgs, g: &Globals) -> CmdResult {
         None => None,
     };
     let public = tpm.srk_public(auth.as_ref())?;
+    let ek = match &args.ek_out {
+        Some(_) => Some(tpm.ek_bundle()?),
+        None => None,
+    };
     write_out(&args.out, &public)?;
     eprintln!(
         "Storage key written to {}; send it to the backup server.",
+        args.out.display()
+    );
+    if let (Some(path), Some((ek_public, cert))) = (&args.ek_out, ek) {
+        let text = transfer::hex_record(EK_TAG, &[("public", &ek_public), ("certificate", &cert)]);
+        write_out(path, text.as_bytes())?;
+        eprintln!(
+            "Endorsement key and certificate written to {}; send it too.",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+/// File tags of the genuine-TPM proof: the EK bundle, the server's challenge, the answer.
+pub const EK_TAG: &str = "lifeline-ek";
+pub const CHALLENGE_TAG: &str = "lifeline-tpm-challenge";
+pub const PROOF_TAG: &str = "lifeline-tpm-proof";
+
+#[derive(FromArgs, Debug)]
+/// Answer a backup server's genuine-TPM challenge: the TPM's endorsement key activates the
+/// credential only if this TPM holds the storage key the server bound it to.
+#[argh(subcommand, name = "activate")]
+pub struct ActivateArgs {
+    /// the challenge from lifeline-server drsk challenge
+    #[argh(option, long = "in")]
+    pub input: PathBuf,
+    /// where to write the answer for the server (must not exist)
+    #[argh(option)]
+    pub out: PathBuf,
+    /// the TPM owner authorization, if set and the SRK is not persistent yet
+    #[argh(option)]
+    pub owner_auth_file: Option<PathBuf>,
+}
+
+pub fn run_activate(args: ActivateArgs, g: &Globals) -> CmdResult {
+    let text = String::from_utf8(read_small(&args.input, 16 * 1024)?)
+        .map_err(|_| Failure::usage(format!("{} is not a challenge", args.input.display())))?;
+    let fields = transfer::parse_hex_record(&text, CHALLENGE_TAG, &["credential", "seed"])
+        .map_err(|e| Failure::usage(format!("{}: {e}", args.input.display())))?;
+    let auth = match args.owner_auth_file {
+        Some(f) => Some(super::read_passphrase_file(&f)?),
+        None => None,
+    };
+    let mut tpm = g.open_tpm()?;
+    let secret = tpm.activate_credential(&fields[0], &fields[1], auth.as_ref())?;
+    write_out(
+        &args.out,
+        transfer::hex_record(PROOF_TAG, &[("secret", &secret)]).as_bytes(),
+    )?;
+    eprintln!(
+        "Challenge answered; send {} to the backup server.",
         args.out.display()
     );
     Ok(())

@@ -1,3 +1,5 @@
-//! The escrow server. For now the off-line authority: its keys, and issuing recovery packets.
+//! The escrow server. For now the off-line authority (its keys, issuing recovery packets) and
+//! the checks behind DRSK custody.
 
 pub mod authority;
+pub mod ekcert;

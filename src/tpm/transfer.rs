@@ -88,6 +88,28 @@ impl DrskFile {
     }
 }
 
+/// A `tag v1` record of hex fields: the small files of the genuine-TPM proof.
+pub fn hex_record(tag: &str, fields: &[(&str, &[u8])]) -> String {
+    let mut out = format!("{tag} v1\n");
+    for (k, v) in fields {
+        out.push_str(&format!("{k}: {}\n", hex(v)));
+    }
+    out
+}
+
+/// Reads the fields `keys` of a `hex_record`, in that order.
+pub fn parse_hex_record(text: &str, tag: &str, keys: &[&str]) -> Result<Vec<Vec<u8>>, String> {
+    let mut lines = text.lines();
+    check_version_line(lines.next().unwrap_or(""), tag).map_err(|e| e.to_string())?;
+    let f = Fields::parse(lines).map_err(|e| e.to_string())?;
+    keys.iter()
+        .map(|k| {
+            let v = f.require(k).map_err(|e| e.to_string())?;
+            unhex(v).ok_or_else(|| format!("'{k}' is not hex"))
+        })
+        .collect()
+}
+
 /// The client's record of the backup servers its DRSK was provisioned for (PolicyOR needs all
 /// branches to duplicate through any one of them).
 pub fn policy_text(servers: &[Vec<u8>]) -> String {

@@ -96,3 +96,44 @@ impl Drop for Swtpm {
         let _ = self.child.wait();
     }
 }
+
+/// Manufactures TPM state in `state` the way a vendor would: an EK with a certificate signed
+/// by the local CA kept in `ca` (created on first use). Returns the CA certificates (PEM) to
+/// trust for it.
+pub fn manufacture(state: &Path, ca: &Path) -> Vec<u8> {
+    std::fs::create_dir_all(state).unwrap();
+    std::fs::create_dir_all(ca).unwrap();
+    let localca = ca.join("localca.conf");
+    std::fs::write(
+        &localca,
+        format!(
+            "statedir = {0}\nsigningkey = {0}/signkey.pem\nissuercert = {0}/issuercert.pem\ncertserial = {0}/certserial\n",
+            ca.display()
+        ),
+    )
+    .unwrap();
+    let setup = ca.join("setup.conf");
+    std::fs::write(
+        &setup,
+        format!(
+            "create_certs_tool = /usr/bin/swtpm_localca\ncreate_certs_tool_config = {}\ncreate_certs_tool_options = /etc/swtpm-localca.options\nactive_pcr_banks = sha256\n",
+            localca.display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new("swtpm_setup")
+        .args(["--tpm2", "--create-ek-cert", "--overwrite", "--tpmstate"])
+        .arg(state)
+        .arg("--config")
+        .arg(&setup)
+        .output()
+        .expect("swtpm_setup (apt install swtpm-tools)");
+    assert!(
+        out.status.success(),
+        "swtpm_setup: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut pem = std::fs::read(ca.join("issuercert.pem")).unwrap();
+    pem.extend(std::fs::read(ca.join("swtpm-localca-rootca-cert.pem")).unwrap());
+    pem
+}

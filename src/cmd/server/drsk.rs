@@ -25,6 +25,7 @@ pub struct Args {
 pub enum Command {
     Init(InitArgs),
     Import(ImportArgs),
+    Challenge(ChallengeArgs),
     Restore(RestoreArgs),
 }
 
@@ -36,6 +37,10 @@ pub struct InitArgs {
     /// the server directory
     #[argh(option)]
     pub dir: PathBuf,
+    /// require a genuine-TPM proof before every restore: EK certificates must be signed by one
+    /// of the CA certificates in this PEM file (copied to DIR/ek-ca.pem)
+    #[argh(option)]
+    pub ek_ca: Option<PathBuf>,
     /// the TPM owner authorization, first line of this file (asked for when set)
     #[argh(option)]
     pub owner_auth_file: Option<PathBuf>,
@@ -74,6 +79,10 @@ pub struct RestoreArgs {
     /// where to write the restore file (must not exist)
     #[argh(option)]
     pub out: PathBuf,
+    /// the client's answer to the challenge (lifeline activate); required when the server has
+    /// an ek-ca.pem
+    #[argh(option)]
+    pub proof: Option<PathBuf>,
     /// the TPM owner authorization, if set and this TPM's SRK is not persistent
     #[argh(option)]
     pub owner_auth_file: Option<PathBuf>,
@@ -83,6 +92,7 @@ pub fn run(args: Args, g: &Globals) -> CmdResult {
     match args.command {
         Command::Init(a) => init(a, g),
         Command::Import(a) => import(a, g),
+        Command::Challenge(a) => challenge(a, g),
         Command::Restore(a) => restore(a, g),
     }
 }
@@ -111,12 +121,25 @@ fn init(args: InitArgs, g: &Globals) -> CmdResult {
             ),
         ));
     }
+    let ek_ca = match &args.ek_ca {
+        Some(path) => {
+            let pem = read_small(path, 1 << 20)?;
+            let count = crate::server::ekcert::ca_count(&pem)
+                .map_err(|e| Failure::usage(format!("{}: {e}", path.display())))?;
+            Some((pem, count))
+        }
+        None => None,
+    };
     std::fs::create_dir_all(&args.dir).map_err(io_failure)?;
     let mut tpm = g.open_tpm()?;
     let auth = owner_auth(&mut tpm, args.owner_auth_file.as_deref())?;
     let key = tpm.create_server_key(auth.as_ref())?;
     atomic_file::write_new(&args.dir.join("drsk.priv"), &key.private, 0o600).map_err(io_failure)?;
     atomic_file::write_new(&public_path, &key.public, 0o644).map_err(io_failure)?;
+    if let Some((pem, count)) = ek_ca {
+        atomic_file::write_new(&args.dir.join(EK_CA_FILE), &pem, 0o644).map_err(io_failure)?;
+        eprintln!("Restores need a genuine-TPM proof: EK certificates must come from the {count} CA certificate(s) given.");
+    }
     eprintln!(
         "Server key created; give {} to clients (lifeline provision --backup-server-key).",
         public_path.display()
@@ -204,6 +227,7 @@ fn restore(args: RestoreArgs, g: &Globals) -> CmdResult {
     }
     let stored = read_drsk_file(&path)?;
     let new_parent = read_small(&args.new_parent, 4096)?;
+    check_proof(&args, &new_parent)?;
     let mut tpm = g.open_tpm()?;
     let auth = auth_from_file(args.owner_auth_file.as_deref())?;
     let dup = tpm.reduplicate_client(
@@ -225,5 +249,141 @@ fn restore(args: RestoreArgs, g: &Globals) -> CmdResult {
         out.client_id,
         args.out.display()
     );
+    Ok(())
+}
+
+/// Where a server that demands the genuine-TPM proof keeps its trusted EK CA certificates.
+const EK_CA_FILE: &str = "ek-ca.pem";
+const PENDING_TAG: &str = "lifeline-pending-proof";
+
+#[derive(FromArgs, Debug)]
+/// Challenge a replacement machine to prove that its storage key lives in a genuine TPM: checks
+/// its EK certificate against DIR/ek-ca.pem, then makes a credential that only that TPM can
+/// activate, and only while holding that storage key. Answer with lifeline activate.
+#[argh(subcommand, name = "challenge")]
+pub struct ChallengeArgs {
+    /// the server directory
+    #[argh(option)]
+    pub dir: PathBuf,
+    /// the client ID whose DRSK is to be restored
+    #[argh(option)]
+    pub client: String,
+    /// the replacement TPM's storage key public part (lifeline srk-public)
+    #[argh(option)]
+    pub new_parent: PathBuf,
+    /// its endorsement key and certificate (lifeline srk-public --ek-out)
+    #[argh(option)]
+    pub ek: PathBuf,
+    /// where to write the challenge (must not exist)
+    #[argh(option)]
+    pub out: PathBuf,
+}
+
+fn pending_file(dir: &Path, client: &str) -> Result<PathBuf, Failure> {
+    let drsk = client_file(dir, client)?;
+    Ok(dir
+        .join("pending")
+        .join(drsk.with_extension("proof").file_name().unwrap_or_default()))
+}
+
+fn sha256(bytes: &[u8]) -> Vec<u8> {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes).to_vec()
+}
+
+fn challenge(args: ChallengeArgs, g: &Globals) -> CmdResult {
+    let ca = std::fs::read(args.dir.join(EK_CA_FILE)).map_err(|_| {
+        Failure::usage(format!("{} has no {EK_CA_FILE}", args.dir.display()))
+            .todo("give the TPM vendors' CA certificates with lifeline-server drsk init --ek-ca")
+    })?;
+    if !client_file(&args.dir, &args.client)?.exists() {
+        return Err(Failure::usage(format!(
+            "no DRSK in custody for client {}",
+            args.client
+        )));
+    }
+    let new_parent = read_small(&args.new_parent, 4096)?;
+    let text = String::from_utf8(read_small(&args.ek, 16 * 1024)?)
+        .map_err(|_| Failure::usage(format!("{} is not an EK file", args.ek.display())))?;
+    let ek = transfer::parse_hex_record(
+        &text,
+        crate::cmd::backup::EK_TAG,
+        &["public", "certificate"],
+    )
+    .map_err(|e| Failure::usage(format!("{}: {e}", args.ek.display())))?;
+    let refused = |what: String| {
+        Failure::new(Exit::Tpm, what).todo("restore only to a machine whose TPM you can vouch for")
+    };
+    let certified = crate::server::ekcert::verify(&ek[1], &ca).map_err(refused)?;
+    let modulus = tpm::ek_modulus(&ek[0])?;
+    if crate::server::ekcert::strip_zeros(&modulus) != certified.as_slice() {
+        return Err(refused(
+            "the EK certificate is for another key than the EK given".into(),
+        ));
+    }
+    if !tpm::is_resident_storage_key(&new_parent) {
+        return Err(refused(
+            "the new storage key is not a TPM-resident storage key (fixedTPM, restricted, decrypt)"
+                .into(),
+        ));
+    }
+    let name = tpm::name_of_public(&new_parent)?;
+    let mut secret = [0u8; 32];
+    crate::secret::random_bytes(&mut secret)
+        .map_err(|e| Failure::new(Exit::Failure, e.to_string()))?;
+    let mut server_tpm = g.open_tpm()?;
+    let (credential, seed) = server_tpm.make_credential(&ek[0], &name, &secret)?;
+    let pending = transfer::hex_record(
+        PENDING_TAG,
+        &[("new-parent", &name), ("secret-sha256", &sha256(&secret))],
+    );
+    atomic_file::replace(
+        &pending_file(&args.dir, &args.client)?,
+        pending.as_bytes(),
+        0o600,
+    )
+    .map_err(io_failure)?;
+    let out = transfer::hex_record(
+        crate::cmd::backup::CHALLENGE_TAG,
+        &[("credential", &credential), ("seed", &seed)],
+    );
+    atomic_file::write_new(&args.out, out.as_bytes(), 0o644).map_err(io_failure)?;
+    eprintln!(
+        "EK certificate verified. Challenge written to {}; answer it with lifeline activate.",
+        args.out.display()
+    );
+    Ok(())
+}
+
+/// When the server demands it, checks the client's answer against the pending challenge for
+/// exactly this new storage key, and consumes it.
+fn check_proof(args: &RestoreArgs, new_parent: &[u8]) -> CmdResult {
+    if !args.dir.join(EK_CA_FILE).exists() {
+        return Ok(());
+    }
+    let refused = |what: &str| {
+        Failure::new(Exit::Tpm, format!("this server requires proof of a genuine TPM: {what}"))
+            .todo("lifeline-server drsk challenge, then lifeline activate on the new machine, then restore with --proof")
+    };
+    let proof_path = args
+        .proof
+        .as_ref()
+        .ok_or_else(|| refused("no --proof given"))?;
+    let pending_path = pending_file(&args.dir, &args.client)?;
+    let pending_text = std::fs::read_to_string(&pending_path)
+        .map_err(|_| refused("no challenge is pending for this client"))?;
+    let pending =
+        transfer::parse_hex_record(&pending_text, PENDING_TAG, &["new-parent", "secret-sha256"])
+            .map_err(|e| Failure::new(Exit::Failure, format!("{}: {e}", pending_path.display())))?;
+    let proof_text = String::from_utf8(read_small(proof_path, 4096)?).unwrap_or_default();
+    let proof = transfer::parse_hex_record(&proof_text, crate::cmd::backup::PROOF_TAG, &["secret"])
+        .map_err(|e| Failure::usage(format!("{}: {e}", proof_path.display())))?;
+    if tpm::name_of_public(new_parent)? != pending[0] {
+        return Err(refused("the challenge was made for another storage key"));
+    }
+    if !crate::secret::ct_eq(&sha256(&proof[0]), &pending[1]) {
+        return Err(refused("the answer does not match the challenge"));
+    }
+    let _ = std::fs::remove_file(&pending_path);
     Ok(())
 }

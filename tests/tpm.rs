@@ -749,3 +749,48 @@ fn restore_needs_proof_of_a_genuine_tpm_when_the_server_asks() {
         .ok();
     sb.lifeline_on(&c, &["unseal-check", image]).ok();
 }
+
+#[test]
+fn reenrolling_replaces_our_token_and_leaves_other_tokens_alone() {
+    let sb = Sandbox::new();
+    let t = Swtpm::start(&sb.path("tpm"));
+    sb.lifeline_on(&t, &["provision"]).ok();
+    let img = sb.luks_image("disk.img", 2);
+    let image = img.path.to_str().unwrap();
+    sb.write(
+        "other.json",
+        r#"{"type":"example-other","keyslots":[],"data":"not ours"}"#,
+    );
+    crate::support::cryptsetup(&[
+        "token",
+        "import",
+        "--json-file",
+        sb.path("other.json").to_str().unwrap(),
+        image,
+    ])
+    .ok();
+    let key = img.key_file.to_str().unwrap();
+    sb.lifeline_on(&t, &["enroll", image, "--key-file", key])
+        .ok();
+    extend_pcr16(&t);
+    sb.lifeline_on(&t, &["enroll", image, "--key-file", key, "--pcrs", "16"])
+        .ok();
+    let dump = crate::support::cryptsetup(&["luksDump", image])
+        .ok()
+        .stdout
+        .clone();
+    assert_eq!(dump.matches("lifeline-tpm2").count(), 1, "{dump}");
+    assert_eq!(dump.matches("example-other").count(), 1, "{dump}");
+    let ours = crate::support::cryptsetup(&["token", "export", "--token-id", "1", image]);
+    assert!(
+        ours.ok().stdout.contains(r#""pcrs":[16]"#),
+        "the second enrollment replaced the first"
+    );
+    sb.lifeline_on(&t, &["unseal-check", image]).ok();
+    // A wrong passphrase leaves the token as it was.
+    sb.write("wrong", "wrong");
+    sb.lifeline_on(&t, &["enroll", image, "--key-file", "wrong"])
+        .fails(3, "no keyslot accepts");
+    let again = crate::support::cryptsetup(&["token", "export", "--token-id", "1", image]);
+    assert_eq!(again.ok().stdout, ours.stdout);
+}

@@ -467,6 +467,30 @@ impl TssTpm {
         Ok(())
     }
 
+    /// A session of `kind` (AES-128-CFB parameter encryption available, SHA-256), salted to
+    /// `salt_key` when given.
+    fn session(
+        &mut self,
+        kind: SessionType,
+        salt_key: Option<KeyHandle>,
+    ) -> Result<AuthSession, TpmError> {
+        self.ctx
+            .start_auth_session(
+                salt_key,
+                None,
+                None,
+                kind,
+                SymmetricDefinition::AES_128_CFB,
+                HashingAlgorithm::Sha256,
+            )
+            .map_err(|e| classify(e, "starting a TPM session"))?
+            .ok_or_else(|| TpmError::Other("the TPM gave no session".into()))
+    }
+
+    fn end_session(&mut self, session: AuthSession) {
+        self.flush(tss_esapi::handles::SessionHandle::from(session));
+    }
+
     /// A session salted to `salt_key` that encrypts the first parameter both ways, so secrets
     /// do not cross the bus in clear.
     fn encrypted_session(
@@ -474,18 +498,7 @@ impl TssTpm {
         salt_key: KeyHandle,
         kind: SessionType,
     ) -> Result<AuthSession, TpmError> {
-        let session = self
-            .ctx
-            .start_auth_session(
-                Some(salt_key),
-                None,
-                None,
-                kind,
-                SymmetricDefinition::AES_128_CFB,
-                HashingAlgorithm::Sha256,
-            )
-            .map_err(|e| classify(e, "starting a session"))?
-            .ok_or_else(|| TpmError::Other("no session".into()))?;
+        let session = self.session(kind, Some(salt_key))?;
         let (attributes, mask) = SessionAttributesBuilder::new()
             .with_decrypt(true)
             .with_encrypt(true)
@@ -537,7 +550,7 @@ impl TssTpm {
                 ctx.create(drsk, template, None, Some(sensitive), None, None)
             })
             .map_err(|e| classify(e, "sealing under the DRSK"));
-        self.flush(tss_esapi::handles::SessionHandle::from(session));
+        self.end_session(session);
         let created = created?;
         Ok((
             SealedBlob {
@@ -549,25 +562,14 @@ impl TssTpm {
     }
 
     fn trial_pcr_policy(&mut self, pcrs: &[u8]) -> Result<Vec<u8>, TpmError> {
-        let session = self
-            .ctx
-            .start_auth_session(
-                None,
-                None,
-                None,
-                SessionType::Trial,
-                SymmetricDefinition::Null,
-                HashingAlgorithm::Sha256,
-            )
-            .map_err(|e| classify(e, "starting a trial session"))?
-            .ok_or_else(|| TpmError::Other("no session".into()))?;
+        let session = self.session(SessionType::Trial, None)?;
         let ps = policy_session(session)?;
         let result = self
             .ctx
             .policy_pcr(ps, Digest::default(), pcr_selection(pcrs)?)
             .and_then(|()| self.ctx.policy_get_digest(ps))
             .map_err(|e| classify(e, "computing the PCR policy"));
-        self.flush(tss_esapi::handles::SessionHandle::from(session));
+        self.end_session(session);
         Ok(result?.value().to_vec())
     }
 
@@ -628,7 +630,7 @@ impl TssTpm {
                     _ => classify(e, "unsealing"),
                 })
         });
-        self.flush(tss_esapi::handles::SessionHandle::from(session));
+        self.end_session(session);
         self.flush(object);
         match unsealed {
             // Convert at the boundary: SensitiveData derefs to a plain Vec and derives Debug.
@@ -714,18 +716,7 @@ impl TssTpm {
             list.add(Digest::try_from(b.to_vec()).map_err(wrapper)?)
                 .map_err(wrapper)?;
         }
-        let session = self
-            .ctx
-            .start_auth_session(
-                None,
-                None,
-                None,
-                SessionType::Policy,
-                SymmetricDefinition::AES_128_CFB,
-                HashingAlgorithm::Sha256,
-            )
-            .map_err(|e| classify(e, "starting a policy session"))?
-            .ok_or_else(|| TpmError::Other("no session".into()))?;
+        let session = self.session(SessionType::Policy, None)?;
         let ps = policy_session(session)?;
         let refused = |e: tss_esapi::Error| match kind(&e) {
             Some(
@@ -755,7 +746,7 @@ impl TssTpm {
                     })
                     .map_err(refused)
             });
-        self.flush(tss_esapi::handles::SessionHandle::from(session));
+        self.end_session(session);
         let (_, private, seed) = result?;
         Ok((tpm2b(private.value()), tpm2b(seed.value())))
     }
@@ -1098,18 +1089,7 @@ impl TssTpm {
         let (srk, srk_transient) = self.srk(owner_auth)?;
         let ek = tss_esapi::abstraction::ek::create_ek_object(&mut self.ctx, EK_ALG, None)
             .map_err(|e| classify(e, "creating the EK"))?;
-        let session = self
-            .ctx
-            .start_auth_session(
-                None,
-                None,
-                None,
-                SessionType::Policy,
-                SymmetricDefinition::AES_128_CFB,
-                HashingAlgorithm::Sha256,
-            )
-            .map_err(|e| classify(e, "starting a policy session"))
-            .and_then(|s| s.ok_or_else(|| TpmError::Other("no session".into())));
+        let session = self.session(SessionType::Policy, None);
         let result = session.and_then(|session| {
             let ps = policy_session(session)?;
             // The EK's policy: PolicySecret(endorsement hierarchy), whose authorization is empty.
@@ -1140,7 +1120,7 @@ impl TssTpm {
                             _ => classify(e, "activating the credential"),
                         })
                 });
-            self.flush(tss_esapi::handles::SessionHandle::from(session));
+            self.end_session(session);
             r
         });
         self.flush(ek);

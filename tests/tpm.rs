@@ -95,31 +95,11 @@ fn seed_demo_board_swap_restore_unseals_the_original_blob() {
         .trim()
         .to_string();
     assert_eq!(client_id.len(), 64);
-    sb.lifeline_on(
-        &a,
-        &[
-            "enroll",
-            image,
-            "--key-file",
-            img.key_file.to_str().unwrap(),
-        ],
-    )
-    .ok();
+    enroll(&sb, &a, &img, &[]).ok();
     sb.lifeline_on(&a, &["unseal-check", image]).ok();
     // PCR 16 is the resettable debug PCR: give it a value, bind the LUKS1 volume's key to it.
     extend_pcr16(&a);
-    sb.lifeline_on(
-        &a,
-        &[
-            "enroll",
-            pcr_image,
-            "--pcrs",
-            "16",
-            "--key-file",
-            pcr_img.key_file.to_str().unwrap(),
-        ],
-    )
-    .ok();
+    enroll(&sb, &a, &pcr_img, &["--pcrs", "16"]).ok();
     sb.lifeline_on(&a, &["unseal-check", pcr_image]).ok();
     sb.lifeline_on(
         &a,
@@ -163,6 +143,23 @@ fn seed_demo_board_swap_restore_unseals_the_original_blob() {
         .fails(8, "PCR 16 changed");
     extend_pcr16(&c);
     sb.lifeline_on(&c, &["unseal-check", pcr_image]).ok();
+}
+
+/// `lifeline enroll` of `img` with its key file on the machine with TPM `t`.
+fn enroll(
+    sb: &Sandbox,
+    t: &Swtpm,
+    img: &crate::support::Image,
+    extra: &[&str],
+) -> crate::support::Run {
+    let mut args = vec![
+        "enroll",
+        img.path.to_str().unwrap(),
+        "--key-file",
+        img.key_file.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    sb.lifeline_on(t, &args)
 }
 
 fn extend_pcr16(t: &Swtpm) {
@@ -380,16 +377,7 @@ fn foreign_objects_at_our_handles_are_left_alone_unless_forced() {
     sb.lifeline_on(&t, &["provision", "--force"]).ok();
     let img = sb.luks_image("disk.img", 2);
     let image = img.path.to_str().unwrap();
-    sb.lifeline_on(
-        &t,
-        &[
-            "enroll",
-            image,
-            "--key-file",
-            img.key_file.to_str().unwrap(),
-        ],
-    )
-    .ok();
+    enroll(&sb, &t, &img, &[]).ok();
     sb.lifeline_on(&t, &["unseal-check", image]).ok();
     // A DRSK for other backup servers is ours but still not replaced silently.
     let server = Swtpm::start(&sb.path("srv-tpm"));
@@ -445,16 +433,7 @@ fn tpm2_tools_unseal_lifeline_blobs_and_the_reverse_and_lockout_is_named() {
         .to_string();
     let img = sb.luks_image("disk.img", 2);
     let image = img.path.to_str().unwrap();
-    sb.lifeline_on(
-        &t,
-        &[
-            "enroll",
-            image,
-            "--key-file",
-            img.key_file.to_str().unwrap(),
-        ],
-    )
-    .ok();
+    enroll(&sb, &t, &img, &[]).ok();
 
     // lifeline's token holds standard TPM2B blobs: tpm2_load + tpm2_unseal give the key.
     let exported = crate::support::cryptsetup(&["token", "export", "--token-id", "0", image]);
@@ -617,16 +596,7 @@ fn restore_needs_proof_of_a_genuine_tpm_when_the_server_asks() {
         .stdout
         .trim()
         .to_string();
-    sb.lifeline_on(
-        &a,
-        &[
-            "enroll",
-            image,
-            "--key-file",
-            img.key_file.to_str().unwrap(),
-        ],
-    )
-    .ok();
+    enroll(&sb, &a, &img, &[]).ok();
     sb.lifeline_on(
         &a,
         &["backup", "--server-key", "srv/drsk.pub", "--out", "a.dup"],
@@ -769,12 +739,9 @@ fn reenrolling_replaces_our_token_and_leaves_other_tokens_alone() {
         image,
     ])
     .ok();
-    let key = img.key_file.to_str().unwrap();
-    sb.lifeline_on(&t, &["enroll", image, "--key-file", key])
-        .ok();
+    enroll(&sb, &t, &img, &[]).ok();
     extend_pcr16(&t);
-    sb.lifeline_on(&t, &["enroll", image, "--key-file", key, "--pcrs", "16"])
-        .ok();
+    enroll(&sb, &t, &img, &["--pcrs", "16"]).ok();
     let dump = crate::support::cryptsetup(&["luksDump", image])
         .ok()
         .stdout

@@ -24,6 +24,9 @@ enum Command {
     Init(server::init::Args),
     Recovery(server::recovery::Args),
     Drsk(server::drsk::Args),
+    Serve(server::serve::Args),
+    Admin(server::admin::Args),
+    Audit(server::serve::AuditArgs),
 }
 
 fn main() {
@@ -34,6 +37,9 @@ fn main() {
         Command::Init(a) => server::init::run(a),
         Command::Recovery(a) => server::recovery::run(a),
         Command::Drsk(a) => server::drsk::run(a, &g),
+        Command::Serve(a) => server::serve::run(a),
+        Command::Admin(a) => server::admin::run(a),
+        Command::Audit(a) => server::serve::run_audit(a),
     };
     std::process::exit(cmd::finish("lifeline-server", result));
 }

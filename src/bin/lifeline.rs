@@ -6,7 +6,9 @@
 use std::path::PathBuf;
 
 use argh::FromArgs;
-use lifeline::cmd::{self, backup, enroll, escrow, inspect, provision, recover, Globals};
+use lifeline::cmd::{
+    self, backup, enroll, escrow, inspect, join, provision, recover, recovery, Globals,
+};
 
 #[derive(FromArgs, Debug)]
 /// lifeline: never be locked out of your LUKS disk. Escrow a volume's key to your recovery
@@ -39,6 +41,8 @@ enum Command {
     SrkPublic(backup::SrkArgs),
     Restore(backup::RestoreArgs),
     Activate(backup::ActivateArgs),
+    Join(join::Args),
+    Recovery(recovery::Args),
 }
 
 fn main() {
@@ -46,8 +50,8 @@ fn main() {
     let args: Lifeline = cmd::parse_args();
     let g = Globals::new(args.tcti, args.state_dir);
     let result = match args.command {
-        Command::Escrow(a) => escrow::run(a),
-        Command::Recover(a) => recover::run(a),
+        Command::Escrow(a) => escrow::run(a, &g),
+        Command::Recover(a) => recover::run(a, &g),
         Command::Inspect(a) => inspect::run(a),
         Command::Provision(a) => provision::run(a, &g),
         Command::Id(a) => provision::run_id(a, &g),
@@ -57,6 +61,8 @@ fn main() {
         Command::SrkPublic(a) => backup::run_srk(a, &g),
         Command::Restore(a) => backup::run_restore(a, &g),
         Command::Activate(a) => backup::run_activate(a, &g),
+        Command::Join(a) => join::run(a, &g),
+        Command::Recovery(a) => recovery::run(a, &g),
     };
     std::process::exit(cmd::finish("lifeline", result));
 }

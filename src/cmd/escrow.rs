@@ -5,7 +5,7 @@ use std::time::SystemTime;
 
 use argh::FromArgs;
 
-use super::{local_machine_id, CmdResult, Exit, Failure};
+use super::{local_machine_id, CmdResult, Exit, Failure, Globals};
 use crate::atomic_file;
 use crate::escrow::{EscrowPacket, Record, VolumeInfo};
 use crate::luks::{LuksVolume, Pbkdf};
@@ -13,19 +13,26 @@ use crate::secret::Passphrase;
 
 #[derive(FromArgs, Debug)]
 /// Escrow a LUKS volume's key: read it with a passphrase and write it to an escrow packet,
-/// encrypted to your recovery authority. The packet holds no secret in clear; keep it with the
-/// authority or in a safe.
+/// encrypted to your recovery authority, as a file (--out), uploaded to the escrow server this
+/// machine joined (--server), or both. The packet holds no secret in clear.
 #[argh(subcommand, name = "escrow")]
 pub struct Args {
     /// the LUKS block device or image file
     #[argh(positional)]
     pub device: PathBuf,
-    /// the authority's age recipient file (recipient.txt from lifeline-server init)
+    /// the authority's age recipient file (recipient.txt from lifeline-server init; default
+    /// with --server: the one the server gave at join)
     #[argh(option)]
-    pub recipient: PathBuf,
+    pub recipient: Option<PathBuf>,
     /// where to write the escrow packet (must not exist)
     #[argh(option)]
-    pub out: PathBuf,
+    pub out: Option<PathBuf>,
+    /// upload the packet to this escrow server (see lifeline join)
+    #[argh(option)]
+    pub server: Option<String>,
+    /// with --server: mark this volume's older packets on the server obsolete
+    #[argh(switch)]
+    pub obsolete_older: bool,
     /// also add a random recovery passphrase in a free keyslot and escrow it with the key
     #[argh(switch)]
     pub random_passphrase: bool,
@@ -42,14 +49,30 @@ pub struct Args {
     pub pbkdf2_iterations: Option<u32>,
 }
 
-pub fn run(args: Args) -> CmdResult {
-    let recipient = read_recipient(&args.recipient)?;
-    if args.out.exists() {
-        return Err(Failure::new(
-            Exit::Exists,
-            format!("{} already exists", args.out.display()),
-        )
-        .todo("choose another --out name; existing packets are never overwritten"));
+pub fn run(args: Args, g: &Globals) -> CmdResult {
+    if args.out.is_none() && args.server.is_none() {
+        return Err(Failure::usage(
+            "say where the packet goes: --out FILE, --server URL, or both",
+        ));
+    }
+    let server = match &args.server {
+        Some(url) => Some(super::join::joined_server(g, Some(url), true)?),
+        None => None,
+    };
+    let recipient = match (&args.recipient, &server) {
+        (Some(path), _) => read_recipient(path)?,
+        (None, Some(_)) => read_recipient(&g.state_dir.join("recipient.txt"))?,
+        (None, None) => {
+            return Err(Failure::usage(
+                "--recipient is needed (the authority's recipient.txt)",
+            ))
+        }
+    };
+    if let Some(out) = args.out.as_ref().filter(|o| o.exists()) {
+        return Err(
+            Failure::new(Exit::Exists, format!("{} already exists", out.display()))
+                .todo("choose another --out name; existing packets are never overwritten"),
+        );
     }
     let mut volume = LuksVolume::open(&args.device)?;
     let luks = volume.info()?;
@@ -91,11 +114,23 @@ pub fn run(args: Args) -> CmdResult {
     };
     let packet = EscrowPacket::seal(&record, &recipient)?;
 
+    let fingerprint = crate::secret::key_fingerprint(
+        &record.volume_key,
+        &luks.uuid,
+        record.recovery_passphrase.as_ref(),
+    );
+
     // Order matters: the packet is on disk (under a temporary name) before the keyslot exists,
-    // and becomes visible only once the keyslot is in place. A failure in between leaves
-    // neither a packet for a passphrase that was never added nor a keyslot nobody knows.
-    let staged = atomic_file::stage(&args.out, &packet, 0o600)
-        .map_err(|e| Failure::new(Exit::Failure, format!("cannot write the packet: {e}")))?;
+    // and becomes visible (file) or stored (server) only once the keyslot is in place. A
+    // failure in between leaves neither a packet for a passphrase that was never added nor a
+    // keyslot nobody knows.
+    let staged =
+        match &args.out {
+            Some(out) => Some(atomic_file::stage(out, &packet, 0o600).map_err(|e| {
+                Failure::new(Exit::Failure, format!("cannot write the packet: {e}"))
+            })?),
+            None => None,
+        };
     let mut added_slot = None;
     if let Some(pass) = &record.recovery_passphrase {
         if let Some(n) = args.pbkdf2_iterations {
@@ -103,22 +138,58 @@ pub fn run(args: Args) -> CmdResult {
         }
         added_slot = Some(volume.add_passphrase(&record.volume_key, pass)?);
     }
-    if let Err(e) = staged.commit() {
+    let undo = |volume: &mut LuksVolume| {
         if let Some(slot) = added_slot {
             let _ = volume.destroy_keyslot(slot);
         }
-        return Err(Failure::new(
-            Exit::Failure,
-            format!("cannot write the packet: {e}"),
-        ));
+    };
+    let uploaded = match &server {
+        Some(s) => {
+            let path = format!(
+                "/v1/escrow?fingerprint={fingerprint}&obsolete_older={}",
+                args.obsolete_older
+            );
+            match s.post_bytes(&path, &packet) {
+                Ok((_, answer)) => Some(answer),
+                Err(e) => {
+                    undo(&mut volume);
+                    return Err(e.into());
+                }
+            }
+        }
+        None => None,
+    };
+    if let Some(staged) = staged {
+        if let Err(e) = staged.commit() {
+            undo(&mut volume);
+            return Err(Failure::new(
+                Exit::Failure,
+                format!("cannot write the packet: {e}"),
+            ));
+        }
     }
 
-    eprintln!(
-        "Escrow packet for volume {}{} written to {}.",
-        luks.uuid,
-        luks.label.map(|l| format!(" ({l})")).unwrap_or_default(),
-        args.out.display()
-    );
+    let label = luks.label.map(|l| format!(" ({l})")).unwrap_or_default();
+    if let Some(out) = &args.out {
+        eprintln!(
+            "Escrow packet for volume {}{label} written to {}.",
+            luks.uuid,
+            out.display()
+        );
+    }
+    if let Some(answer) = uploaded {
+        let id = answer["packet"].as_str().unwrap_or("?");
+        match answer["status"].as_str() {
+            Some("already in escrow") => eprintln!(
+                "Volume {}{label}: this key is already in escrow (packet {id}).",
+                luks.uuid
+            ),
+            _ => eprintln!(
+                "Volume {}{label}: escrowed on the server as packet {id}.",
+                luks.uuid
+            ),
+        }
+    }
     if let Some(slot) = added_slot {
         eprintln!("A random recovery passphrase was added in keyslot {slot}; only the authority can read it.");
     }

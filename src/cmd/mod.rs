@@ -7,8 +7,10 @@ pub mod backup;
 pub mod enroll;
 pub mod escrow;
 pub mod inspect;
+pub mod join;
 pub mod provision;
 pub mod recover;
+pub mod recovery;
 #[cfg(feature = "server")]
 pub mod server;
 

@@ -22,12 +22,17 @@ pub struct Args {
     /// (cryptsetup luksHeaderBackup)
     #[argh(positional)]
     pub device: PathBuf,
-    /// the recovery packet
+    /// the recovery packet file
     #[argh(option)]
-    pub packet: PathBuf,
-    /// the authority's minisign public key (minisign.pub) that must have signed the packet
+    pub packet: Option<PathBuf>,
+    /// fetch the recovery packet from this escrow server instead (see lifeline join); it is
+    /// reported used afterwards
     #[argh(option)]
-    pub trust: PathBuf,
+    pub server: Option<String>,
+    /// the authority's minisign public key that must have signed the packet (default with
+    /// --server: the one the server gave at join)
+    #[argh(option)]
+    pub trust: Option<PathBuf>,
     /// read the one-time password from this file (default: ask)
     #[argh(option)]
     pub otp_file: Option<PathBuf>,
@@ -50,22 +55,48 @@ pub struct Args {
     pub pbkdf2_iterations: Option<u32>,
 }
 
-pub fn run(args: Args) -> CmdResult {
+pub fn run(args: Args, g: &super::Globals) -> CmdResult {
     if args.replace_slot.is_some() && args.new_passphrase_file.is_none() {
         return Err(Failure::usage("--replace-slot needs --new-passphrase-file")
             .todo("a keyslot is only removed after a new passphrase is in place"));
     }
-    let trusted = read_trust_key(&args.trust)?;
-    let bytes = read_packet_file(&args.packet)
-        .map_err(|e| Failure::from(e).context(args.packet.display()))?;
-    let packet = RecoveryPacket::verify(&bytes, &trusted)?;
-
+    let server = match &args.server {
+        Some(url) => Some(super::join::joined_server(g, Some(url), false)?),
+        None => None,
+    };
+    let trusted = match (&args.trust, &server) {
+        (Some(path), _) => read_trust_key(path)?,
+        (None, Some(_)) => read_trust_key(&g.state_dir.join("minisign.pub"))?,
+        (None, None) => {
+            return Err(Failure::usage(
+                "--trust is needed (the authority's minisign.pub)",
+            ))
+        }
+    };
     let mut volume = LuksVolume::open(&args.device)?;
     let luks = volume.info()?;
     let machine_id = match &args.machine_id {
         Some(id) => id.to_ascii_lowercase(),
         None => local_machine_id()?,
     };
+    let bytes = match (&args.packet, &server) {
+        (Some(path), _) => {
+            read_packet_file(path).map_err(|e| Failure::from(e).context(path.display()))?
+        }
+        (None, Some(s)) => s
+            .get(&format!("/v1/recovery/{machine_id}/{}", luks.uuid))
+            .map_err(|e| {
+                Failure::from(e).todo(
+                    "ask the helpdesk to approve your recovery request (lifeline recovery request)",
+                )
+            })?,
+        (None, None) => {
+            return Err(Failure::usage(
+                "give the recovery packet with --packet FILE or --server URL",
+            ))
+        }
+    };
+    let packet = RecoveryPacket::verify(&bytes, &trusted)?;
     packet.check_binding(&machine_id, &luks.uuid, SystemTime::now())?;
 
     // Everything that can be checked without the code is checked now, so nobody types a
@@ -85,6 +116,15 @@ pub fn run(args: Args) -> CmdResult {
 
     let record = open_with_otp(&packet, &args)?;
     volume.check_key(&record.volume_key)?;
+    if let Some(s) = &server {
+        // One-time use: the server deletes the packet. Failing to say so costs nothing here.
+        if let Err(e) = s.post_json(
+            &format!("/v1/recovery/{}/used", packet.binding.packet_id),
+            &serde_json::json!({}),
+        ) {
+            eprintln!("warning: could not tell the server the packet was used: {e}");
+        }
+    }
     eprintln!(
         "The one-time password is correct and the escrowed key opens {}.",
         args.device.display()

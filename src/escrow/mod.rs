@@ -2,6 +2,7 @@
 //!
 //! See `docs/FORMAT.md` for the byte-level specification and `tests/vectors/` for examples.
 
+pub mod https;
 pub mod otp;
 pub mod packet;
 pub mod record;

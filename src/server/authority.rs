@@ -81,8 +81,13 @@ impl From<PacketError> for AuthorityError {
     }
 }
 
-/// Creates a new authority in `dir` (which must be missing or empty).
-pub fn init(dir: &Path, passphrase: &Passphrase) -> Result<(), AuthorityError> {
+/// Creates a new authority in `dir` (which must be missing or empty). `extra` adds more files
+/// (TLS material, configuration) to the directory before it appears.
+pub fn init(
+    dir: &Path,
+    passphrase: &Passphrase,
+    extra: impl FnOnce(&Path) -> Result<(), AuthorityError>,
+) -> Result<(), AuthorityError> {
     let text = passphrase_text(passphrase)?;
     if text.chars().count() < MIN_PASSPHRASE_CHARS {
         return Err(AuthorityError::WeakPassphrase);
@@ -103,15 +108,17 @@ pub fn init(dir: &Path, passphrase: &Passphrase) -> Result<(), AuthorityError> {
         hex_secret(&tag).as_str()
     ));
     fs::create_dir(&staging)?;
-    let result = write_keys(&staging, passphrase, &text).and_then(|()| {
-        fs::set_permissions(
-            &staging,
-            std::os::unix::fs::PermissionsExt::from_mode(0o700),
-        )?;
-        fs::rename(&staging, dir)?;
-        fs::File::open(&parent)?.sync_all()?;
-        Ok(())
-    });
+    let result = write_keys(&staging, passphrase, &text)
+        .and_then(|()| extra(&staging))
+        .and_then(|()| {
+            fs::set_permissions(
+                &staging,
+                std::os::unix::fs::PermissionsExt::from_mode(0o700),
+            )?;
+            fs::rename(&staging, dir)?;
+            fs::File::open(&parent)?.sync_all()?;
+            Ok(())
+        });
     if result.is_err() {
         let _ = fs::remove_dir_all(&staging);
     }

@@ -2,4 +2,7 @@
 //! the checks behind DRSK custody.
 
 pub mod authority;
+pub mod config;
 pub mod ekcert;
+pub mod http;
+pub mod store;

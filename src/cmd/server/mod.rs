@@ -1,8 +1,10 @@
 //! Subcommands of `lifeline-server`.
 
+pub mod admin;
 pub mod drsk;
 pub mod init;
 pub mod recovery;
+pub mod serve;
 
 use std::path::Path;
 
@@ -32,7 +34,7 @@ impl From<AuthorityError> for Failure {
 }
 
 /// The administrator passphrase: from a file, or asked on the terminal (twice when `confirm`).
-fn admin_passphrase(file: Option<&Path>, confirm: bool) -> Result<Passphrase, Failure> {
+pub(crate) fn admin_passphrase(file: Option<&Path>, confirm: bool) -> Result<Passphrase, Failure> {
     if let Some(file) = file {
         return read_passphrase_file(file);
     }

@@ -1,0 +1,58 @@
+//! `lifeline recovery request`: ask the helpdesk for a recovery packet.
+
+use std::path::PathBuf;
+
+use argh::FromArgs;
+use serde_json::json;
+
+use super::{local_machine_id, CmdResult, Globals};
+use crate::luks::LuksVolume;
+
+#[derive(FromArgs, Debug)]
+/// Recovery requests to the escrow server.
+#[argh(subcommand, name = "recovery")]
+pub struct Args {
+    #[argh(subcommand)]
+    pub command: Command,
+}
+
+#[derive(FromArgs, Debug)]
+#[argh(subcommand)]
+pub enum Command {
+    Request(RequestArgs),
+}
+
+#[derive(FromArgs, Debug)]
+/// File a recovery request for a volume: it shows up for the helpdesk, who approve it. Prints
+/// the recovery ID to read to them over the phone. Needs no credential.
+#[argh(subcommand, name = "request")]
+pub struct RequestArgs {
+    /// the LUKS device, image or header backup
+    #[argh(positional)]
+    pub device: PathBuf,
+    /// the escrow server (default: the one this machine joined)
+    #[argh(option)]
+    pub server: Option<String>,
+    /// the machine the volume belongs to (default: /etc/machine-id)
+    #[argh(option)]
+    pub machine_id: Option<String>,
+}
+
+pub fn run(args: Args, g: &Globals) -> CmdResult {
+    let Command::Request(args) = args.command;
+    let uuid = LuksVolume::open(&args.device)?.info()?.uuid;
+    let machine = match args.machine_id {
+        Some(m) => m.to_ascii_lowercase(),
+        None => local_machine_id()?,
+    };
+    let server = super::join::joined_server(g, args.server.as_deref(), false)?;
+    let answer = server.post_json(
+        "/v1/recovery-requests",
+        &json!({ "machine": machine, "volume_uuid": uuid }),
+    )?;
+    eprintln!(
+        "Recovery requested for volume {uuid}. Call your helpdesk and give them this recovery ID:"
+    );
+    println!("{}", answer["recovery_id"].as_str().unwrap_or("?"));
+    Ok(())
+}

@@ -1,0 +1,173 @@
+//! Talking to the escrow server: HTTPS with ureq and rustls (ring), trusting only the
+//! configured CA — no system roots — with bounded response sizes and a timeout. Blocking; the
+//! client links no async runtime.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+use ureq::tls::{Certificate, RootCerts, TlsConfig, TlsProvider};
+
+/// Largest response read from the server.
+const MAX_RESPONSE: u64 = 256 * 1024;
+
+#[derive(Debug)]
+pub enum FetchError {
+    /// The server could not be reached or the connection failed (TLS included).
+    Unreachable(String),
+    /// The server answered with an error status and its reason.
+    Refused { status: u16, reason: String },
+    /// Not found: no such packet, request or machine.
+    NotFound(String),
+    /// The answer was not what the protocol says.
+    Bad(String),
+}
+
+impl std::fmt::Display for FetchError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FetchError::Unreachable(why) => write!(f, "cannot reach the escrow server: {why}"),
+            FetchError::Refused { status, reason } => {
+                write!(f, "the escrow server refused ({status}): {reason}")
+            }
+            FetchError::NotFound(why) => write!(f, "{why}"),
+            FetchError::Bad(why) => write!(f, "unexpected answer from the escrow server: {why}"),
+        }
+    }
+}
+
+impl std::error::Error for FetchError {}
+
+/// A server connection: base URL, pinned CA, optional bearer credential.
+pub struct Https {
+    agent: ureq::Agent,
+    base: String,
+    credential: Option<zeroize::Zeroizing<String>>,
+}
+
+impl std::fmt::Debug for Https {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Https({})", self.base)
+    }
+}
+
+impl Https {
+    /// `ca_pem` holds the CA certificate(s) the server's certificate must chain to.
+    pub fn new(base_url: &str, ca_pem: &[u8], timeout: Duration) -> Result<Https, FetchError> {
+        if !base_url.starts_with("https://") {
+            return Err(FetchError::Bad(format!(
+                "'{base_url}' is not an https:// URL"
+            )));
+        }
+        let certs = ureq::tls::parse_pem(ca_pem)
+            .filter_map(|item| match item {
+                Ok(ureq::tls::PemItem::Certificate(c)) => Some(Ok(c)),
+                Ok(_) => None,
+                Err(e) => Some(Err(e)),
+            })
+            .collect::<Result<Vec<Certificate<'static>>, _>>()
+            .map_err(|e| FetchError::Bad(format!("the CA file is not PEM: {e}")))?;
+        if certs.is_empty() {
+            return Err(FetchError::Bad("the CA file holds no certificate".into()));
+        }
+        let tls = TlsConfig::builder()
+            .provider(TlsProvider::Rustls)
+            .root_certs(RootCerts::Specific(Arc::new(certs)))
+            .unversioned_rustls_crypto_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .build();
+        let agent = ureq::Agent::config_builder()
+            .tls_config(tls)
+            .timeout_global(Some(timeout))
+            .http_status_as_error(false)
+            .max_redirects(0)
+            .build()
+            .new_agent();
+        Ok(Https {
+            agent,
+            base: base_url.trim_end_matches('/').to_string(),
+            credential: None,
+        })
+    }
+
+    /// Sends `credential` as a bearer token with every request.
+    pub fn with_credential(mut self, credential: &str) -> Https {
+        self.credential = Some(zeroize::Zeroizing::new(credential.to_string()));
+        self
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    fn finish(
+        &self,
+        result: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+    ) -> Result<(u16, Vec<u8>), FetchError> {
+        let mut response = result.map_err(|e| FetchError::Unreachable(e.to_string()))?;
+        let status = response.status().as_u16();
+        let body = response
+            .body_mut()
+            .with_config()
+            .limit(MAX_RESPONSE)
+            .read_to_vec()
+            .map_err(|e| FetchError::Bad(e.to_string()))?;
+        if status >= 400 {
+            let reason = serde_json::from_slice::<Value>(&body)
+                .ok()
+                .and_then(|v| v["error"].as_str().map(str::to_string))
+                .unwrap_or_else(|| String::from_utf8_lossy(&body).chars().take(200).collect());
+            return Err(if status == 404 {
+                FetchError::NotFound(reason)
+            } else {
+                FetchError::Refused { status, reason }
+            });
+        }
+        Ok((status, body))
+    }
+
+    fn auth(&self) -> Option<String> {
+        // expose: the credential goes into the Authorization header of this one request.
+        self.credential
+            .as_ref()
+            .map(|c| format!("Bearer {}", c.as_str()))
+    }
+
+    pub fn get(&self, path: &str) -> Result<Vec<u8>, FetchError> {
+        let mut req = self.agent.get(self.url(path));
+        if let Some(a) = self.auth() {
+            req = req.header("authorization", a);
+        }
+        self.finish(req.call()).map(|(_, body)| body)
+    }
+
+    pub fn get_json(&self, path: &str) -> Result<Value, FetchError> {
+        let body = self.get(path)?;
+        serde_json::from_slice(&body).map_err(|e| FetchError::Bad(e.to_string()))
+    }
+
+    /// POSTs raw bytes; returns the status and the JSON answer.
+    pub fn post_bytes(&self, path: &str, body: &[u8]) -> Result<(u16, Value), FetchError> {
+        let mut req = self
+            .agent
+            .post(self.url(path))
+            .header("content-type", "text/plain");
+        if let Some(a) = self.auth() {
+            req = req.header("authorization", a);
+        }
+        let (status, body) = self.finish(req.send(body))?;
+        let json = serde_json::from_slice(&body).map_err(|e| FetchError::Bad(e.to_string()))?;
+        Ok((status, json))
+    }
+
+    pub fn post_json(&self, path: &str, body: &Value) -> Result<Value, FetchError> {
+        let mut req = self
+            .agent
+            .post(self.url(path))
+            .header("content-type", "application/json");
+        if let Some(a) = self.auth() {
+            req = req.header("authorization", a);
+        }
+        let (_, body) = self.finish(req.send(body.to_string().as_bytes()))?;
+        serde_json::from_slice(&body).map_err(|e| FetchError::Bad(e.to_string()))
+    }
+}

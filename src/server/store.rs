@@ -1,0 +1,527 @@
+//! The server's storage: one SQLite database (WAL, synchronous=FULL: a commit is on disk before
+//! the response). Everything that touches key material writes its audit entry in the same
+//! transaction as the change, so there is never a change without its entry, and a failed audit
+//! write fails the request.
+//!
+//! This is the only module that speaks SQL, so a PostgreSQL backend can replace it later.
+
+use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rusqlite::{params, Connection, OptionalExtension, Transaction};
+use sha2::{Digest, Sha256};
+
+use crate::hex;
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+#[derive(Debug)]
+pub enum StoreError {
+    /// The request conflicts with what is stored (limit reached, token used, ...).
+    Refused(String),
+    NotFound(String),
+    Db(rusqlite::Error),
+}
+
+impl std::fmt::Display for StoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreError::Refused(m) | StoreError::NotFound(m) => f.write_str(m),
+            StoreError::Db(e) => write!(f, "database: {e}"),
+        }
+    }
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError::Db(e)
+    }
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS admins (name TEXT PRIMARY KEY, credential_hash BLOB NOT NULL, created INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS enrollment_tokens (token_hash BLOB PRIMARY KEY, created INTEGER NOT NULL, expires INTEGER NOT NULL, used_by TEXT);
+CREATE TABLE IF NOT EXISTS machines (
+    id TEXT PRIMARY KEY, machine_id TEXT NOT NULL, client_id TEXT, host TEXT NOT NULL,
+    credential_hash BLOB NOT NULL UNIQUE, created INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS packets (
+    id TEXT PRIMARY KEY, machine TEXT NOT NULL REFERENCES machines(id), volume_uuid TEXT NOT NULL,
+    fingerprint TEXT NOT NULL, body BLOB NOT NULL, created INTEGER NOT NULL, obsolete INTEGER NOT NULL DEFAULT 0);
+CREATE INDEX IF NOT EXISTS packets_by_machine ON packets(machine, volume_uuid);
+CREATE TABLE IF NOT EXISTS recovery_requests (
+    id TEXT PRIMARY KEY, machine TEXT NOT NULL REFERENCES machines(id), volume_uuid TEXT NOT NULL,
+    created INTEGER NOT NULL, state TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS recovery_packets (
+    id TEXT PRIMARY KEY, request TEXT NOT NULL, machine_id TEXT NOT NULL, volume_uuid TEXT NOT NULL,
+    body BLOB NOT NULL, expires INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS recovery_by_volume ON recovery_packets(machine_id, volume_uuid);
+CREATE TABLE IF NOT EXISTS audit (
+    seq INTEGER PRIMARY KEY, time INTEGER NOT NULL, actor TEXT NOT NULL, action TEXT NOT NULL,
+    subject TEXT NOT NULL, prev BLOB NOT NULL, hash BLOB NOT NULL);
+";
+
+pub fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+pub fn sha256(bytes: &[u8]) -> Vec<u8> {
+    Sha256::digest(bytes).to_vec()
+}
+
+/// An audit entry's hash: over the previous hash and every field, length-prefixed.
+fn entry_hash(
+    prev: &[u8],
+    seq: i64,
+    time: i64,
+    actor: &str,
+    action: &str,
+    subject: &str,
+) -> Vec<u8> {
+    let mut h = Sha256::new();
+    h.update(prev);
+    for part in [
+        &seq.to_be_bytes()[..],
+        &time.to_be_bytes(),
+        actor.as_bytes(),
+        action.as_bytes(),
+        subject.as_bytes(),
+    ] {
+        h.update((part.len() as u64).to_be_bytes());
+        h.update(part);
+    }
+    h.finalize().to_vec()
+}
+
+/// Appends an audit entry inside `tx`.
+pub fn audit(tx: &Transaction<'_>, actor: &str, action: &str, subject: &str) -> Result<()> {
+    let last: Option<(i64, Vec<u8>)> = tx
+        .query_row(
+            "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    let (seq, prev) = match last {
+        Some((s, h)) => (s + 1, h),
+        None => (1, vec![0; 32]),
+    };
+    let time = now();
+    let hash = entry_hash(&prev, seq, time, actor, action, subject);
+    tx.execute(
+        "INSERT INTO audit (seq, time, actor, action, subject, prev, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![seq, time, actor, action, subject, prev, hash],
+    )?;
+    Ok(())
+}
+
+/// Walks the audit chain; `Err` names the first entry that is not what the chain says.
+pub fn verify_audit(conn: &Connection) -> Result<std::result::Result<usize, String>> {
+    let mut stmt = conn.prepare(
+        "SELECT seq, time, actor, action, subject, prev, hash FROM audit ORDER BY rowid",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        Ok((
+            r.get::<_, i64>(0)?,
+            r.get::<_, i64>(1)?,
+            r.get::<_, String>(2)?,
+            r.get::<_, String>(3)?,
+            r.get::<_, String>(4)?,
+            r.get::<_, Vec<u8>>(5)?,
+            r.get::<_, Vec<u8>>(6)?,
+        ))
+    })?;
+    let mut expected_seq = 1;
+    let mut prev = vec![0u8; 32];
+    let mut count = 0;
+    for row in rows {
+        let (seq, time, actor, action, subject, stored_prev, hash) = row?;
+        if seq != expected_seq {
+            return Ok(Err(format!(
+                "entry {expected_seq} is missing or out of order (found {seq} in its place)"
+            )));
+        }
+        if stored_prev != prev {
+            return Ok(Err(format!(
+                "entry {seq} does not follow entry {}",
+                seq - 1
+            )));
+        }
+        if entry_hash(&prev, seq, time, &actor, &action, &subject) != hash {
+            return Ok(Err(format!("entry {seq} ({action} {subject}) was altered")));
+        }
+        prev = hash;
+        expected_seq += 1;
+        count += 1;
+    }
+    Ok(Ok(count))
+}
+
+pub fn open(path: &Path) -> Result<Connection> {
+    let conn = Connection::open(path)?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    conn.execute_batch(SCHEMA)?;
+    Ok(conn)
+}
+
+/// A random identifier or credential: 32 hex digits.
+pub fn random_id() -> std::io::Result<String> {
+    let mut raw = [0u8; 16];
+    crate::secret::random_bytes(&mut raw)?;
+    Ok(hex::encode(&raw))
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Machine {
+    pub id: String,
+    pub machine_id: String,
+    pub client_id: Option<String>,
+    pub host: String,
+}
+
+pub fn add_admin(conn: &mut Connection, name: &str, credential: &str) -> Result<()> {
+    let tx = conn.transaction()?;
+    let inserted = tx.execute(
+        "INSERT OR IGNORE INTO admins (name, credential_hash, created) VALUES (?1, ?2, ?3)",
+        params![name, sha256(credential.as_bytes()), now()],
+    )?;
+    if inserted == 0 {
+        return Err(StoreError::Refused(format!(
+            "administrator {name} exists already"
+        )));
+    }
+    audit(&tx, "local", "add-admin", name)?;
+    tx.commit()?;
+    Ok(())
+}
+
+pub fn admin_by_credential(conn: &Connection, credential: &str) -> Result<Option<String>> {
+    Ok(conn
+        .query_row(
+            "SELECT name FROM admins WHERE credential_hash = ?1",
+            params![sha256(credential.as_bytes())],
+            |r| r.get(0),
+        )
+        .optional()?)
+}
+
+pub fn machine_by_credential(conn: &Connection, credential: &str) -> Result<Option<Machine>> {
+    Ok(conn
+        .query_row(
+            "SELECT id, machine_id, client_id, host FROM machines WHERE credential_hash = ?1",
+            params![sha256(credential.as_bytes())],
+            |r| {
+                Ok(Machine {
+                    id: r.get(0)?,
+                    machine_id: r.get(1)?,
+                    client_id: r.get(2)?,
+                    host: r.get(3)?,
+                })
+            },
+        )
+        .optional()?)
+}
+
+pub fn add_enrollment_token(
+    conn: &mut Connection,
+    admin: &str,
+    token: &str,
+    valid_secs: i64,
+) -> Result<()> {
+    let tx = conn.transaction()?;
+    let now = now();
+    tx.execute(
+        "INSERT INTO enrollment_tokens (token_hash, created, expires) VALUES (?1, ?2, ?3)",
+        params![sha256(token.as_bytes()), now, now + valid_secs],
+    )?;
+    audit(&tx, admin, "enrollment-token", "")?;
+    tx.commit()?;
+    Ok(())
+}
+
+/// Uses an enrollment token once and registers the machine with its credential.
+pub fn join(conn: &mut Connection, token: &str, m: &Machine, credential: &str) -> Result<()> {
+    let tx = conn.transaction()?;
+    let used = tx.execute(
+        "UPDATE enrollment_tokens SET used_by = ?1 WHERE token_hash = ?2 AND used_by IS NULL AND expires > ?3",
+        params![m.id, sha256(token.as_bytes()), now()],
+    )?;
+    if used != 1 {
+        return Err(StoreError::Refused(
+            "the enrollment token is unknown, used or expired".into(),
+        ));
+    }
+    tx.execute(
+        "INSERT INTO machines (id, machine_id, client_id, host, credential_hash, created) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![m.id, m.machine_id, m.client_id, m.host, sha256(credential.as_bytes()), now()],
+    )?;
+    audit(&tx, &m.id, "join", &format!("{} {}", m.host, m.machine_id))?;
+    tx.commit()?;
+    Ok(())
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Stored {
+    New(String),
+    AlreadyInEscrow(String),
+}
+
+/// Stores an escrow packet (ciphertext) for `machine`, unless the same key for the same volume
+/// is in escrow already; with `obsolete_older`, older packets of the volume become obsolete.
+pub fn store_packet(
+    conn: &mut Connection,
+    machine: &Machine,
+    volume_uuid: &str,
+    fingerprint: &str,
+    body: &[u8],
+    limit: u32,
+    obsolete_older: bool,
+) -> Result<Stored> {
+    let tx = conn.transaction()?;
+    let existing: Option<String> = tx
+        .query_row(
+            "SELECT id FROM packets WHERE machine = ?1 AND volume_uuid = ?2 AND fingerprint = ?3 AND obsolete = 0",
+            params![machine.id, volume_uuid, fingerprint],
+            |r| r.get(0),
+        )
+        .optional()?;
+    if let Some(id) = existing {
+        return Ok(Stored::AlreadyInEscrow(id));
+    }
+    let count: u32 = tx.query_row(
+        "SELECT COUNT(*) FROM packets WHERE machine = ?1",
+        params![machine.id],
+        |r| r.get(0),
+    )?;
+    if count >= limit {
+        return Err(StoreError::Refused(format!(
+            "this machine has {count} packets in escrow, the most allowed; ask an administrator to delete obsolete ones"
+        )));
+    }
+    let id = random_id().map_err(|e| StoreError::Refused(e.to_string()))?;
+    if obsolete_older {
+        tx.execute(
+            "UPDATE packets SET obsolete = 1 WHERE machine = ?1 AND volume_uuid = ?2",
+            params![machine.id, volume_uuid],
+        )?;
+    }
+    tx.execute(
+        "INSERT INTO packets (id, machine, volume_uuid, fingerprint, body, created) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![id, machine.id, volume_uuid, fingerprint, body, now()],
+    )?;
+    audit(&tx, &machine.id, "escrow", &format!("{volume_uuid} {id}"))?;
+    tx.commit()?;
+    Ok(Stored::New(id))
+}
+
+#[derive(Debug, Clone)]
+pub struct PacketRow {
+    pub id: String,
+    pub machine: String,
+    pub host: String,
+    pub volume_uuid: String,
+    pub created: i64,
+    pub obsolete: bool,
+}
+
+pub fn list_packets(conn: &Connection) -> Result<Vec<PacketRow>> {
+    let mut stmt = conn.prepare(
+        "SELECT p.id, p.machine, m.host, p.volume_uuid, p.created, p.obsolete FROM packets p JOIN machines m ON m.id = p.machine ORDER BY p.created",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        Ok(PacketRow {
+            id: r.get(0)?,
+            machine: r.get(1)?,
+            host: r.get(2)?,
+            volume_uuid: r.get(3)?,
+            created: r.get(4)?,
+            obsolete: r.get::<_, i64>(5)? != 0,
+        })
+    })?;
+    Ok(rows.collect::<std::result::Result<_, _>>()?)
+}
+
+/// Files a recovery request for a machine (named by its machine ID or client ID) and volume
+/// that have a packet in escrow. Returns the request ID and the machine.
+pub fn request_recovery(
+    conn: &mut Connection,
+    machine_or_client: &str,
+    volume_uuid: &str,
+    from: &str,
+) -> Result<(String, Machine)> {
+    let tx = conn.transaction()?;
+    let found: Option<Machine> = tx
+        .query_row(
+            "SELECT m.id, m.machine_id, m.client_id, m.host FROM machines m JOIN packets p ON p.machine = m.id
+             WHERE (m.machine_id = ?1 OR m.client_id = ?1) AND p.volume_uuid = ?2 AND p.obsolete = 0 LIMIT 1",
+            params![machine_or_client, volume_uuid],
+            |r| Ok(Machine { id: r.get(0)?, machine_id: r.get(1)?, client_id: r.get(2)?, host: r.get(3)? }),
+        )
+        .optional()?;
+    let found = found.ok_or_else(|| {
+        StoreError::NotFound("no escrowed key for that machine and volume".into())
+    })?;
+    let machine = found.id.clone();
+    let pending: Option<String> = tx
+        .query_row(
+            "SELECT id FROM recovery_requests WHERE machine = ?1 AND volume_uuid = ?2 AND state = 'pending'",
+            params![machine, volume_uuid],
+            |r| r.get(0),
+        )
+        .optional()?;
+    if let Some(id) = pending {
+        return Ok((id, found));
+    }
+    let id = random_id().map_err(|e| StoreError::Refused(e.to_string()))?;
+    tx.execute(
+        "INSERT INTO recovery_requests (id, machine, volume_uuid, created, state) VALUES (?1, ?2, ?3, ?4, 'pending')",
+        params![id, machine, volume_uuid, now()],
+    )?;
+    audit(
+        &tx,
+        from,
+        "recovery-request",
+        &format!("{volume_uuid} {id}"),
+    )?;
+    tx.commit()?;
+    Ok((id, found))
+}
+
+#[derive(Debug, Clone)]
+pub struct RequestRow {
+    pub id: String,
+    pub machine: Machine,
+    pub volume_uuid: String,
+    pub created: i64,
+    pub state: String,
+}
+
+pub fn list_requests(conn: &Connection) -> Result<Vec<RequestRow>> {
+    let mut stmt = conn.prepare(
+        "SELECT r.id, m.id, m.machine_id, m.client_id, m.host, r.volume_uuid, r.created, r.state
+         FROM recovery_requests r JOIN machines m ON m.id = r.machine ORDER BY r.created",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        Ok(RequestRow {
+            id: r.get(0)?,
+            machine: Machine {
+                id: r.get(1)?,
+                machine_id: r.get(2)?,
+                client_id: r.get(3)?,
+                host: r.get(4)?,
+            },
+            volume_uuid: r.get(5)?,
+            created: r.get(6)?,
+            state: r.get(7)?,
+        })
+    })?;
+    Ok(rows.collect::<std::result::Result<_, _>>()?)
+}
+
+/// The newest escrow packet for a pending request (what an approval opens).
+pub fn packet_for_request(conn: &Connection, request: &str) -> Result<(RequestRow, Vec<u8>)> {
+    let req = list_requests(conn)?
+        .into_iter()
+        .find(|r| r.id == request)
+        .ok_or_else(|| StoreError::NotFound(format!("no recovery request {request}")))?;
+    if req.state != "pending" {
+        return Err(StoreError::Refused(format!(
+            "recovery request {request} is {}",
+            req.state
+        )));
+    }
+    let body: Vec<u8> = conn.query_row(
+        "SELECT body FROM packets WHERE machine = ?1 AND volume_uuid = ?2 AND obsolete = 0 ORDER BY created DESC LIMIT 1",
+        params![req.machine.id, req.volume_uuid],
+        |r| r.get(0),
+    )?;
+    Ok((req, body))
+}
+
+/// Publishes an approved recovery packet (replacing any earlier one for that volume).
+pub fn publish_recovery(
+    conn: &mut Connection,
+    admin: &str,
+    request: &RequestRow,
+    packet_id: &str,
+    body: &[u8],
+    expires: i64,
+) -> Result<()> {
+    let tx = conn.transaction()?;
+    tx.execute(
+        "DELETE FROM recovery_packets WHERE machine_id = ?1 AND volume_uuid = ?2",
+        params![request.machine.machine_id, request.volume_uuid],
+    )?;
+    tx.execute(
+        "INSERT INTO recovery_packets (id, request, machine_id, volume_uuid, body, expires) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![packet_id, request.id, request.machine.machine_id, request.volume_uuid, body, expires],
+    )?;
+    tx.execute(
+        "UPDATE recovery_requests SET state = 'approved' WHERE id = ?1",
+        params![request.id],
+    )?;
+    audit(
+        &tx,
+        admin,
+        "approve-recovery",
+        &format!("{} {} {packet_id}", request.volume_uuid, request.id),
+    )?;
+    tx.commit()?;
+    Ok(())
+}
+
+/// The published recovery packet for a machine (machine ID or client ID) and volume, if any
+/// and not expired. Fetches are audited: they hand out key material, encrypted.
+pub fn fetch_recovery(
+    conn: &mut Connection,
+    machine_or_client: &str,
+    volume_uuid: &str,
+    from: &str,
+) -> Result<Vec<u8>> {
+    let tx = conn.transaction()?;
+    let found: Option<(String, Vec<u8>)> = tx
+        .query_row(
+            "SELECT rp.id, rp.body FROM recovery_packets rp
+             WHERE rp.volume_uuid = ?2 AND rp.expires > ?3 AND (rp.machine_id = ?1
+                OR rp.machine_id IN (SELECT machine_id FROM machines WHERE client_id = ?1))",
+            params![machine_or_client, volume_uuid, now()],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    let (id, body) = found.ok_or_else(|| {
+        StoreError::NotFound("no recovery packet is published for that volume".into())
+    })?;
+    audit(&tx, from, "fetch-recovery", &format!("{volume_uuid} {id}"))?;
+    tx.commit()?;
+    Ok(body)
+}
+
+/// Marks a recovery packet used: it is deleted and cannot be fetched again.
+pub fn recovery_used(conn: &mut Connection, packet_id: &str, from: &str) -> Result<()> {
+    let tx = conn.transaction()?;
+    let request: Option<String> = tx
+        .query_row(
+            "SELECT request FROM recovery_packets WHERE id = ?1",
+            params![packet_id],
+            |r| r.get(0),
+        )
+        .optional()?;
+    let request =
+        request.ok_or_else(|| StoreError::NotFound(format!("no recovery packet {packet_id}")))?;
+    tx.execute(
+        "DELETE FROM recovery_packets WHERE id = ?1",
+        params![packet_id],
+    )?;
+    tx.execute(
+        "UPDATE recovery_requests SET state = 'used' WHERE id = ?1",
+        params![request],
+    )?;
+    audit(&tx, from, "recovery-used", packet_id)?;
+    tx.commit()?;
+    Ok(())
+}

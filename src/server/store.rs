@@ -133,10 +133,9 @@ pub fn verify_audit(conn: &Connection) -> Result<std::result::Result<usize, Stri
             r.get::<_, Vec<u8>>(6)?,
         ))
     })?;
-    let mut expected_seq = 1;
     let mut prev = vec![0u8; 32];
     let mut count = 0;
-    for row in rows {
+    for (expected_seq, row) in (1i64..).zip(rows) {
         let (seq, time, actor, action, subject, stored_prev, hash) = row?;
         if seq != expected_seq {
             return Ok(Err(format!(
@@ -153,7 +152,6 @@ pub fn verify_audit(conn: &Connection) -> Result<std::result::Result<usize, Stri
             return Ok(Err(format!("entry {seq} ({action} {subject}) was altered")));
         }
         prev = hash;
-        expected_seq += 1;
         count += 1;
     }
     Ok(Ok(count))

@@ -14,3 +14,6 @@ mod vectors;
 
 /// TPM objects on real swtpm: DRSK, sealing, backup and board-swap restore, lockdown.
 mod tpm;
+
+/// The escrow server over HTTPS on 127.0.0.1 with real clients: flows and refusals.
+mod server;

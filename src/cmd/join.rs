@@ -73,6 +73,9 @@ pub struct Args {
     /// the one-time enrollment token
     #[argh(option)]
     pub token: String,
+    /// this machine's ID (default: /etc/machine-id)
+    #[argh(option)]
+    pub machine_id: Option<String>,
 }
 
 fn write_state(dir: &Path, name: &str, bytes: &[u8], mode: u32) -> CmdResult {
@@ -105,7 +108,7 @@ pub fn run(args: Args, g: &Globals) -> CmdResult {
         .unwrap_or_else(|| "unknown".into());
     let answer = https.post_json(
         "/v1/join",
-        &json!({ "token": args.token, "machine_id": local_machine_id()?, "client_id": client_id, "host": host }),
+        &json!({ "token": args.token, "machine_id": match &args.machine_id { Some(m) => m.to_ascii_lowercase(), None => local_machine_id()? }, "client_id": client_id, "host": host }),
     )?;
     let credential = zeroize::Zeroizing::new(
         answer["credential"]

@@ -189,6 +189,12 @@ impl Sandbox {
         self.run(env!("CARGO_BIN_EXE_lifeline"), args, None, &env)
     }
 
+    /// `lifeline` as the machine whose state directory is `state/` (another name: another machine).
+    pub fn lifeline_as(&self, state: &str, args: &[&str], stdin: Option<&str>) -> Run {
+        let env = [("LIFELINE_STATE_DIR", self.path(state).display().to_string())];
+        self.run(env!("CARGO_BIN_EXE_lifeline"), args, stdin, &env)
+    }
+
     /// `lifeline-server` with `tpm` as the server's TPM.
     pub fn server_on(&self, tpm: &swtpm::Swtpm, args: &[&str]) -> Run {
         self.run(
@@ -374,4 +380,5 @@ pub fn base64(bytes: &[u8]) -> String {
     out
 }
 
+pub mod server;
 pub mod swtpm;

@@ -1,0 +1,347 @@
+//! The escrow server over HTTPS on 127.0.0.1, with the real `lifeline` client.
+
+use std::time::Duration;
+
+use lifeline::escrow::https::{FetchError, Https};
+
+use crate::support::server::Server;
+use crate::support::*;
+
+const MACHINE_B: &str = "b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0";
+
+/// Joins the machine with state dir `state` (and machine ID, if given) to `srv`.
+fn join(sb: &Sandbox, srv: &Server, state: &str, machine_id: Option<&str>) {
+    let token = srv.token(sb);
+    let mut args = vec![
+        "join",
+        "--server",
+        &srv.url,
+        "--ca",
+        "srv/tls/ca.pem",
+        "--token",
+        &token,
+    ];
+    if let Some(m) = machine_id {
+        args.extend(["--machine-id", m]);
+    }
+    sb.lifeline_as(state, &args, None).ok();
+}
+
+fn escrow(sb: &Sandbox, srv: &Server, state: &str, img: &Image) -> Run {
+    let args = [
+        "escrow",
+        img.path.to_str().unwrap(),
+        "--server",
+        &srv.url,
+        "--key-file",
+        img.key_file.to_str().unwrap(),
+    ];
+    sb.lifeline_as(state, &args, None)
+}
+
+fn client(srv: &Server, sb: &Sandbox) -> Https {
+    Https::new(
+        &srv.url,
+        &std::fs::read(sb.path("srv/tls/ca.pem")).unwrap(),
+        Duration::from_secs(30),
+    )
+    .unwrap()
+}
+
+fn credential(sb: &Sandbox, state: &str) -> String {
+    std::fs::read_to_string(sb.path(state).join("credential")).unwrap()
+}
+
+#[test]
+fn escrow_request_approve_fetch_recover_over_https() {
+    let sb = Sandbox::new();
+    let srv = Server::start(&sb, &[]);
+    join(&sb, &srv, "state", None);
+    let img = sb.luks_image("disk.img", 2);
+    assert!(escrow(&sb, &srv, "state", &img)
+        .ok()
+        .stderr
+        .contains("escrowed on the server"));
+    assert!(escrow(&sb, &srv, "state", &img)
+        .ok()
+        .stderr
+        .contains("already in escrow"));
+
+    let recovery_id = sb
+        .lifeline_as(
+            "state",
+            &["recovery", "request", img.path.to_str().unwrap()],
+            None,
+        )
+        .ok()
+        .stdout
+        .trim()
+        .to_string();
+    let requests = srv.admin(&sb, &["requests"]).ok().stdout.clone();
+    let request: serde_json::Value =
+        serde_json::from_str(requests.lines().next().unwrap()).unwrap();
+    assert_eq!(request["recovery_id"], recovery_id.as_str());
+    let approve = srv.admin(
+        &sb,
+        &[
+            "approve-recovery",
+            request["request"].as_str().unwrap(),
+            "--passphrase-file",
+            "admin.pass",
+        ],
+    );
+    let otp = approve.ok().stdout.trim().to_string();
+    assert_eq!(otp.len(), 27);
+
+    sb.write("new.pass", "set after network recovery");
+    let args = [
+        "recover",
+        img.path.to_str().unwrap(),
+        "--server",
+        &srv.url,
+        "--new-passphrase-file",
+        "new.pass",
+        "--pbkdf2-iterations",
+        "1000",
+    ];
+    sb.lifeline_as("state", &args, Some(&format!("{otp}\n")))
+        .ok();
+    assert!(cryptsetup_accepts(&img.path, "set after network recovery"));
+    // One-time use: the packet is gone.
+    sb.lifeline_as("state", &args, Some(&format!("{otp}\n")))
+        .fails(5, "no recovery packet is published");
+
+    sb.server(&["audit", "verify", "--dir", "srv"]).ok();
+    let log = std::fs::read_to_string(&srv.log).unwrap();
+    assert!(
+        !log.contains(&otp) && !log.contains(&hex(&img.volume_key)),
+        "a secret in the server log"
+    );
+    let db = std::fs::read(sb.path("srv/lifeline.db")).unwrap();
+    let haystack = String::from_utf8_lossy(&db);
+    assert!(
+        !haystack.contains(&hex(&img.volume_key)) && !haystack.contains(&otp),
+        "a secret stored in clear"
+    );
+}
+
+#[test]
+fn refusals_are_named() {
+    let sb = Sandbox::new();
+    let srv = Server::start(&sb, &[]);
+    join(&sb, &srv, "a", None);
+    join(&sb, &srv, "b", Some(MACHINE_B));
+    let img = sb.luks_image("disk.img", 2);
+    escrow(&sb, &srv, "a", &img).ok();
+    let packet_path = sb.path("p.escrow");
+    sb.lifeline(&[
+        "escrow",
+        img.path.to_str().unwrap(),
+        "--recipient",
+        "srv/recipient.txt",
+        "--out",
+        "p.escrow",
+        "--key-file",
+        img.key_file.to_str().unwrap(),
+    ])
+    .ok();
+    let packet = std::fs::read(packet_path).unwrap();
+    let path = format!("/v1/escrow?fingerprint={}", "0".repeat(64));
+
+    // No credential; another machine's credential; a machine credential on admin endpoints.
+    let anonymous = client(&srv, &sb);
+    assert!(matches!(
+        anonymous.post_bytes(&path, &packet),
+        Err(FetchError::Refused { status: 401, .. })
+    ));
+    let b = client(&srv, &sb).with_credential(credential(&sb, "b").trim());
+    match b.post_bytes(&path, &packet) {
+        Err(FetchError::Refused {
+            status: 403,
+            reason,
+        }) => assert!(reason.contains("another machine"), "{reason}"),
+        other => panic!("machine B stored machine A's packet: {other:?}"),
+    }
+    assert!(matches!(
+        b.get_json("/v1/admin/packets"),
+        Err(FetchError::Refused { status: 401, .. })
+    ));
+    // An enrollment token works once.
+    let token = srv.token(&sb);
+    let join_body = serde_json::json!({"token": token, "machine_id": MACHINE_B, "host": "x"});
+    anonymous.post_json("/v1/join", &join_body).unwrap();
+    assert!(matches!(
+        anonymous.post_json("/v1/join", &join_body),
+        Err(FetchError::Refused { status: 403, .. })
+    ));
+    // Oversized body.
+    let a = client(&srv, &sb).with_credential(credential(&sb, "a").trim());
+    assert!(matches!(
+        a.post_bytes(&path, &vec![b'x'; 100 * 1024]),
+        Err(FetchError::Refused { status: 413, .. })
+    ));
+    // TLS with a CA that did not sign the server's certificate.
+    let other = Sandbox::new();
+    other.write("pass", "another authority passphrase");
+    other
+        .server(&[
+            "init",
+            "--dir",
+            "o",
+            "--passphrase-file",
+            "pass",
+            "--tls-name",
+            "127.0.0.1",
+        ])
+        .ok();
+    let wrong = Https::new(
+        &srv.url,
+        &std::fs::read(other.path("o/tls/ca.pem")).unwrap(),
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    match wrong.get("/v1/authority") {
+        Err(FetchError::Unreachable(why)) => assert!(
+            why.to_lowercase().contains("certificate") || why.contains("UnknownIssuer"),
+            "{why}"
+        ),
+        other => panic!("TLS with the wrong CA: {other:?}"),
+    }
+    sb.lifeline_as(
+        "c",
+        &[
+            "join",
+            "--server",
+            &srv.url,
+            "--ca",
+            other.path("o/tls/ca.pem").to_str().unwrap(),
+            "--token",
+            "x",
+        ],
+        None,
+    )
+    .fails(1, "cannot reach the escrow server");
+}
+
+#[test]
+fn admin_calls_only_from_admin_networks_and_with_a_credential() {
+    let sb = Sandbox::new();
+    let srv = Server::start(&sb, &[("admin_networks", r#"["10.0.0.0/8"]"#)]);
+    srv.admin(&sb, &["requests"])
+        .fails(3, "is not in an administrator network");
+    let srv2_sb = Sandbox::new();
+    let srv2 = Server::start(&srv2_sb, &[]);
+    srv2_sb.write("nobody.cred", "not a credential");
+    srv2_sb
+        .server(&[
+            "admin",
+            "requests",
+            "--dir",
+            "srv",
+            "--credential-file",
+            "nobody.cred",
+        ])
+        .fails(3, "an administrator credential is needed");
+    srv2.admin(&srv2_sb, &["requests"]).ok();
+}
+
+#[test]
+fn the_1001st_packet_is_refused() {
+    let sb = Sandbox::new();
+    let srv = Server::start(&sb, &[]);
+    join(&sb, &srv, "a", None);
+    let img = sb.luks_image("disk.img", 2);
+    sb.lifeline(&[
+        "escrow",
+        img.path.to_str().unwrap(),
+        "--recipient",
+        "srv/recipient.txt",
+        "--out",
+        "p.escrow",
+        "--key-file",
+        img.key_file.to_str().unwrap(),
+    ])
+    .ok();
+    let packet = std::fs::read(sb.path("p.escrow")).unwrap();
+    let a = client(&srv, &sb).with_credential(credential(&sb, "a").trim());
+    for i in 0..1000u32 {
+        let (status, _) = a
+            .post_bytes(&format!("/v1/escrow?fingerprint={i:064}"), &packet)
+            .unwrap();
+        assert_eq!(status, 201);
+    }
+    match a.post_bytes(&format!("/v1/escrow?fingerprint={:064}", 1000), &packet) {
+        Err(FetchError::Refused {
+            status: 409,
+            reason,
+        }) => assert!(reason.contains("1000 packets"), "{reason}"),
+        other => panic!("the 1001st packet: {other:?}"),
+    }
+}
+
+#[test]
+fn an_expired_recovery_packet_cannot_be_fetched() {
+    let sb = Sandbox::new();
+    let srv = Server::start(&sb, &[("recovery_valid_for", r#""1s""#)]);
+    join(&sb, &srv, "state", None);
+    let img = sb.luks_image("disk.img", 2);
+    escrow(&sb, &srv, "state", &img).ok();
+    sb.lifeline_as(
+        "state",
+        &["recovery", "request", img.path.to_str().unwrap()],
+        None,
+    )
+    .ok();
+    let requests = srv.admin(&sb, &["requests"]).ok().stdout.clone();
+    let request: serde_json::Value =
+        serde_json::from_str(requests.lines().next().unwrap()).unwrap();
+    srv.admin(
+        &sb,
+        &[
+            "approve-recovery",
+            request["request"].as_str().unwrap(),
+            "--passphrase-file",
+            "admin.pass",
+        ],
+    )
+    .ok();
+    std::thread::sleep(Duration::from_millis(2100));
+    sb.lifeline_as(
+        "state",
+        &["recover", img.path.to_str().unwrap(), "--server", &srv.url],
+        None,
+    )
+    .fails(5, "no recovery packet is published");
+}
+
+#[test]
+fn audit_verify_names_edited_deleted_and_reordered_entries() {
+    let sb = Sandbox::new();
+    let mut srv = Server::start(&sb, &[]);
+    join(&sb, &srv, "a", None);
+    join(&sb, &srv, "b", Some(MACHINE_B));
+    srv.kill();
+    sb.server(&["audit", "verify", "--dir", "srv"]).ok();
+    let db = sb.path("srv/lifeline.db");
+    let pristine = sb.path("pristine.db");
+    std::fs::copy(&db, &pristine).unwrap();
+    let tamper = |sql: &str, expect: &str| {
+        std::fs::copy(&pristine, &db).unwrap();
+        let _ = std::fs::remove_file(sb.path("srv/lifeline.db-wal"));
+        rusqlite::Connection::open(&db)
+            .unwrap()
+            .execute_batch(sql)
+            .unwrap();
+        sb.server(&["audit", "verify", "--dir", "srv"])
+            .fails(4, expect);
+    };
+    tamper(
+        "UPDATE audit SET subject = 'someone else' WHERE seq = 3",
+        "entry 3",
+    );
+    tamper("DELETE FROM audit WHERE seq = 2", "entry 2 is missing");
+    tamper(
+        "UPDATE audit SET seq = 100 WHERE seq = 2; UPDATE audit SET seq = 2 WHERE seq = 3; UPDATE audit SET seq = 3 WHERE seq = 100;",
+        "does not follow",
+    );
+}

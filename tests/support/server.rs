@@ -1,0 +1,136 @@
+//! The real escrow server on 127.0.0.1 with its own TLS CA, killed when dropped.
+
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::Sandbox;
+
+pub struct Server {
+    child: Option<Child>,
+    pub dir: PathBuf,
+    pub url: String,
+    pub port: u16,
+    /// The administrator credential file.
+    pub admin: PathBuf,
+    pub log: PathBuf,
+}
+
+impl Server {
+    /// Initialises an authority with TLS in `srv/`, applies `config` (lines of `key = value`
+    /// replacing the defaults), adds administrator "alice", and starts serving.
+    pub fn start(sb: &Sandbox, config: &[(&str, &str)]) -> Server {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        sb.write("admin.pass", format!("{}\n", super::ADMIN_PASSPHRASE));
+        let dir = sb.path("srv");
+        let listen = format!("127.0.0.1:{port}");
+        sb.server(&[
+            "init",
+            "--dir",
+            "srv",
+            "--passphrase-file",
+            "admin.pass",
+            "--tls-name",
+            "127.0.0.1",
+            "--listen",
+            &listen,
+        ])
+        .ok();
+        let toml = dir.join("server.toml");
+        let mut text = std::fs::read_to_string(&toml).unwrap();
+        for (key, value) in config {
+            let line = text
+                .lines()
+                .find(|l| l.starts_with(&format!("{key} =")))
+                .expect("a known key")
+                .to_string();
+            text = text.replace(&line, &format!("{key} = {value}"));
+        }
+        std::fs::write(&toml, text).unwrap();
+        let credential = sb
+            .server(&["admin", "add", "--dir", "srv", "--name", "alice"])
+            .ok()
+            .stdout
+            .trim()
+            .to_string();
+        let admin = sb.write("alice.cred", credential);
+        let mut server = Server {
+            child: None,
+            dir,
+            url: format!("https://127.0.0.1:{port}"),
+            port,
+            admin,
+            log: sb.path("serve.log"),
+        };
+        server.spawn();
+        server
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_lifeline-server"))
+            .args(["serve", "--dir"])
+            .arg(&self.dir)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "the server did not start: {}",
+                std::fs::read_to_string(&self.log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// kill -9, then start again on the same directory.
+    pub fn crash_and_restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// `lifeline-server admin ...` against this server as alice.
+    pub fn admin(&self, sb: &Sandbox, args: &[&str]) -> super::Run {
+        let dir = self.dir.to_str().unwrap();
+        let admin = self.admin.to_str().unwrap();
+        let mut all = vec!["admin"];
+        all.extend_from_slice(args);
+        all.extend(["--dir", dir, "--credential-file", admin]);
+        sb.server(&all)
+    }
+
+    /// A new enrollment token.
+    pub fn token(&self, sb: &Sandbox) -> String {
+        self.admin(sb, &["enrollment-token"])
+            .ok()
+            .stdout
+            .trim()
+            .to_string()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

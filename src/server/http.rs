@@ -8,7 +8,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
@@ -30,7 +30,7 @@ use crate::secret::Passphrase;
 pub struct AppState {
     pub dir: PathBuf,
     pub config: Config,
-    pub db: Mutex<Connection>,
+    pub db: store::Db,
 }
 
 type Shared = Arc<AppState>;
@@ -50,6 +50,7 @@ impl From<StoreError> for ApiError {
         match e {
             StoreError::Refused(m) => ApiError(StatusCode::CONFLICT, m),
             StoreError::NotFound(m) => ApiError(StatusCode::NOT_FOUND, m),
+            StoreError::NotCommitted => ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
             // Fail closed: nothing was committed, and the client is told so.
             StoreError::Db(e) => ApiError(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -63,23 +64,12 @@ fn bad(msg: impl Into<String>) -> ApiError {
     ApiError(StatusCode::BAD_REQUEST, msg.into())
 }
 
-/// Runs a database operation off the async workers (commits fsync).
+/// Runs a database operation on the writer thread; answers once it is on disk.
 async fn with_db<T: Send + 'static>(
     s: &Shared,
     f: impl FnOnce(&mut Connection) -> Result<T, ApiError> + Send + 'static,
 ) -> Result<T, ApiError> {
-    let s = s.clone();
-    tokio::task::spawn_blocking(move || {
-        let mut db = s.db.lock().map_err(|_| {
-            ApiError(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "database lock poisoned".into(),
-            )
-        })?;
-        f(&mut db)
-    })
-    .await
-    .map_err(|_| ApiError(StatusCode::INTERNAL_SERVER_ERROR, "worker failed".into()))?
+    s.db.run(f).await
 }
 
 fn bearer(headers: &HeaderMap) -> Option<String> {
@@ -386,44 +376,54 @@ async fn approve(
     let groups = req.otp_groups.unwrap_or(crate::escrow::otp::DEFAULT_GROUPS);
     let passphrase = Passphrase::from_slice(req.passphrase.as_bytes());
     drop(req);
-    let state = s.clone();
-    with_db(&s, move |db| {
-        let (request, escrow) = store::packet_for_request(db, &id)?;
-        // The authority's keys exist decrypted only inside this block.
-        let issued = {
-            let unlocked = authority::unlock(&state.dir, &passphrase).map_err(|e| match e {
-                authority::AuthorityError::WrongPassphrase => {
-                    ApiError(StatusCode::FORBIDDEN, e.to_string())
-                }
-                other => ApiError(StatusCode::INTERNAL_SERVER_ERROR, other.to_string()),
-            })?;
-            unlocked
-                .issue_recovery(&escrow, valid_for, groups)
-                .map_err(|e| ApiError(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))?
-        };
-        let expires = issued
-            .binding
-            .expires
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(0);
-        store::publish_recovery(
-            db,
-            &name,
-            &request,
-            &issued.binding.packet_id,
-            &issued.packet,
-            expires,
-        )?;
-        // expose_secret: the OTP goes to the approving administrator once, in this response.
-        Ok(Json(json!({
-            "otp": issued.otp.expose_secret(),
-            "packet": issued.binding.packet_id,
-            "expires": humantime::format_rfc3339_seconds(issued.binding.expires).to_string(),
-            "recovery_id": recovery_id(&request.machine, &request.volume_uuid),
-        })))
+    let (request, escrow) = with_db(&s, move |db| {
+        store::packet_for_request(db, &id).map_err(Into::into)
+    })
+    .await?;
+    // The authority's keys exist decrypted only inside this blocking task (scrypt takes a
+    // second; it does not hold up the database).
+    let dir = s.dir.clone();
+    let issued = tokio::task::spawn_blocking(move || -> Result<_, ApiError> {
+        let unlocked = authority::unlock(&dir, &passphrase).map_err(|e| match e {
+            authority::AuthorityError::WrongPassphrase => {
+                ApiError(StatusCode::FORBIDDEN, e.to_string())
+            }
+            other => ApiError(StatusCode::INTERNAL_SERVER_ERROR, other.to_string()),
+        })?;
+        unlocked
+            .issue_recovery(&escrow, valid_for, groups)
+            .map_err(|e| ApiError(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))
     })
     .await
+    .map_err(|_| {
+        ApiError(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the approval failed".into(),
+        )
+    })??;
+    let expires = issued
+        .binding
+        .expires
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let (packet_id, body, request_for_db) = (
+        issued.binding.packet_id.clone(),
+        issued.packet.clone(),
+        request.clone(),
+    );
+    with_db(&s, move |db| {
+        store::publish_recovery(db, &name, &request_for_db, &packet_id, &body, expires)
+            .map_err(Into::into)
+    })
+    .await?;
+    // expose_secret: the OTP goes to the approving administrator once, in this response.
+    Ok(Json(json!({
+        "otp": issued.otp.expose_secret(),
+        "packet": issued.binding.packet_id,
+        "expires": humantime::format_rfc3339_seconds(issued.binding.expires).to_string(),
+        "recovery_id": recovery_id(&request.machine, &request.volume_uuid),
+    })))
 }
 
 /// Serves until interrupted.
@@ -446,7 +446,7 @@ pub fn serve(dir: PathBuf) -> Result<(), String> {
         let state = Arc::new(AppState {
             dir,
             config,
-            db: Mutex::new(db),
+            db: store::Db::start(db),
         });
         let app = router(state);
         let handle = axum_server::Handle::new();

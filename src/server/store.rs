@@ -4,11 +4,16 @@
 //! write fails the request.
 //!
 //! This is the only module that speaks SQL, so a PostgreSQL backend can replace it later.
+//!
+//! One thread owns the connection and commits in groups: it takes every operation waiting,
+//! runs each in its own savepoint (a failing one rolls back alone), commits once — one fsync
+//! for the group — and only then answers them all. A 2xx still means "on disk", at the cost of
+//! one fsync per group instead of per request.
 
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use rusqlite::{params, Connection, OptionalExtension, Transaction};
+use rusqlite::{params, Connection, OptionalExtension};
 use sha2::{Digest, Sha256};
 
 use crate::hex;
@@ -19,6 +24,8 @@ pub type Result<T> = std::result::Result<T, StoreError>;
 pub enum StoreError {
     /// The request conflicts with what is stored (limit reached, token used, ...).
     Refused(String),
+    /// The group commit failed; nothing of this request was stored.
+    NotCommitted,
     NotFound(String),
     Db(rusqlite::Error),
 }
@@ -27,6 +34,9 @@ impl std::fmt::Display for StoreError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             StoreError::Refused(m) | StoreError::NotFound(m) => f.write_str(m),
+            StoreError::NotCommitted => {
+                f.write_str("the database could not commit; nothing was stored")
+            }
             StoreError::Db(e) => write!(f, "database: {e}"),
         }
     }
@@ -96,7 +106,7 @@ fn entry_hash(
 }
 
 /// Appends an audit entry inside `tx`.
-pub fn audit(tx: &Transaction<'_>, actor: &str, action: &str, subject: &str) -> Result<()> {
+pub fn audit(tx: &Connection, actor: &str, action: &str, subject: &str) -> Result<()> {
     let last: Option<(i64, Vec<u8>)> = tx
         .query_row(
             "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1",
@@ -157,6 +167,69 @@ pub fn verify_audit(conn: &Connection) -> Result<std::result::Result<usize, Stri
     Ok(Ok(count))
 }
 
+/// The writer thread's handle.
+#[derive(Clone)]
+pub struct Db {
+    jobs: std::sync::mpsc::Sender<Job>,
+}
+
+/// An operation run on the writer thread; returns what to do once the group is (or is not)
+/// committed.
+type Job = Box<dyn FnOnce(&mut Connection) -> Box<dyn FnOnce(bool) + Send> + Send>;
+
+/// Most operations committed together.
+const MAX_GROUP: usize = 512;
+
+impl Db {
+    pub fn start(mut conn: Connection) -> Db {
+        let (jobs, queue) = std::sync::mpsc::channel::<Job>();
+        std::thread::spawn(move || {
+            while let Ok(first) = queue.recv() {
+                let mut group = vec![first];
+                group.extend(queue.try_iter().take(MAX_GROUP - 1));
+                let began = conn.execute_batch("BEGIN IMMEDIATE").is_ok();
+                let answers: Vec<_> = group.into_iter().map(|job| job(&mut conn)).collect();
+                let committed = began && conn.execute_batch("COMMIT").is_ok();
+                if !committed {
+                    let _ = conn.execute_batch("ROLLBACK");
+                }
+                for answer in answers {
+                    answer(committed);
+                }
+            }
+        });
+        Db { jobs }
+    }
+
+    /// Runs `f` on the writer thread; its result arrives once it is durable.
+    pub async fn run<T, E>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> std::result::Result<T, E> + Send + 'static,
+    ) -> std::result::Result<T, E>
+    where
+        T: Send + 'static,
+        E: From<StoreError> + Send + 'static,
+    {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move |conn| {
+            let result = f(conn);
+            Box::new(move |committed| {
+                let _ = reply.send(if committed {
+                    result
+                } else {
+                    Err(StoreError::NotCommitted.into())
+                });
+            })
+        });
+        if self.jobs.send(job).is_err() {
+            return Err(StoreError::NotCommitted.into());
+        }
+        answer
+            .await
+            .unwrap_or_else(|_| Err(StoreError::NotCommitted.into()))
+    }
+}
+
 pub fn open(path: &Path) -> Result<Connection> {
     let conn = Connection::open(path)?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
@@ -183,7 +256,7 @@ pub struct Machine {
 }
 
 pub fn add_admin(conn: &mut Connection, name: &str, credential: &str) -> Result<()> {
-    let tx = conn.transaction()?;
+    let tx = conn.savepoint()?;
     let inserted = tx.execute(
         "INSERT OR IGNORE INTO admins (name, credential_hash, created) VALUES (?1, ?2, ?3)",
         params![name, sha256(credential.as_bytes()), now()],
@@ -231,7 +304,7 @@ pub fn add_enrollment_token(
     token: &str,
     valid_secs: i64,
 ) -> Result<()> {
-    let tx = conn.transaction()?;
+    let tx = conn.savepoint()?;
     let now = now();
     tx.execute(
         "INSERT INTO enrollment_tokens (token_hash, created, expires) VALUES (?1, ?2, ?3)",
@@ -244,7 +317,7 @@ pub fn add_enrollment_token(
 
 /// Uses an enrollment token once and registers the machine with its credential.
 pub fn join(conn: &mut Connection, token: &str, m: &Machine, credential: &str) -> Result<()> {
-    let tx = conn.transaction()?;
+    let tx = conn.savepoint()?;
     let used = tx.execute(
         "UPDATE enrollment_tokens SET used_by = ?1 WHERE token_hash = ?2 AND used_by IS NULL AND expires > ?3",
         params![m.id, sha256(token.as_bytes()), now()],
@@ -280,7 +353,7 @@ pub fn store_packet(
     limit: u32,
     obsolete_older: bool,
 ) -> Result<Stored> {
-    let tx = conn.transaction()?;
+    let tx = conn.savepoint()?;
     let existing: Option<String> = tx
         .query_row(
             "SELECT id FROM packets WHERE machine = ?1 AND volume_uuid = ?2 AND fingerprint = ?3 AND obsolete = 0",
@@ -352,7 +425,7 @@ pub fn request_recovery(
     volume_uuid: &str,
     from: &str,
 ) -> Result<(String, Machine)> {
-    let tx = conn.transaction()?;
+    let tx = conn.savepoint()?;
     let found: Option<Machine> = tx
         .query_row(
             "SELECT m.id, m.machine_id, m.client_id, m.host FROM machines m JOIN packets p ON p.machine = m.id
@@ -421,12 +494,34 @@ pub fn list_requests(conn: &Connection) -> Result<Vec<RequestRow>> {
     Ok(rows.collect::<std::result::Result<_, _>>()?)
 }
 
+/// A recovery request by ID.
+fn request_by_id(conn: &Connection, request: &str) -> Result<RequestRow> {
+    conn.query_row(
+        "SELECT r.id, m.id, m.machine_id, m.client_id, m.host, r.volume_uuid, r.created, r.state
+         FROM recovery_requests r JOIN machines m ON m.id = r.machine WHERE r.id = ?1",
+        params![request],
+        |r| {
+            Ok(RequestRow {
+                id: r.get(0)?,
+                machine: Machine {
+                    id: r.get(1)?,
+                    machine_id: r.get(2)?,
+                    client_id: r.get(3)?,
+                    host: r.get(4)?,
+                },
+                volume_uuid: r.get(5)?,
+                created: r.get(6)?,
+                state: r.get(7)?,
+            })
+        },
+    )
+    .optional()?
+    .ok_or_else(|| StoreError::NotFound(format!("no recovery request {request}")))
+}
+
 /// The newest escrow packet for a pending request (what an approval opens).
 pub fn packet_for_request(conn: &Connection, request: &str) -> Result<(RequestRow, Vec<u8>)> {
-    let req = list_requests(conn)?
-        .into_iter()
-        .find(|r| r.id == request)
-        .ok_or_else(|| StoreError::NotFound(format!("no recovery request {request}")))?;
+    let req = request_by_id(conn, request)?;
     if req.state != "pending" {
         return Err(StoreError::Refused(format!(
             "recovery request {request} is {}",
@@ -450,7 +545,14 @@ pub fn publish_recovery(
     body: &[u8],
     expires: i64,
 ) -> Result<()> {
-    let tx = conn.transaction()?;
+    let tx = conn.savepoint()?;
+    // Approved twice at once: only the first publishes.
+    if request_by_id(&tx, &request.id)?.state != "pending" {
+        return Err(StoreError::Refused(format!(
+            "recovery request {} was approved already",
+            request.id
+        )));
+    }
     tx.execute(
         "DELETE FROM recovery_packets WHERE machine_id = ?1 AND volume_uuid = ?2",
         params![request.machine.machine_id, request.volume_uuid],
@@ -481,7 +583,7 @@ pub fn fetch_recovery(
     volume_uuid: &str,
     from: &str,
 ) -> Result<Vec<u8>> {
-    let tx = conn.transaction()?;
+    let tx = conn.savepoint()?;
     let found: Option<(String, Vec<u8>)> = tx
         .query_row(
             "SELECT rp.id, rp.body FROM recovery_packets rp
@@ -501,7 +603,7 @@ pub fn fetch_recovery(
 
 /// Marks a recovery packet used: it is deleted and cannot be fetched again.
 pub fn recovery_used(conn: &mut Connection, packet_id: &str, from: &str) -> Result<()> {
-    let tx = conn.transaction()?;
+    let tx = conn.savepoint()?;
     let request: Option<String> = tx
         .query_row(
             "SELECT request FROM recovery_packets WHERE id = ?1",

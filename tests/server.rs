@@ -355,3 +355,134 @@ fn audit_verify_names_edited_deleted_and_reordered_entries() {
         "does not follow",
     );
 }
+
+/// Uploads from `clients` threads with distinct fingerprints until `stop`; returns the
+/// (packet ID, fingerprint) of every upload the server acknowledged with a 2xx.
+fn upload_storm(
+    srv: &Server,
+    sb: &Sandbox,
+    clients: usize,
+    packet: &[u8],
+    stop: &std::sync::atomic::AtomicBool,
+) -> Vec<(String, String)> {
+    let credential = credential(sb, "a");
+    let ca = std::fs::read(sb.path("srv/tls/ca.pem")).unwrap();
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..clients)
+            .map(|t| {
+                let (credential, ca, url) = (credential.clone(), ca.clone(), srv.url.clone());
+                scope.spawn(move || {
+                    let c = Https::new(&url, &ca, Duration::from_secs(10))
+                        .unwrap()
+                        .with_credential(credential.trim());
+                    let mut acked = Vec::new();
+                    for i in 0u64.. {
+                        if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                            break;
+                        }
+                        let fp = format!("{t:032x}{i:032x}");
+                        match c.post_bytes(&format!("/v1/escrow?fingerprint={fp}"), packet) {
+                            Ok((201, answer)) => {
+                                acked.push((answer["packet"].as_str().unwrap().to_string(), fp))
+                            }
+                            Ok(other) => panic!("unexpected answer {other:?}"),
+                            Err(_) => break, // the server died under us
+                        }
+                    }
+                    acked
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().unwrap())
+            .collect()
+    })
+}
+
+#[test]
+fn kill_9_during_200_concurrent_uploads_loses_nothing_acknowledged() {
+    let sb = Sandbox::new();
+    let mut srv = Server::start(&sb, &[("max_packets_per_machine", "1000000")]);
+    join(&sb, &srv, "a", None);
+    let img = sb.luks_image("disk.img", 2);
+    sb.lifeline(&[
+        "escrow",
+        img.path.to_str().unwrap(),
+        "--recipient",
+        "srv/recipient.txt",
+        "--out",
+        "p.escrow",
+        "--key-file",
+        img.key_file.to_str().unwrap(),
+    ])
+    .ok();
+    let packet = std::fs::read(sb.path("p.escrow")).unwrap();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let acked = std::thread::scope(|scope| {
+        let storm = scope.spawn(|| upload_storm(&srv, &sb, 200, &packet, &stop));
+        std::thread::sleep(Duration::from_millis(1500));
+        // kill -9: no chance to flush anything.
+        let pid = std::process::Command::new("pgrep")
+            .args(["-f", &format!("serve --dir {}", srv.dir.display())])
+            .output()
+            .unwrap();
+        let pid = String::from_utf8_lossy(&pid.stdout)
+            .trim()
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        std::process::Command::new("kill")
+            .args(["-9", &pid])
+            .status()
+            .unwrap();
+        let acked = storm.join().unwrap();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        acked
+    });
+    assert!(
+        acked.len() >= 200,
+        "too few uploads acknowledged before the kill: {}",
+        acked.len()
+    );
+    srv.crash_and_restart();
+    srv.kill();
+
+    let db = rusqlite::Connection::open(sb.path("srv/lifeline.db")).unwrap();
+    let check: String = db
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(check, "ok");
+    let mut stmt = db
+        .prepare("SELECT fingerprint, body FROM packets WHERE id = ?1")
+        .unwrap();
+    for (id, fp) in &acked {
+        let (stored_fp, body): (String, Vec<u8>) = stmt
+            .query_row([id], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap_or_else(|_| panic!("acknowledged packet {id} is gone"));
+        assert_eq!(&stored_fp, fp);
+        assert_eq!(body, packet, "packet {id} is not intact");
+    }
+    let stored: i64 = db
+        .query_row("SELECT COUNT(*) FROM packets", [], |r| r.get(0))
+        .unwrap();
+    let audited: i64 = db
+        .query_row(
+            "SELECT COUNT(*) FROM audit WHERE action = 'escrow'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(
+        stored, audited,
+        "every stored packet has its audit entry, and no more"
+    );
+    drop(stmt);
+    drop(db);
+    sb.server(&["audit", "verify", "--dir", "srv"]).ok();
+    eprintln!(
+        "{} uploads acknowledged before kill -9, all present; {stored} stored in all",
+        acked.len()
+    );
+}

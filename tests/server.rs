@@ -486,3 +486,166 @@ fn kill_9_during_200_concurrent_uploads_loses_nothing_acknowledged() {
         acked.len()
     );
 }
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 - 1.0) * p) as usize]
+}
+
+/// Runs `op` from `clients` threads for `secs` seconds; prints throughput and latencies.
+fn load(
+    label: &str,
+    clients: usize,
+    secs: u64,
+    op: impl Fn(&Https, usize, u64) + Sync,
+    make: impl Fn(usize) -> Https + Sync,
+) -> String {
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let started = std::time::Instant::now();
+    let mut latencies: Vec<Duration> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..clients)
+            .map(|t| {
+                let (op, make, stop) = (&op, &make, &stop);
+                scope.spawn(move || {
+                    let c = make(t);
+                    let mut lat = Vec::new();
+                    for i in 0u64.. {
+                        if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                            break;
+                        }
+                        let t0 = std::time::Instant::now();
+                        op(&c, t, i);
+                        lat.push(t0.elapsed());
+                    }
+                    lat
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_secs(secs));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().unwrap())
+            .collect()
+    });
+    let elapsed = started.elapsed().as_secs_f64();
+    latencies.sort();
+    let line = format!(
+        "| {label} | {clients} | {:.0} | {:.1} ms | {:.1} ms |",
+        latencies.len() as f64 / elapsed,
+        percentile(&latencies, 0.50).as_secs_f64() * 1000.0,
+        percentile(&latencies, 0.99).as_secs_f64() * 1000.0
+    );
+    eprintln!("{line}");
+    line
+}
+
+/// The load benchmark of docs/benchmarks.md. Not a timed test: it asserts nothing about speed.
+/// `cargo test --release --all-features --test tests -- --ignored load_benchmark --nocapture`
+#[test]
+#[ignore = "benchmark; run by hand"]
+fn load_benchmark() {
+    let sb = Sandbox::new();
+    let srv = Server::start(&sb, &[("max_packets_per_machine", "100000000")]);
+    join(&sb, &srv, "a", None);
+    let img = sb.luks_image("disk.img", 2);
+    sb.lifeline(&[
+        "escrow",
+        img.path.to_str().unwrap(),
+        "--recipient",
+        "srv/recipient.txt",
+        "--out",
+        "p.escrow",
+        "--key-file",
+        img.key_file.to_str().unwrap(),
+    ])
+    .ok();
+    let packet = std::fs::read(sb.path("p.escrow")).unwrap();
+    // One approved recovery packet to fetch.
+    escrow(&sb, &srv, "a", &img).ok();
+    sb.lifeline_as(
+        "a",
+        &["recovery", "request", img.path.to_str().unwrap()],
+        None,
+    )
+    .ok();
+    let requests = srv.admin(&sb, &["requests"]).ok().stdout.clone();
+    let request: serde_json::Value =
+        serde_json::from_str(requests.lines().next().unwrap()).unwrap();
+    srv.admin(
+        &sb,
+        &[
+            "approve-recovery",
+            request["request"].as_str().unwrap(),
+            "--passphrase-file",
+            "admin.pass",
+        ],
+    )
+    .ok();
+    let machine = std::fs::read_to_string("/etc/machine-id")
+        .unwrap()
+        .trim()
+        .to_string();
+    let fetch_path = format!("/v1/recovery/{machine}/{}", img.uuid);
+    let ca = std::fs::read(sb.path("srv/tls/ca.pem")).unwrap();
+    // A fleet: every client is a machine of its own, with its own credential and packets.
+    let admin =
+        client(&srv, &sb).with_credential(std::fs::read_to_string(&srv.admin).unwrap().trim());
+    let anonymous = client(&srv, &sb);
+    let text = String::from_utf8(packet.clone()).unwrap();
+    let fleet: Vec<(String, Vec<u8>)> = (0..500u32)
+        .map(|n| {
+            let token = admin
+                .post_json("/v1/admin/enrollment-tokens", &serde_json::json!({}))
+                .unwrap()["token"]
+                .as_str()
+                .unwrap()
+                .to_string();
+            let id = format!("{n:032x}");
+            let joined = anonymous
+                .post_json(
+                    "/v1/join",
+                    &serde_json::json!({"token": token, "machine_id": id, "host": format!("m{n}")}),
+                )
+                .unwrap();
+            // The server reads only the clear header; the machine ID there must be the machine's.
+            let body = text
+                .replace(
+                    &format!("machine-id: {machine}"),
+                    &format!("machine-id: {id}"),
+                )
+                .into_bytes();
+            (joined["credential"].as_str().unwrap().to_string(), body)
+        })
+        .collect();
+    let anonymous_client = |_: usize| Https::new(&srv.url, &ca, Duration::from_secs(60)).unwrap();
+    let machine_client = |t: usize| anonymous_client(t).with_credential(&fleet[t].0);
+    let mut rows = Vec::new();
+    for clients in [50, 500] {
+        rows.push(load(
+            "escrow upload",
+            clients,
+            10,
+            |c, t, i| {
+                let (status, _) = c
+                    .post_bytes(
+                        &format!("/v1/escrow?fingerprint={clients:08x}{t:024x}{i:032x}"),
+                        &fleet[t].1,
+                    )
+                    .unwrap();
+                assert_eq!(status, 201);
+            },
+            machine_client,
+        ));
+        rows.push(load(
+            "recovery-packet fetch",
+            clients,
+            10,
+            |c, _, _| drop(c.get(&fetch_path).unwrap()),
+            anonymous_client,
+        ));
+    }
+    println!("| operation | clients | requests/s | p50 | p99 |\n|---|---|---|---|---|");
+    for r in rows {
+        println!("{r}");
+    }
+}

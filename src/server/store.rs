@@ -57,7 +57,7 @@ CREATE TABLE IF NOT EXISTS machines (
 CREATE TABLE IF NOT EXISTS packets (
     id TEXT PRIMARY KEY, machine TEXT NOT NULL REFERENCES machines(id), volume_uuid TEXT NOT NULL,
     fingerprint TEXT NOT NULL, body BLOB NOT NULL, created INTEGER NOT NULL, obsolete INTEGER NOT NULL DEFAULT 0);
-CREATE INDEX IF NOT EXISTS packets_by_machine ON packets(machine, volume_uuid);
+CREATE INDEX IF NOT EXISTS packets_by_machine ON packets(machine, volume_uuid, fingerprint);
 CREATE TABLE IF NOT EXISTS recovery_requests (
     id TEXT PRIMARY KEY, machine TEXT NOT NULL REFERENCES machines(id), volume_uuid TEXT NOT NULL,
     created INTEGER NOT NULL, state TEXT NOT NULL);

@@ -258,7 +258,13 @@ fn admin_calls_only_from_admin_networks_and_with_a_credential() {
 #[test]
 fn the_1001st_packet_is_refused() {
     let sb = Sandbox::new();
-    let srv = Server::start(&sb, &[]);
+    let srv = Server::start(
+        &sb,
+        &[
+            ("requests_per_minute_per_address", "1000000000"),
+            ("requests_per_minute_per_machine", "1000000000"),
+        ],
+    );
     join(&sb, &srv, "a", None);
     let img = sb.luks_image("disk.img", 2);
     sb.lifeline(&[
@@ -403,7 +409,14 @@ fn upload_storm(
 #[test]
 fn kill_9_during_200_concurrent_uploads_loses_nothing_acknowledged() {
     let sb = Sandbox::new();
-    let mut srv = Server::start(&sb, &[("max_packets_per_machine", "1000000")]);
+    let mut srv = Server::start(
+        &sb,
+        &[
+            ("max_packets_per_machine", "1000000"),
+            ("requests_per_minute_per_address", "1000000000"),
+            ("requests_per_minute_per_machine", "1000000000"),
+        ],
+    );
     join(&sb, &srv, "a", None);
     let img = sb.luks_image("disk.img", 2);
     sb.lifeline(&[
@@ -545,7 +558,14 @@ fn load(
 #[ignore = "benchmark; run by hand"]
 fn load_benchmark() {
     let sb = Sandbox::new();
-    let srv = Server::start(&sb, &[("max_packets_per_machine", "100000000")]);
+    let srv = Server::start(
+        &sb,
+        &[
+            ("max_packets_per_machine", "100000000"),
+            ("requests_per_minute_per_address", "1000000000"),
+            ("requests_per_minute_per_machine", "1000000000"),
+        ],
+    );
     join(&sb, &srv, "a", None);
     let img = sb.luks_image("disk.img", 2);
     sb.lifeline(&[
@@ -648,4 +668,49 @@ fn load_benchmark() {
     for r in rows {
         println!("{r}");
     }
+}
+
+#[test]
+fn rate_limits_per_address_and_per_machine() {
+    let sb = Sandbox::new();
+    let srv = Server::start(
+        &sb,
+        &[
+            ("requests_per_minute_per_address", "40"),
+            ("requests_per_minute_per_machine", "3"),
+        ],
+    );
+    join(&sb, &srv, "a", None);
+    let img = sb.luks_image("disk.img", 2);
+    sb.lifeline(&[
+        "escrow",
+        img.path.to_str().unwrap(),
+        "--recipient",
+        "srv/recipient.txt",
+        "--out",
+        "p.escrow",
+        "--key-file",
+        img.key_file.to_str().unwrap(),
+    ])
+    .ok();
+    let packet = std::fs::read(sb.path("p.escrow")).unwrap();
+    let a = client(&srv, &sb).with_credential(credential(&sb, "a").trim());
+    for i in 0..3u32 {
+        a.post_bytes(&format!("/v1/escrow?fingerprint={i:064}"), &packet)
+            .unwrap();
+    }
+    match a.post_bytes(&format!("/v1/escrow?fingerprint={:064}", 3), &packet) {
+        Err(FetchError::Refused {
+            status: 429,
+            reason,
+        }) => assert!(reason.contains("too many requests"), "{reason}"),
+        other => panic!("the 4th upload in a minute: {other:?}"),
+    }
+    // Fetching recovery packets needs no credential, so the address limit guards it.
+    let anonymous = client(&srv, &sb);
+    let refused = (0..60)
+        .map(|_| anonymous.get(&format!("/v1/recovery/{}/{}", "0".repeat(32), img.uuid)))
+        .filter(|r| matches!(r, Err(FetchError::Refused { status: 429, .. })))
+        .count();
+    assert!(refused >= 20, "only {refused} of 60 fetches were limited");
 }

@@ -29,6 +29,11 @@ pub struct Config {
     /// How long an enrollment token is valid, e.g. "24h".
     #[serde(default = "default_token_valid_for")]
     pub enrollment_token_valid_for: String,
+    /// Requests per minute from one address (all endpoints), and per machine credential.
+    #[serde(default = "default_per_address")]
+    pub requests_per_minute_per_address: u32,
+    #[serde(default = "default_per_machine")]
+    pub requests_per_minute_per_machine: u32,
 }
 
 fn default_admin_networks() -> Vec<String> {
@@ -45,6 +50,12 @@ fn default_recovery_valid_for() -> String {
 }
 fn default_token_valid_for() -> String {
     "24h".into()
+}
+fn default_per_address() -> u32 {
+    1200
+}
+fn default_per_machine() -> u32 {
+    300
 }
 
 impl Config {
@@ -94,7 +105,10 @@ pub fn default_text(listen: &str) -> String {
          max_packets_per_machine = 1000\n\
          max_body_bytes = 65536\n\
          recovery_valid_for = \"72h\"\n\
-         enrollment_token_valid_for = \"24h\"\n"
+         enrollment_token_valid_for = \"24h\"\n\
+         # Rate limits (429 Too Many Requests beyond them).\n\
+         requests_per_minute_per_address = 1200\n\
+         requests_per_minute_per_machine = 300\n"
     )
 }
 

@@ -31,6 +31,30 @@ pub struct AppState {
     pub dir: PathBuf,
     pub config: Config,
     pub db: store::Db,
+    pub limits: super::limits::Limits,
+}
+
+fn too_many() -> ApiError {
+    ApiError(
+        StatusCode::TOO_MANY_REQUESTS,
+        "too many requests; try again in a minute".into(),
+    )
+}
+
+/// Every request counts against its source address.
+async fn limit_address(
+    State(s): State<Shared>,
+    ConnectInfo(from): ConnectInfo<SocketAddr>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if !s.limits.allow(
+        &format!("addr {}", from.ip()),
+        s.config.requests_per_minute_per_address,
+    ) {
+        return too_many().into_response();
+    }
+    next.run(request).await
 }
 
 type Shared = Arc<AppState>;
@@ -89,11 +113,18 @@ async fn machine(s: &Shared, headers: &HeaderMap) -> Result<Machine, ApiError> {
         )
     };
     let credential = bearer(headers).ok_or_else(unauthorized)?;
-    with_db(s, move |db| {
+    let m = with_db(s, move |db| {
         store::machine_by_credential(db, &credential).map_err(Into::into)
     })
     .await?
-    .ok_or_else(unauthorized)
+    .ok_or_else(unauthorized)?;
+    if !s.limits.allow(
+        &format!("machine {}", m.id),
+        s.config.requests_per_minute_per_machine,
+    ) {
+        return Err(too_many());
+    }
+    Ok(m)
 }
 
 async fn admin(s: &Shared, headers: &HeaderMap, from: SocketAddr) -> Result<String, ApiError> {
@@ -131,6 +162,10 @@ pub fn router(state: Shared) -> Router {
         .route("/v1/admin/requests", get(list_requests))
         .route("/v1/admin/requests/{id}/approve", post(approve))
         .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            limit_address,
+        ))
         .with_state(state)
 }
 
@@ -447,6 +482,7 @@ pub fn serve(dir: PathBuf) -> Result<(), String> {
             dir,
             config,
             db: store::Db::start(db),
+            limits: Default::default(),
         });
         let app = router(state);
         let handle = axum_server::Handle::new();

@@ -5,4 +5,5 @@ pub mod authority;
 pub mod config;
 pub mod ekcert;
 pub mod http;
+pub mod limits;
 pub mod store;

@@ -714,3 +714,73 @@ fn rate_limits_per_address_and_per_machine() {
         .count();
     assert!(refused >= 20, "only {refused} of 60 fetches were limited");
 }
+
+#[test]
+fn admin_lists_shows_the_recovery_passphrase_retires_and_deletes() {
+    let sb = Sandbox::new();
+    let srv = Server::start(&sb, &[]);
+    join(&sb, &srv, "a", None);
+    let img = sb.luks_image("disk.img", 2);
+    let args = [
+        "escrow",
+        img.path.to_str().unwrap(),
+        "--server",
+        &srv.url,
+        "--key-file",
+        img.key_file.to_str().unwrap(),
+        "--random-passphrase",
+        "--pbkdf2-iterations",
+        "1000",
+    ];
+    sb.lifeline_as("a", &args, None).ok();
+    let machines = srv.admin(&sb, &["machines"]).ok().stdout.clone();
+    assert!(machines.contains(r#""packets":1"#), "{machines}");
+    let packets = srv.admin(&sb, &["packets"]).ok().stdout.clone();
+    let packet: serde_json::Value = serde_json::from_str(packets.lines().next().unwrap()).unwrap();
+    let id = packet["packet"].as_str().unwrap();
+
+    sb.write("wrong.pass", "not the administrator passphrase");
+    srv.admin(
+        &sb,
+        &["show-passphrase", id, "--passphrase-file", "wrong.pass"],
+    )
+    .fails(3, "administrator passphrase is wrong");
+    let shown = srv
+        .admin(
+            &sb,
+            &["show-passphrase", id, "--passphrase-file", "admin.pass"],
+        )
+        .ok()
+        .stdout
+        .trim()
+        .to_string();
+    assert!(
+        cryptsetup_accepts(&img.path, &shown),
+        "the escrowed recovery passphrase opens the volume"
+    );
+
+    srv.admin(&sb, &["obsolete", id]).ok();
+    sb.lifeline_as(
+        "a",
+        &["recovery", "request", img.path.to_str().unwrap()],
+        None,
+    )
+    .fails(5, "no escrowed key");
+    srv.admin(&sb, &["delete", id]).ok();
+    assert_eq!(srv.admin(&sb, &["packets"]).ok().stdout.trim(), "");
+    srv.admin(&sb, &["delete", id]).fails(5, "no escrow packet");
+    let audit = rusqlite::Connection::open(sb.path("srv/lifeline.db")).unwrap();
+    let actions: Vec<String> = audit
+        .prepare("SELECT action FROM audit ORDER BY seq")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    for expected in ["escrow", "show-passphrase", "obsolete", "delete"] {
+        assert!(
+            actions.iter().any(|a| a == expected),
+            "{expected} not audited: {actions:?}"
+        );
+    }
+}

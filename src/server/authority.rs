@@ -265,6 +265,13 @@ pub struct Issued {
 }
 
 impl Unlocked {
+    /// Opens an escrow packet made for this authority.
+    pub fn open_escrow(
+        &self,
+        escrow_packet: &[u8],
+    ) -> Result<crate::escrow::Record, AuthorityError> {
+        Ok(EscrowPacket::parse(escrow_packet)?.open(&self.identity)?)
+    }
     /// Opens an escrow packet and re-encrypts its secrets as a recovery packet bound to the
     /// same machine and volume, valid for `valid_for`, under a fresh one-time password.
     pub fn issue_recovery(
@@ -273,8 +280,7 @@ impl Unlocked {
         valid_for: Duration,
         otp_groups: usize,
     ) -> Result<Issued, AuthorityError> {
-        let escrow = EscrowPacket::parse(escrow_packet)?;
-        let mut record = escrow.open(&self.identity)?;
+        let mut record = self.open_escrow(escrow_packet)?;
         let code = otp::generate(otp_groups).map_err(|e| match e {
             otp::GenerateError::Otp(e) => {
                 AuthorityError::Corrupt(format!("the OTP settings ({e})"))

@@ -161,6 +161,13 @@ pub fn router(state: Shared) -> Router {
         .route("/v1/admin/packets", get(list_packets))
         .route("/v1/admin/requests", get(list_requests))
         .route("/v1/admin/requests/{id}/approve", post(approve))
+        .route("/v1/admin/machines", get(list_machines))
+        .route("/v1/admin/packets/{id}/obsolete", post(obsolete))
+        .route("/v1/admin/packets/{id}/delete", post(delete))
+        .route(
+            "/v1/admin/packets/{id}/recovery-passphrase",
+            post(show_passphrase),
+        )
         .layer(DefaultBodyLimit::max(limit))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -459,6 +466,104 @@ async fn approve(
         "expires": humantime::format_rfc3339_seconds(issued.binding.expires).to_string(),
         "recovery_id": recovery_id(&request.machine, &request.volume_uuid),
     })))
+}
+
+async fn list_machines(
+    State(s): State<Shared>,
+    headers: HeaderMap,
+    ConnectInfo(from): ConnectInfo<SocketAddr>,
+) -> Result<Json<Value>, ApiError> {
+    admin(&s, &headers, from).await?;
+    let rows = with_db(&s, |db| store::list_machines(db).map_err(Into::into)).await?;
+    Ok(Json(json!(rows
+        .iter()
+        .map(|r| json!({
+            "machine": r.machine.id, "host": r.machine.host, "machine_id": r.machine.machine_id,
+            "client_id": r.machine.client_id, "created": r.created, "packets": r.packets,
+        }))
+        .collect::<Vec<_>>())))
+}
+
+async fn retire(
+    s: Shared,
+    headers: HeaderMap,
+    from: SocketAddr,
+    id: String,
+    delete: bool,
+) -> Result<Json<Value>, ApiError> {
+    let name = admin(&s, &headers, from).await?;
+    with_db(&s, move |db| {
+        store::retire_packet(db, &name, &id, delete).map_err(Into::into)
+    })
+    .await?;
+    Ok(Json(
+        json!({ "status": if delete { "deleted" } else { "obsolete" } }),
+    ))
+}
+
+async fn obsolete(
+    State(s): State<Shared>,
+    headers: HeaderMap,
+    ConnectInfo(from): ConnectInfo<SocketAddr>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    retire(s, headers, from, id, false).await
+}
+
+async fn delete(
+    State(s): State<Shared>,
+    headers: HeaderMap,
+    ConnectInfo(from): ConnectInfo<SocketAddr>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    retire(s, headers, from, id, true).await
+}
+
+#[derive(Deserialize)]
+struct Unlock {
+    passphrase: String,
+}
+
+/// Decrypts an escrow packet and returns its recovery passphrase: the same controls as an
+/// approval (admin network, credential, administrator passphrase), audited before it is read.
+async fn show_passphrase(
+    State(s): State<Shared>,
+    headers: HeaderMap,
+    ConnectInfo(from): ConnectInfo<SocketAddr>,
+    Path(id): Path<String>,
+    Json(req): Json<Unlock>,
+) -> Result<Json<Value>, ApiError> {
+    let name = admin(&s, &headers, from).await?;
+    let passphrase = Passphrase::from_slice(req.passphrase.as_bytes());
+    drop(req);
+    let body = with_db(&s, move |db| {
+        store::read_packet_for_admin(db, &name, &id).map_err(Into::into)
+    })
+    .await?;
+    let dir = s.dir.clone();
+    let text = tokio::task::spawn_blocking(move || -> Result<Option<String>, ApiError> {
+        let unlocked = authority::unlock(&dir, &passphrase).map_err(|e| match e {
+            authority::AuthorityError::WrongPassphrase => {
+                ApiError(StatusCode::FORBIDDEN, e.to_string())
+            }
+            other => ApiError(StatusCode::INTERNAL_SERVER_ERROR, other.to_string()),
+        })?;
+        let record = unlocked
+            .open_escrow(&body)
+            .map_err(|e| ApiError(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))?;
+        // expose_secret: showing it to the administrator is the purpose of this endpoint.
+        Ok(record
+            .recovery_passphrase
+            .map(|p| String::from_utf8_lossy(p.expose_secret()).into_owned()))
+    })
+    .await
+    .map_err(|_| {
+        ApiError(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "decryption failed".into(),
+        )
+    })??;
+    Ok(Json(json!({ "recovery_passphrase": text })))
 }
 
 /// Serves until interrupted.

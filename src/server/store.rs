@@ -625,3 +625,72 @@ pub fn recovery_used(conn: &mut Connection, packet_id: &str, from: &str) -> Resu
     tx.commit()?;
     Ok(())
 }
+
+#[derive(Debug, Clone)]
+pub struct MachineRow {
+    pub machine: Machine,
+    pub created: i64,
+    pub packets: u32,
+}
+
+pub fn list_machines(conn: &Connection) -> Result<Vec<MachineRow>> {
+    let mut stmt = conn.prepare(
+        "SELECT m.id, m.machine_id, m.client_id, m.host, m.created,
+                (SELECT COUNT(*) FROM packets p WHERE p.machine = m.id AND p.obsolete = 0)
+         FROM machines m ORDER BY m.created",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        Ok(MachineRow {
+            machine: Machine {
+                id: r.get(0)?,
+                machine_id: r.get(1)?,
+                client_id: r.get(2)?,
+                host: r.get(3)?,
+            },
+            created: r.get(4)?,
+            packets: r.get(5)?,
+        })
+    })?;
+    Ok(rows.collect::<std::result::Result<_, _>>()?)
+}
+
+/// Marks a packet obsolete (kept, but no longer used for recovery) or deletes it.
+pub fn retire_packet(conn: &mut Connection, admin: &str, packet: &str, delete: bool) -> Result<()> {
+    let tx = conn.savepoint()?;
+    let changed = if delete {
+        tx.execute("DELETE FROM packets WHERE id = ?1", params![packet])?
+    } else {
+        tx.execute(
+            "UPDATE packets SET obsolete = 1 WHERE id = ?1",
+            params![packet],
+        )?
+    };
+    if changed == 0 {
+        return Err(StoreError::NotFound(format!("no escrow packet {packet}")));
+    }
+    audit(
+        &tx,
+        admin,
+        if delete { "delete" } else { "obsolete" },
+        packet,
+    )?;
+    tx.commit()?;
+    Ok(())
+}
+
+/// An escrow packet's ciphertext, for an administrator about to decrypt it; the read is audited
+/// (and fails if the audit entry cannot be written).
+pub fn read_packet_for_admin(conn: &mut Connection, admin: &str, packet: &str) -> Result<Vec<u8>> {
+    let tx = conn.savepoint()?;
+    let body: Option<Vec<u8>> = tx
+        .query_row(
+            "SELECT body FROM packets WHERE id = ?1",
+            params![packet],
+            |r| r.get(0),
+        )
+        .optional()?;
+    let body = body.ok_or_else(|| StoreError::NotFound(format!("no escrow packet {packet}")))?;
+    audit(&tx, admin, "show-passphrase", packet)?;
+    tx.commit()?;
+    Ok(body)
+}

@@ -14,7 +14,7 @@ use crate::escrow::https::Https;
 use crate::server::{config, store};
 
 #[derive(FromArgs, Debug)]
-/// Administration: administrators, enrollment tokens, listings, approvals.
+/// Administration: administrators, enrollment tokens, listings, approvals, packets.
 #[argh(subcommand, name = "admin")]
 pub struct Args {
     #[argh(subcommand)]
@@ -26,9 +26,13 @@ pub struct Args {
 pub enum Command {
     Add(AddArgs),
     EnrollmentToken(TokenArgs),
+    Machines(MachinesArgs),
     Packets(PacketsArgs),
     Requests(RequestsArgs),
     ApproveRecovery(ApproveArgs),
+    Obsolete(ObsoleteArgs),
+    Delete(DeleteArgs),
+    ShowPassphrase(ShowPassphraseArgs),
 }
 
 #[derive(FromArgs, Debug)]
@@ -43,13 +47,19 @@ pub struct AddArgs {
     pub name: String,
 }
 
-/// The listing subcommands share their options.
-macro_rules! list_args {
-    ($name:ident, $cmd:literal, $doc:literal) => {
+/// The HTTPS admin subcommands share how they reach the server; some also name a target and
+/// need the administrator passphrase.
+macro_rules! admin_args {
+    ($name:ident, $cmd:literal, $doc:literal $(, $target:ident: $target_doc:literal)? $(, passphrase: $pass:ident)?) => {
         #[derive(FromArgs, Debug)]
         #[doc = $doc]
         #[argh(subcommand, name = $cmd)]
         pub struct $name {
+            $(
+                #[argh(positional)]
+                #[doc = $target_doc]
+                pub $target: String,
+            )?
             #[argh(option)]
             /// the server directory, to find the server's address and CA (or give --server and --ca)
             pub dir: Option<PathBuf>,
@@ -62,51 +72,57 @@ macro_rules! list_args {
             #[argh(option)]
             /// file holding this administrator's credential
             pub credential_file: PathBuf,
+            $(
+                #[argh(option)]
+                /// read the administrator passphrase from this file's first line (default: ask)
+                pub $pass: Option<PathBuf>,
+            )?
+        }
+
+        impl $name {
+            fn connect(&self) -> Result<Https, Failure> {
+                connect(self.dir.as_deref(), self.server.as_deref(), self.ca.as_deref(), &self.credential_file)
+            }
         }
     };
 }
 
-list_args!(
+admin_args!(
     TokenArgs,
     "enrollment-token",
     "Make a one-time enrollment token for lifeline join."
 );
-list_args!(
+admin_args!(
+    MachinesArgs,
+    "machines",
+    "List the machines that joined, with their packet counts."
+);
+admin_args!(
     PacketsArgs,
     "packets",
     "List the escrow packets (metadata only)."
 );
-list_args!(
+admin_args!(
     RequestsArgs,
     "requests",
     "List recovery requests, with the recovery ID users read out."
 );
-
-#[derive(FromArgs, Debug)]
-/// Approve a recovery request: unlocks the authority with the administrator passphrase (on the
-/// server, in memory, for this one operation), publishes a recovery packet for the machine to
-/// fetch, and prints its one-time password once.
-#[argh(subcommand, name = "approve-recovery")]
-pub struct ApproveArgs {
-    #[argh(positional)]
-    /// the request ID (lifeline-server admin requests)
-    pub request: String,
-    #[argh(option)]
-    /// the server directory, to find the server's address and CA (or give --server and --ca)
-    pub dir: Option<PathBuf>,
-    #[argh(option)]
-    /// the server's URL
-    pub server: Option<String>,
-    #[argh(option)]
-    /// the server's CA certificate
-    pub ca: Option<PathBuf>,
-    #[argh(option)]
-    /// file holding this administrator's credential
-    pub credential_file: PathBuf,
-    #[argh(option)]
-    /// read the administrator passphrase from this file's first line (default: ask)
-    pub passphrase_file: Option<PathBuf>,
-}
+admin_args!(
+    ApproveArgs,
+    "approve-recovery",
+    "Approve a recovery request: unlocks the authority with the administrator passphrase (on the server, in memory, for this one operation), publishes a recovery packet for the machine to fetch, and prints its one-time password once.",
+    request: "the request ID (lifeline-server admin requests)",
+    passphrase: passphrase_file
+);
+admin_args!(ObsoleteArgs, "obsolete", "Mark an escrow packet obsolete: kept, no longer used for recovery.", packet: "the packet ID");
+admin_args!(DeleteArgs, "delete", "Delete an escrow packet.", packet: "the packet ID");
+admin_args!(
+    ShowPassphraseArgs,
+    "show-passphrase",
+    "Show the random recovery passphrase escrowed in a packet (needs the administrator passphrase; audited).",
+    packet: "the packet ID",
+    passphrase: passphrase_file
+);
 
 fn connect(
     dir: Option<&Path>,
@@ -140,13 +156,9 @@ pub fn run(args: Args) -> CmdResult {
     match args.command {
         Command::Add(a) => add(a),
         Command::EnrollmentToken(a) => {
-            let s = connect(
-                a.dir.as_deref(),
-                a.server.as_deref(),
-                a.ca.as_deref(),
-                &a.credential_file,
-            )?;
-            let answer = s.post_json("/v1/admin/enrollment-tokens", &json!({}))?;
+            let answer = a
+                .connect()?
+                .post_json("/v1/admin/enrollment-tokens", &json!({}))?;
             eprintln!(
                 "One-time enrollment token (valid {}):",
                 answer["valid_for"].as_str().unwrap_or("?")
@@ -154,21 +166,13 @@ pub fn run(args: Args) -> CmdResult {
             println!("{}", answer["token"].as_str().unwrap_or(""));
             Ok(())
         }
-        Command::Packets(a) => list(
-            &a.dir,
-            &a.server,
-            &a.ca,
-            &a.credential_file,
-            "/v1/admin/packets",
-        ),
-        Command::Requests(a) => list(
-            &a.dir,
-            &a.server,
-            &a.ca,
-            &a.credential_file,
-            "/v1/admin/requests",
-        ),
+        Command::Machines(a) => list(a.connect()?, "/v1/admin/machines"),
+        Command::Packets(a) => list(a.connect()?, "/v1/admin/packets"),
+        Command::Requests(a) => list(a.connect()?, "/v1/admin/requests"),
         Command::ApproveRecovery(a) => approve(a),
+        Command::Obsolete(a) => retire(a.connect()?, &a.packet, "obsolete"),
+        Command::Delete(a) => retire(a.connect()?, &a.packet, "delete"),
+        Command::ShowPassphrase(a) => show_passphrase(a),
     }
 }
 
@@ -197,32 +201,31 @@ fn add(args: AddArgs) -> CmdResult {
     Ok(())
 }
 
-fn list(
-    dir: &Option<PathBuf>,
-    server: &Option<String>,
-    ca: &Option<PathBuf>,
-    credential: &Path,
-    path: &str,
-) -> CmdResult {
-    let s = connect(dir.as_deref(), server.as_deref(), ca.as_deref(), credential)?;
-    let rows = s.get_json(path)?;
-    for row in rows.as_array().into_iter().flatten() {
+fn list(s: Https, path: &str) -> CmdResult {
+    for row in s.get_json(path)?.as_array().into_iter().flatten() {
         println!("{row}");
     }
     Ok(())
 }
 
-fn approve(a: ApproveArgs) -> CmdResult {
-    let s = connect(
-        a.dir.as_deref(),
-        a.server.as_deref(),
-        a.ca.as_deref(),
-        &a.credential_file,
-    )?;
-    let passphrase = admin_passphrase(a.passphrase_file.as_deref(), false)?;
+fn retire(s: Https, packet: &str, action: &str) -> CmdResult {
+    s.post_json(&format!("/v1/admin/packets/{packet}/{action}"), &json!({}))?;
+    eprintln!("Packet {packet}: {action} done.");
+    Ok(())
+}
+
+/// The administrator passphrase as text for one request over TLS.
+fn passphrase_text(file: Option<&Path>) -> Result<zeroize::Zeroizing<String>, Failure> {
+    let passphrase = admin_passphrase(file, false)?;
     // expose_secret: the passphrase travels once, over TLS, to unlock the authority on the server.
-    let text =
-        zeroize::Zeroizing::new(String::from_utf8_lossy(passphrase.expose_secret()).into_owned());
+    Ok(zeroize::Zeroizing::new(
+        String::from_utf8_lossy(passphrase.expose_secret()).into_owned(),
+    ))
+}
+
+fn approve(a: ApproveArgs) -> CmdResult {
+    let s = a.connect()?;
+    let text = passphrase_text(a.passphrase_file.as_deref())?;
     let answer = s.post_json(
         &format!("/v1/admin/requests/{}/approve", a.request),
         &json!({ "passphrase": text.as_str() }),
@@ -236,4 +239,25 @@ fn approve(a: ApproveArgs) -> CmdResult {
     eprintln!("One-time password (read it to the user group by group; it is not stored anywhere):");
     println!("{}", answer["otp"].as_str().unwrap_or(""));
     Ok(())
+}
+
+fn show_passphrase(a: ShowPassphraseArgs) -> CmdResult {
+    let s = a.connect()?;
+    let text = passphrase_text(a.passphrase_file.as_deref())?;
+    let answer = s.post_json(
+        &format!("/v1/admin/packets/{}/recovery-passphrase", a.packet),
+        &json!({ "passphrase": text.as_str() }),
+    )?;
+    match answer["recovery_passphrase"].as_str() {
+        Some(p) => {
+            eprintln!("Recovery passphrase escrowed in packet {}:", a.packet);
+            println!("{p}");
+            Ok(())
+        }
+        None => Err(Failure::new(
+            Exit::NotApplicable,
+            format!("packet {} holds no recovery passphrase", a.packet),
+        )
+        .todo("it was escrowed without --random-passphrase; approve a recovery instead")),
+    }
 }

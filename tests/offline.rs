@@ -497,3 +497,61 @@ fn usage_errors_name_the_problem() {
     ])
     .fails(VOLUME, "is not a LUKS volume");
 }
+
+#[test]
+fn a_2_of_3_authority_needs_two_shares() {
+    let sb = Sandbox::new();
+    let made = sb.server(&[
+        "init",
+        "--dir",
+        "auth",
+        "--shares",
+        "2/3",
+        "--shares-dir",
+        "shares",
+    ]);
+    made.ok();
+    assert!(made.stderr.contains("split 2-of-3"), "{}", made.stderr);
+    for i in 1..=3 {
+        assert!(
+            std::fs::read_to_string(sb.path(&format!("shares/share-{i}.txt")))
+                .unwrap()
+                .starts_with("lifeline-share v1 2-of-3 ")
+        );
+    }
+    sb.server(&[
+        "init",
+        "--dir",
+        "auth2",
+        "--shares",
+        "2/3",
+        "--shares-dir",
+        "shares",
+    ])
+    .fails(EXISTS, "exists");
+    assert!(!sb.path("auth2").exists());
+
+    let img = sb.luks_image("disk.img", 2);
+    sb.escrow_run(&img, "e", &[]).ok();
+    let issue = |shares: &[&str], out: &str| {
+        let mut args = vec![
+            "recovery", "issue", "--dir", "auth", "--escrow", "e", "--out", out,
+        ];
+        for s in shares {
+            args.extend(["--share-file", s]);
+        }
+        sb.server(&args)
+    };
+    issue(&["shares/share-2.txt"], "r1").fails(2, "1 distinct shares given, 2 needed");
+    assert!(!sb.path("r1").exists());
+    let otp = issue(&["shares/share-1.txt", "shares/share-3.txt"], "r2")
+        .ok()
+        .stdout
+        .trim()
+        .to_string();
+    sb.lifeline_stdin(
+        &recover_args(img.path.to_str().unwrap(), "r2", "auth/minisign.pub"),
+        &format!("{otp}\n"),
+    )
+    .ok();
+}

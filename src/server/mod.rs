@@ -6,4 +6,5 @@ pub mod config;
 pub mod ekcert;
 pub mod http;
 pub mod limits;
+pub mod shares;
 pub mod store;

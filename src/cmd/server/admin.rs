@@ -8,7 +8,7 @@ use std::time::Duration;
 use argh::FromArgs;
 use serde_json::json;
 
-use super::admin_passphrase;
+use super::admin_secret;
 use crate::cmd::{read_small, CmdResult, Exit, Failure};
 use crate::escrow::https::Https;
 use crate::server::{config, store};
@@ -76,6 +76,9 @@ macro_rules! admin_args {
                 #[argh(option)]
                 /// read the administrator passphrase from this file's first line (default: ask)
                 pub $pass: Option<PathBuf>,
+                #[argh(option)]
+                /// instead of the passphrase, a share file (repeat for K shares of a K-of-N authority)
+                pub share_file: Vec<PathBuf>,
             )?
         }
 
@@ -214,9 +217,13 @@ fn retire(s: Https, packet: &str, action: &str) -> CmdResult {
     Ok(())
 }
 
-/// The administrator passphrase as text for one request over TLS.
-fn passphrase_text(file: Option<&Path>) -> Result<zeroize::Zeroizing<String>, Failure> {
-    let passphrase = admin_passphrase(file, false)?;
+/// The administrator passphrase (typed, from a file, or rebuilt from shares) as text for one
+/// request over TLS.
+fn passphrase_text(
+    file: Option<&Path>,
+    shares: &[PathBuf],
+) -> Result<zeroize::Zeroizing<String>, Failure> {
+    let passphrase = admin_secret(file, shares)?;
     // expose_secret: the passphrase travels once, over TLS, to unlock the authority on the server.
     Ok(zeroize::Zeroizing::new(
         String::from_utf8_lossy(passphrase.expose_secret()).into_owned(),
@@ -225,7 +232,7 @@ fn passphrase_text(file: Option<&Path>) -> Result<zeroize::Zeroizing<String>, Fa
 
 fn approve(a: ApproveArgs) -> CmdResult {
     let s = a.connect()?;
-    let text = passphrase_text(a.passphrase_file.as_deref())?;
+    let text = passphrase_text(a.passphrase_file.as_deref(), &a.share_file)?;
     let answer = s.post_json(
         &format!("/v1/admin/requests/{}/approve", a.request),
         &json!({ "passphrase": text.as_str() }),
@@ -243,7 +250,7 @@ fn approve(a: ApproveArgs) -> CmdResult {
 
 fn show_passphrase(a: ShowPassphraseArgs) -> CmdResult {
     let s = a.connect()?;
-    let text = passphrase_text(a.passphrase_file.as_deref())?;
+    let text = passphrase_text(a.passphrase_file.as_deref(), &a.share_file)?;
     let answer = s.post_json(
         &format!("/v1/admin/packets/{}/recovery-passphrase", a.packet),
         &json!({ "passphrase": text.as_str() }),

@@ -24,13 +24,45 @@ pub struct Args {
     /// (repeat for several), and a server.toml for lifeline-server serve
     #[argh(option)]
     pub tls_name: Vec<String>,
+    /// split the administrator passphrase K-of-N: a random one is made, N share files are
+    /// written to --shares-dir, and any K of them are needed for approvals (e.g. 2/3)
+    #[argh(option)]
+    pub shares: Option<String>,
+    /// where to write the share files (must not exist; hand them out, then delete them)
+    #[argh(option)]
+    pub shares_dir: Option<PathBuf>,
     /// with --tls-name: the address server.toml listens on (default 127.0.0.1:8443)
     #[argh(option, default = "String::from(\"127.0.0.1:8443\")")]
     pub listen: String,
 }
 
 pub fn run(args: Args) -> CmdResult {
-    let passphrase = admin_passphrase(args.passphrase_file.as_deref(), true)?;
+    let (passphrase, shares) = match &args.shares {
+        None => (
+            admin_passphrase(args.passphrase_file.as_deref(), true)?,
+            None,
+        ),
+        Some(spec) => {
+            let (k, n) = spec
+                .split_once('/')
+                .and_then(|(k, n)| Some((k.parse::<u8>().ok()?, n.parse::<u8>().ok()?)))
+                .ok_or_else(|| {
+                    crate::cmd::Failure::usage(format!("--shares {spec}: write it K/N, e.g. 2/3"))
+                })?;
+            let dir = args.shares_dir.as_ref().ok_or_else(|| {
+                crate::cmd::Failure::usage("--shares needs --shares-dir for the share files")
+            })?;
+            if dir.exists() {
+                return Err(crate::cmd::Failure::new(
+                    crate::cmd::Exit::Exists,
+                    format!("{} exists", dir.display()),
+                ));
+            }
+            let (passphrase, shares) =
+                crate::server::shares::split(k, n).map_err(crate::cmd::Failure::usage)?;
+            (passphrase, Some((dir.clone(), shares, k)))
+        }
+    };
     if args.listen.parse::<std::net::SocketAddr>().is_err() {
         return Err(crate::cmd::Failure::usage(format!(
             "--listen {}: not an address:port",
@@ -38,7 +70,28 @@ pub fn run(args: Args) -> CmdResult {
         )));
     }
     let (names, listen) = (args.tls_name.clone(), args.listen.clone());
-    authority::init(&args.dir, &passphrase, |dir| {
+    // Shares first: if the authority cannot be made, they are removed again; an authority never
+    // exists without the shares that open it.
+    if let Some((dir, shares, _)) = &shares {
+        let written = std::fs::create_dir_all(dir).and_then(|()| {
+            for (i, share) in shares.iter().enumerate() {
+                crate::atomic_file::write_new(
+                    &dir.join(format!("share-{}.txt", i + 1)),
+                    share.as_bytes(),
+                    0o600,
+                )?;
+            }
+            Ok(())
+        });
+        if let Err(e) = written {
+            let _ = std::fs::remove_dir_all(dir);
+            return Err(crate::cmd::Failure::new(
+                crate::cmd::Exit::Failure,
+                format!("cannot write the shares: {e}"),
+            ));
+        }
+    }
+    let made = authority::init(&args.dir, &passphrase, |dir| {
         if names.is_empty() {
             return Ok(());
         }
@@ -49,7 +102,20 @@ pub fn run(args: Args) -> CmdResult {
             0o644,
         )?;
         Ok(())
-    })?;
+    });
+    if let Err(e) = made {
+        if let Some((dir, _, _)) = &shares {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+        return Err(e.into());
+    }
+    if let Some((dir, shares, k)) = &shares {
+        eprintln!(
+            "The administrator passphrase is split {k}-of-{}: {} holds the shares. Give one to each administrator, then delete them there; any {k} are needed for approvals.",
+            shares.len(),
+            dir.display()
+        );
+    }
     eprintln!("Authority created in {}.", args.dir.display());
     eprintln!(
         "  give clients: {} and {}",

@@ -50,3 +50,25 @@ pub(crate) fn admin_passphrase(file: Option<&Path>, confirm: bool) -> Result<Pas
     }
     Ok(Passphrase::from_slice(first.as_bytes()))
 }
+
+/// The administrator passphrase: rebuilt from K share files when given, else as
+/// `admin_passphrase` gets it.
+pub(crate) fn admin_secret(
+    file: Option<&Path>,
+    share_files: &[std::path::PathBuf],
+) -> Result<Passphrase, Failure> {
+    if share_files.is_empty() {
+        return admin_passphrase(file, false);
+    }
+    let texts = share_files
+        .iter()
+        .map(|p| {
+            let bytes = zeroize::Zeroizing::new(super::read_small(p, 4096)?);
+            Ok(zeroize::Zeroizing::new(
+                String::from_utf8_lossy(&bytes).into_owned(),
+            ))
+        })
+        .collect::<Result<Vec<_>, Failure>>()?;
+    crate::server::shares::combine(&texts)
+        .map_err(|e| Failure::usage(e).todo("bring share files from enough administrators"))
+}

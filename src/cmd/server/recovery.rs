@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use argh::FromArgs;
 
-use super::admin_passphrase;
+use super::admin_secret;
 use crate::atomic_file;
 use crate::cmd::{CmdResult, Exit, Failure};
 use crate::escrow::{otp, read_packet_file};
@@ -49,6 +49,9 @@ pub struct IssueArgs {
     /// read the administrator passphrase from this file's first line (default: ask)
     #[argh(option)]
     pub passphrase_file: Option<PathBuf>,
+    /// instead of the passphrase, a share file (repeat for K shares of a K-of-N authority)
+    #[argh(option)]
+    pub share_file: Vec<PathBuf>,
 }
 
 pub fn run(args: Args) -> CmdResult {
@@ -72,7 +75,7 @@ pub fn run(args: Args) -> CmdResult {
     }
     let escrow = read_packet_file(&args.escrow)
         .map_err(|e| Failure::from(e).context(args.escrow.display()))?;
-    let passphrase = admin_passphrase(args.passphrase_file.as_deref(), false)?;
+    let passphrase = admin_secret(args.passphrase_file.as_deref(), &args.share_file)?;
     let unlocked = authority::unlock(&args.dir, &passphrase)?;
     let issued = unlocked
         .issue_recovery(&escrow, valid_for, args.otp_groups)

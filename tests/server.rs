@@ -39,6 +39,24 @@ fn escrow(sb: &Sandbox, srv: &Server, state: &str, img: &Image) -> Run {
     sb.lifeline_as(state, &args, None)
 }
 
+/// An escrow packet for `img` made off-line, as bytes to upload by hand.
+fn escrow_file(sb: &Sandbox, img: &Image) -> Vec<u8> {
+    let out = sb.fresh_path("packet");
+    let (image, key) = (img.path.to_str().unwrap(), img.key_file.to_str().unwrap());
+    sb.lifeline(&[
+        "escrow",
+        image,
+        "--recipient",
+        "srv/recipient.txt",
+        "--out",
+        out.to_str().unwrap(),
+        "--key-file",
+        key,
+    ])
+    .ok();
+    std::fs::read(out).unwrap()
+}
+
 fn client(srv: &Server, sb: &Sandbox) -> Https {
     Https::new(
         &srv.url,
@@ -133,19 +151,7 @@ fn refusals_are_named() {
     join(&sb, &srv, "b", Some(MACHINE_B));
     let img = sb.luks_image("disk.img", 2);
     escrow(&sb, &srv, "a", &img).ok();
-    let packet_path = sb.path("p.escrow");
-    sb.lifeline(&[
-        "escrow",
-        img.path.to_str().unwrap(),
-        "--recipient",
-        "srv/recipient.txt",
-        "--out",
-        "p.escrow",
-        "--key-file",
-        img.key_file.to_str().unwrap(),
-    ])
-    .ok();
-    let packet = std::fs::read(packet_path).unwrap();
+    let packet = escrow_file(&sb, &img);
     let path = format!("/v1/escrow?fingerprint={}", "0".repeat(64));
 
     // No credential; another machine's credential; a machine credential on admin endpoints.
@@ -267,18 +273,7 @@ fn the_1001st_packet_is_refused() {
     );
     join(&sb, &srv, "a", None);
     let img = sb.luks_image("disk.img", 2);
-    sb.lifeline(&[
-        "escrow",
-        img.path.to_str().unwrap(),
-        "--recipient",
-        "srv/recipient.txt",
-        "--out",
-        "p.escrow",
-        "--key-file",
-        img.key_file.to_str().unwrap(),
-    ])
-    .ok();
-    let packet = std::fs::read(sb.path("p.escrow")).unwrap();
+    let packet = escrow_file(&sb, &img);
     let a = client(&srv, &sb).with_credential(credential(&sb, "a").trim());
     for i in 0..1000u32 {
         let (status, _) = a
@@ -419,18 +414,7 @@ fn kill_9_during_200_concurrent_uploads_loses_nothing_acknowledged() {
     );
     join(&sb, &srv, "a", None);
     let img = sb.luks_image("disk.img", 2);
-    sb.lifeline(&[
-        "escrow",
-        img.path.to_str().unwrap(),
-        "--recipient",
-        "srv/recipient.txt",
-        "--out",
-        "p.escrow",
-        "--key-file",
-        img.key_file.to_str().unwrap(),
-    ])
-    .ok();
-    let packet = std::fs::read(sb.path("p.escrow")).unwrap();
+    let packet = escrow_file(&sb, &img);
     let stop = std::sync::atomic::AtomicBool::new(false);
     let acked = std::thread::scope(|scope| {
         let storm = scope.spawn(|| upload_storm(&srv, &sb, 200, &packet, &stop));
@@ -568,18 +552,7 @@ fn load_benchmark() {
     );
     join(&sb, &srv, "a", None);
     let img = sb.luks_image("disk.img", 2);
-    sb.lifeline(&[
-        "escrow",
-        img.path.to_str().unwrap(),
-        "--recipient",
-        "srv/recipient.txt",
-        "--out",
-        "p.escrow",
-        "--key-file",
-        img.key_file.to_str().unwrap(),
-    ])
-    .ok();
-    let packet = std::fs::read(sb.path("p.escrow")).unwrap();
+    let packet = escrow_file(&sb, &img);
     // One approved recovery packet to fetch.
     escrow(&sb, &srv, "a", &img).ok();
     sb.lifeline_as(
@@ -682,18 +655,7 @@ fn rate_limits_per_address_and_per_machine() {
     );
     join(&sb, &srv, "a", None);
     let img = sb.luks_image("disk.img", 2);
-    sb.lifeline(&[
-        "escrow",
-        img.path.to_str().unwrap(),
-        "--recipient",
-        "srv/recipient.txt",
-        "--out",
-        "p.escrow",
-        "--key-file",
-        img.key_file.to_str().unwrap(),
-    ])
-    .ok();
-    let packet = std::fs::read(sb.path("p.escrow")).unwrap();
+    let packet = escrow_file(&sb, &img);
     let a = client(&srv, &sb).with_credential(credential(&sb, "a").trim());
     for i in 0..3u32 {
         a.post_bytes(&format!("/v1/escrow?fingerprint={i:064}"), &packet)

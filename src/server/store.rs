@@ -255,6 +255,16 @@ pub struct Machine {
     pub host: String,
 }
 
+/// A `Machine` from four consecutive columns (id, machine_id, client_id, host) from `first`.
+fn machine_at(r: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<Machine> {
+    Ok(Machine {
+        id: r.get(first)?,
+        machine_id: r.get(first + 1)?,
+        client_id: r.get(first + 2)?,
+        host: r.get(first + 3)?,
+    })
+}
+
 pub fn add_admin(conn: &mut Connection, name: &str, credential: &str) -> Result<()> {
     let tx = conn.savepoint()?;
     let inserted = tx.execute(
@@ -286,14 +296,7 @@ pub fn machine_by_credential(conn: &Connection, credential: &str) -> Result<Opti
         .query_row(
             "SELECT id, machine_id, client_id, host FROM machines WHERE credential_hash = ?1",
             params![sha256(credential.as_bytes())],
-            |r| {
-                Ok(Machine {
-                    id: r.get(0)?,
-                    machine_id: r.get(1)?,
-                    client_id: r.get(2)?,
-                    host: r.get(3)?,
-                })
-            },
+            |r| machine_at(r, 0),
         )
         .optional()?)
 }
@@ -431,7 +434,7 @@ pub fn request_recovery(
             "SELECT m.id, m.machine_id, m.client_id, m.host FROM machines m JOIN packets p ON p.machine = m.id
              WHERE (m.machine_id = ?1 OR m.client_id = ?1) AND p.volume_uuid = ?2 AND p.obsolete = 0 LIMIT 1",
             params![machine_or_client, volume_uuid],
-            |r| Ok(Machine { id: r.get(0)?, machine_id: r.get(1)?, client_id: r.get(2)?, host: r.get(3)? }),
+            |r| machine_at(r, 0),
         )
         .optional()?;
     let found = found.ok_or_else(|| {
@@ -472,48 +475,32 @@ pub struct RequestRow {
     pub state: String,
 }
 
+const REQUEST_SELECT: &str =
+    "SELECT r.id, m.id, m.machine_id, m.client_id, m.host, r.volume_uuid, r.created, r.state
+     FROM recovery_requests r JOIN machines m ON m.id = r.machine";
+
+fn request_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RequestRow> {
+    Ok(RequestRow {
+        id: r.get(0)?,
+        machine: machine_at(r, 1)?,
+        volume_uuid: r.get(5)?,
+        created: r.get(6)?,
+        state: r.get(7)?,
+    })
+}
+
 pub fn list_requests(conn: &Connection) -> Result<Vec<RequestRow>> {
-    let mut stmt = conn.prepare(
-        "SELECT r.id, m.id, m.machine_id, m.client_id, m.host, r.volume_uuid, r.created, r.state
-         FROM recovery_requests r JOIN machines m ON m.id = r.machine ORDER BY r.created",
-    )?;
-    let rows = stmt.query_map([], |r| {
-        Ok(RequestRow {
-            id: r.get(0)?,
-            machine: Machine {
-                id: r.get(1)?,
-                machine_id: r.get(2)?,
-                client_id: r.get(3)?,
-                host: r.get(4)?,
-            },
-            volume_uuid: r.get(5)?,
-            created: r.get(6)?,
-            state: r.get(7)?,
-        })
-    })?;
+    let mut stmt = conn.prepare(&format!("{REQUEST_SELECT} ORDER BY r.created"))?;
+    let rows = stmt.query_map([], request_row)?;
     Ok(rows.collect::<std::result::Result<_, _>>()?)
 }
 
 /// A recovery request by ID.
 fn request_by_id(conn: &Connection, request: &str) -> Result<RequestRow> {
     conn.query_row(
-        "SELECT r.id, m.id, m.machine_id, m.client_id, m.host, r.volume_uuid, r.created, r.state
-         FROM recovery_requests r JOIN machines m ON m.id = r.machine WHERE r.id = ?1",
+        &format!("{REQUEST_SELECT} WHERE r.id = ?1"),
         params![request],
-        |r| {
-            Ok(RequestRow {
-                id: r.get(0)?,
-                machine: Machine {
-                    id: r.get(1)?,
-                    machine_id: r.get(2)?,
-                    client_id: r.get(3)?,
-                    host: r.get(4)?,
-                },
-                volume_uuid: r.get(5)?,
-                created: r.get(6)?,
-                state: r.get(7)?,
-            })
-        },
+        request_row,
     )
     .optional()?
     .ok_or_else(|| StoreError::NotFound(format!("no recovery request {request}")))
@@ -641,12 +628,7 @@ pub fn list_machines(conn: &Connection) -> Result<Vec<MachineRow>> {
     )?;
     let rows = stmt.query_map([], |r| {
         Ok(MachineRow {
-            machine: Machine {
-                id: r.get(0)?,
-                machine_id: r.get(1)?,
-                client_id: r.get(2)?,
-                host: r.get(3)?,
-            },
+            machine: machine_at(r, 0)?,
             created: r.get(4)?,
             packets: r.get(5)?,
         })

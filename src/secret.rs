@@ -57,6 +57,13 @@ secret_bytes!(
     Passphrase
 );
 
+secret_bytes!(
+    /// Proof of having opened a recovery packet: a random value inside its encrypted record,
+    /// which the server knows only by hash. Reporting the packet used needs it, so nobody who
+    /// merely fetched the (public) packet can delete it.
+    UseToken
+);
+
 impl VolumeKey {
     /// Fresh zeroed buffer of `len` bytes, for libcryptsetup to fill.
     pub fn zeroed(len: usize) -> Self {

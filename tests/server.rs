@@ -111,6 +111,35 @@ fn escrow_request_approve_fetch_recover_over_https() {
     let otp = approve.ok().stdout.trim().to_string();
     assert_eq!(otp.len(), 27);
 
+    // Anyone can fetch the packet (it is OTP-encrypted), but reporting it used, which deletes
+    // it, needs the token from inside: a fetch alone cannot make the user's packet disappear.
+    let machine = std::fs::read_to_string("/etc/machine-id")
+        .unwrap()
+        .trim()
+        .to_string();
+    let anonymous = client(&srv, &sb);
+    let fetched = String::from_utf8(
+        anonymous
+            .get(&format!("/v1/recovery/{machine}/{}", img.uuid))
+            .unwrap(),
+    )
+    .unwrap();
+    let packet_id = fetched
+        .split("packet=")
+        .nth(1)
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap()
+        .to_string();
+    let guess = serde_json::json!({ "use_token": "00".repeat(16) });
+    match anonymous.post_json(&format!("/v1/recovery/{packet_id}/used"), &guess) {
+        Err(FetchError::Refused {
+            status: 409,
+            reason,
+        }) => assert!(reason.contains("use token does not match"), "{reason}"),
+        other => panic!("a guessed use token deleted the packet: {other:?}"),
+    }
     sb.write("new.pass", "set after network recovery");
     let args = [
         "recover",

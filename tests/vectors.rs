@@ -199,6 +199,7 @@ fn recovery_bytes(sk: &minisign::SecretKey, binding: Binding, code: &str) -> Vec
         volume_key: key(),
         recovery_passphrase: None,
         binding: Some(binding),
+        use_token: None,
     };
     RecoveryPacket::seal(&record, &otp::parse(code, 4).unwrap(), sk).unwrap()
 }
@@ -234,6 +235,7 @@ fn regenerate_vectors() {
             b"31415-92653-58979-32384-62643-38327-95028",
         )),
         binding: None,
+        use_token: None,
     };
     let key_hex = lifeline::secret::hex_secret(key().expose_secret()).to_string();
     let good = EscrowPacket::seal(&escrow_record, &id.to_public()).unwrap();

@@ -111,6 +111,7 @@ pub fn run(args: Args, g: &Globals) -> CmdResult {
         volume_key: key,
         recovery_passphrase,
         binding: None,
+        use_token: None,
     };
     let packet = EscrowPacket::seal(&record, &recipient)?;
 

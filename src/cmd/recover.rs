@@ -118,10 +118,23 @@ pub fn run(args: Args, g: &super::Globals) -> CmdResult {
     volume.check_key(&record.volume_key)?;
     if let Some(s) = &server {
         // One-time use: the server deletes the packet. Failing to say so costs nothing here.
-        if let Err(e) = s.post_json(
-            &format!("/v1/recovery/{}/used", packet.binding.packet_id),
-            &serde_json::json!({}),
-        ) {
+        // The use token proves this machine opened the packet. expose_secret: sent once, over TLS.
+        let token = record
+            .use_token
+            .as_ref()
+            .map(|t| crate::secret::hex_secret(t.expose_secret()));
+        let reported = match &token {
+            Some(t) => s
+                .post_json(
+                    &format!("/v1/recovery/{}/used", packet.binding.packet_id),
+                    &serde_json::json!({ "use_token": t.as_str() }),
+                )
+                .map(|_| ()),
+            None => Err(crate::escrow::https::FetchError::Bad(
+                "the packet carries no use token".into(),
+            )),
+        };
+        if let Err(e) = reported {
             eprintln!("warning: could not tell the server the packet was used: {e}");
         }
     }

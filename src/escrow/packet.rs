@@ -383,6 +383,7 @@ mod tests {
             volume_key: VolumeKey::from_slice(&[9; 64]),
             recovery_passphrase: None,
             binding: None,
+            use_token: None,
         };
         let bytes = EscrowPacket::seal(&rec, &id.to_public()).unwrap();
         let pkt = EscrowPacket::parse(&bytes).unwrap();
@@ -413,6 +414,7 @@ mod tests {
             volume_key: VolumeKey::from_slice(&[5; 64]),
             recovery_passphrase: None,
             binding: Some(binding(SystemTime::now() + Duration::from_secs(3600))),
+            use_token: None,
         };
         let code = otp::generate(4).unwrap();
         let bytes = RecoveryPacket::seal(&rec, &code, &kp.sk).unwrap();
@@ -436,6 +438,7 @@ mod tests {
             volume_key: VolumeKey::from_slice(&[9; 64]),
             recovery_passphrase: None,
             binding: None,
+            use_token: None,
         };
         let bytes = EscrowPacket::seal(&rec, &id.to_public()).unwrap();
         for pos in 0..bytes.len() {
@@ -457,6 +460,7 @@ mod tests {
             volume_key: VolumeKey::from_slice(&[5; 64]),
             recovery_passphrase: None,
             binding: Some(binding(expires)),
+            use_token: None,
         };
         let code = otp::generate(4).unwrap();
         let bytes = RecoveryPacket::seal(&rec, &code, &kp.sk).unwrap();

@@ -12,7 +12,7 @@ use std::time::SystemTime;
 use zeroize::Zeroizing;
 
 use super::PacketError;
-use crate::secret::{hex_secret, unhex_secret, Passphrase, VolumeKey};
+use crate::secret::{hex_secret, unhex_secret, Passphrase, UseToken, VolumeKey};
 
 /// Which record: the first line of the plaintext.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,6 +65,8 @@ pub struct Record {
     pub recovery_passphrase: Option<Passphrase>,
     /// Present in recovery records only.
     pub binding: Option<Binding>,
+    /// Recovery records issued by a server carry one (see `secret::UseToken`).
+    pub use_token: Option<UseToken>,
 }
 
 /// Writes `key: value` lines for the non-secret description; shared with the packet's clear
@@ -118,6 +120,12 @@ impl Record {
         out.push_str("volume-key: ");
         out.push_str(&key_hex);
         out.push('\n');
+        if let Some(t) = &self.use_token {
+            // expose_secret: inside the encrypted record, as the server expects it back.
+            out.push_str("use-token: ");
+            out.push_str(&hex_secret(t.expose_secret()));
+            out.push('\n');
+        }
         if let Some(p) = &self.recovery_passphrase {
             // expose_secret: as above. Generated passphrases are printable ASCII.
             let text = Zeroizing::new(String::from_utf8_lossy(p.expose_secret()).into_owned());
@@ -151,6 +159,14 @@ impl Record {
         let recovery_passphrase = fields
             .get("recovery-passphrase")
             .map(|p| Passphrase::from_slice(p.as_bytes()));
+        let use_token = match fields.get("use-token") {
+            Some(hex) => {
+                Some(UseToken::new(unhex_secret(hex).ok_or_else(|| {
+                    PacketError::Malformed("use-token is not hex".into())
+                })?))
+            }
+            None => None,
+        };
         let binding = match kind {
             Kind::Escrow => None,
             Kind::Recovery => Some(Binding {
@@ -166,6 +182,7 @@ impl Record {
             volume_key: VolumeKey::new(key),
             recovery_passphrase,
             binding,
+            use_token,
         })
     }
 }
@@ -269,6 +286,7 @@ pub(crate) mod tests {
             volume_key: VolumeKey::from_slice(&[7; 64]),
             recovery_passphrase: Some(Passphrase::from_slice(b"abcd-efgh")),
             binding: None,
+            use_token: None,
         };
         let text = rec.to_plaintext(Kind::Escrow);
         assert!(text.starts_with("lifeline-escrow v1\nhost: laptop-17\n"));
@@ -289,6 +307,7 @@ pub(crate) mod tests {
             volume_key: VolumeKey::from_slice(&[7; 64]),
             recovery_passphrase: None,
             binding: None,
+            use_token: None,
         };
         let text = rec.to_plaintext(Kind::Escrow);
         let v2 = text.replace("lifeline-escrow v1", "lifeline-escrow v2");

@@ -262,6 +262,8 @@ pub struct Issued {
     pub packet: Vec<u8>,
     pub otp: Otp,
     pub binding: Binding,
+    /// SHA-256 of the use token inside the packet: what a server keeps to check a report of use.
+    pub use_token_hash: Vec<u8>,
 }
 
 impl Unlocked {
@@ -297,11 +299,19 @@ impl Unlocked {
             otp_groups,
         };
         record.binding = Some(binding.clone());
+        let mut token = zeroize::Zeroizing::new([0u8; 16]);
+        random_bytes(&mut token[..])?;
+        let use_token_hash = {
+            use sha2::Digest;
+            sha2::Sha256::digest(&token[..]).to_vec()
+        };
+        record.use_token = Some(crate::secret::UseToken::from_slice(&token[..]));
         let packet = RecoveryPacket::seal(&record, &code, &self.signer)?;
         Ok(Issued {
             packet,
             otp: code,
             binding,
+            use_token_hash,
         })
     }
 }

@@ -322,14 +322,21 @@ async fn fetch_recovery(
     Ok(([("content-type", "text/plain")], body).into_response())
 }
 
+#[derive(Deserialize)]
+struct Used {
+    use_token: String,
+}
+
 async fn recovery_used(
     State(s): State<Shared>,
     ConnectInfo(from): ConnectInfo<SocketAddr>,
     Path(packet): Path<String>,
+    Json(req): Json<Used>,
 ) -> Result<Json<Value>, ApiError> {
     let who = format!("anonymous@{}", from.ip());
+    let token = crate::hex::decode(&req.use_token).ok_or_else(|| bad("use_token is not hex"))?;
     with_db(&s, move |db| {
-        store::recovery_used(db, &packet, &who).map_err(Into::into)
+        store::recovery_used(db, &packet, &token, &who).map_err(Into::into)
     })
     .await?;
     Ok(Json(json!({ "status": "used" })))
@@ -449,14 +456,23 @@ async fn approve(
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0);
-    let (packet_id, body, request_for_db) = (
+    let (packet_id, body, request_for_db, token_hash) = (
         issued.binding.packet_id.clone(),
         issued.packet.clone(),
         request.clone(),
+        issued.use_token_hash.clone(),
     );
     with_db(&s, move |db| {
-        store::publish_recovery(db, &name, &request_for_db, &packet_id, &body, expires)
-            .map_err(Into::into)
+        store::publish_recovery(
+            db,
+            &name,
+            &request_for_db,
+            &packet_id,
+            &body,
+            expires,
+            &token_hash,
+        )
+        .map_err(Into::into)
     })
     .await?;
     // expose_secret: the OTP goes to the approving administrator once, in this response.

@@ -63,7 +63,7 @@ CREATE TABLE IF NOT EXISTS recovery_requests (
     created INTEGER NOT NULL, state TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS recovery_packets (
     id TEXT PRIMARY KEY, request TEXT NOT NULL, machine_id TEXT NOT NULL, volume_uuid TEXT NOT NULL,
-    body BLOB NOT NULL, expires INTEGER NOT NULL);
+    body BLOB NOT NULL, expires INTEGER NOT NULL, use_token_hash BLOB NOT NULL);
 CREATE INDEX IF NOT EXISTS recovery_by_volume ON recovery_packets(machine_id, volume_uuid);
 CREATE TABLE IF NOT EXISTS audit (
     seq INTEGER PRIMARY KEY, time INTEGER NOT NULL, actor TEXT NOT NULL, action TEXT NOT NULL,
@@ -531,6 +531,7 @@ pub fn publish_recovery(
     packet_id: &str,
     body: &[u8],
     expires: i64,
+    use_token_hash: &[u8],
 ) -> Result<()> {
     let tx = conn.savepoint()?;
     // Approved twice at once: only the first publishes.
@@ -545,8 +546,8 @@ pub fn publish_recovery(
         params![request.machine.machine_id, request.volume_uuid],
     )?;
     tx.execute(
-        "INSERT INTO recovery_packets (id, request, machine_id, volume_uuid, body, expires) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        params![packet_id, request.id, request.machine.machine_id, request.volume_uuid, body, expires],
+        "INSERT INTO recovery_packets (id, request, machine_id, volume_uuid, body, expires, use_token_hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![packet_id, request.id, request.machine.machine_id, request.volume_uuid, body, expires, use_token_hash],
     )?;
     tx.execute(
         "UPDATE recovery_requests SET state = 'approved' WHERE id = ?1",
@@ -588,18 +589,29 @@ pub fn fetch_recovery(
     Ok(body)
 }
 
-/// Marks a recovery packet used: it is deleted and cannot be fetched again.
-pub fn recovery_used(conn: &mut Connection, packet_id: &str, from: &str) -> Result<()> {
+/// Marks a recovery packet used: it is deleted and cannot be fetched again. `use_token` is the
+/// token from inside the packet: only someone who opened it can report it used.
+pub fn recovery_used(
+    conn: &mut Connection,
+    packet_id: &str,
+    use_token: &[u8],
+    from: &str,
+) -> Result<()> {
     let tx = conn.savepoint()?;
-    let request: Option<String> = tx
+    let found: Option<(String, Vec<u8>)> = tx
         .query_row(
-            "SELECT request FROM recovery_packets WHERE id = ?1",
+            "SELECT request, use_token_hash FROM recovery_packets WHERE id = ?1",
             params![packet_id],
-            |r| r.get(0),
+            |r| Ok((r.get(0)?, r.get(1)?)),
         )
         .optional()?;
-    let request =
-        request.ok_or_else(|| StoreError::NotFound(format!("no recovery packet {packet_id}")))?;
+    let (request, hash) =
+        found.ok_or_else(|| StoreError::NotFound(format!("no recovery packet {packet_id}")))?;
+    if !crate::secret::ct_eq(&sha256(use_token), &hash) {
+        return Err(StoreError::Refused(
+            "the use token does not match: only the opened packet can report its use".into(),
+        ));
+    }
     tx.execute(
         "DELETE FROM recovery_packets WHERE id = ?1",
         params![packet_id],

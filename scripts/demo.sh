@@ -102,4 +102,42 @@ LIFELINE_TCTI="swtpm:host=127.0.0.1,port=$port" run "$bin/lifeline-server" drsk 
 run "$bin/lifeline" restore --in new-board.restore --persist
 run "$bin/lifeline" unseal-check disk.img
 
-say "Done: forgotten passphrase recovered, and the TPM key survived a motherboard swap."
+# ---- Act three: the same recovery through the escrow server, over HTTPS -----------------------
+
+unset LIFELINE_TCTI
+export LIFELINE_STATE_DIR="$work/laptop-etc"
+srv_port=$((port + 6))
+say "Act three: the helpdesk runs the escrow server (TLS with its own CA, on 127.0.0.1 here)."
+run "$bin/lifeline-server" init --dir escrow-server --passphrase-file admin.pass \
+    --tls-name 127.0.0.1 --listen 127.0.0.1:$srv_port
+"$bin/lifeline-server" admin add --dir escrow-server --name alice > alice.cred
+"$bin/lifeline-server" serve --dir escrow-server 2> server.log &
+echo $! > server.pid
+trap 'kill "$(cat server.pid)" 2>/dev/null; stop_tpm server-tpm; stop_tpm new-board-tpm; rm -rf "$work"' EXIT
+sleep 1
+url="https://127.0.0.1:$srv_port"
+
+say "The laptop joins with a one-time enrollment token and escrows its key over HTTPS."
+token=$("$bin/lifeline-server" admin enrollment-token --dir escrow-server --credential-file alice.cred 2>/dev/null)
+run "$bin/lifeline" join --server "$url" --ca escrow-server/tls/ca.pem --token "$token"
+run "$bin/lifeline" escrow disk.img --server "$url" --key-file user.key
+
+say "The user forgets the passphrase again; at the boot prompt they request recovery."
+rm user.key
+run "$bin/lifeline" recovery request disk.img
+
+say "The helpdesk sees the request, approves it, and reads the one-time password over the phone."
+run "$bin/lifeline-server" admin requests --dir escrow-server --credential-file alice.cred
+request=$("$bin/lifeline-server" admin requests --dir escrow-server --credential-file alice.cred | sed -n 's/.*"request":"\([0-9a-f]*\)".*/\1/p' | head -1)
+"$bin/lifeline-server" admin approve-recovery "$request" --dir escrow-server --credential-file alice.cred \
+    --passphrase-file admin.pass > otp.txt
+echo "  helpdesk reads out:  $(cat otp.txt)"
+
+say "The laptop fetches the approved packet, the user types the code, and sets a new passphrase."
+echo 'third passphrase' > third.pass
+printf '$ %s\n' "lifeline recover disk.img --server $url --new-passphrase-file third.pass"
+"$bin/lifeline" recover disk.img --server "$url" --new-passphrase-file third.pass --pbkdf2-iterations 1000 < otp.txt
+printf 'third passphrase' | cryptsetup open --test-passphrase --key-file - disk.img && echo "  cryptsetup: third passphrase accepted"
+run "$bin/lifeline-server" audit verify --dir escrow-server
+
+say "Done: forgotten passphrase recovered off-line and over HTTPS, and the TPM key survived a motherboard swap."

@@ -406,7 +406,8 @@ pub fn recovery_id(m: &Machine, volume_uuid: &str) -> String {
 
 #[derive(Deserialize)]
 struct Approve {
-    passphrase: String,
+    /// Wiped when dropped (the request body's own buffer is not ours to wipe).
+    passphrase: zeroize::Zeroizing<String>,
     otp_groups: Option<usize>,
 }
 
@@ -537,7 +538,7 @@ async fn delete(
 
 #[derive(Deserialize)]
 struct Unlock {
-    passphrase: String,
+    passphrase: zeroize::Zeroizing<String>,
 }
 
 /// Decrypts an escrow packet and returns its recovery passphrase: the same controls as an

@@ -165,6 +165,16 @@ fn public_from(bytes: &[u8], what: &str) -> Result<Public, TpmError> {
     Public::unmarshall(inner).map_err(|_| TpmError::Other(format!("{what} is not a TPM2B_PUBLIC")))
 }
 
+/// A TPM2B buffer (private part, encrypted seed, credential) as the tss-esapi type; `what`
+/// is the error if the framing is wrong.
+fn from_tpm2b<T: TryFrom<Vec<u8>, Error = tss_esapi::Error>>(
+    bytes: &[u8],
+    what: &str,
+) -> Result<T, TpmError> {
+    let inner = untpm2b(bytes).ok_or_else(|| TpmError::Other(what.to_string()))?;
+    T::try_from(inner.to_vec()).map_err(wrapper)
+}
+
 /// The Name of a TPM2B_PUBLIC.
 pub fn name_of_public(bytes: &[u8]) -> Result<Vec<u8>, TpmError> {
     let inner = untpm2b(bytes).ok_or_else(|| TpmError::Other("not a TPM2B_PUBLIC".into()))?;
@@ -581,14 +591,10 @@ impl TssTpm {
     ) -> Result<VolumeKey, TpmError> {
         let drsk = self.drsk()?;
         let public = public_from(&blob.public, "the sealed object's public part")?;
-        let private = Private::try_from(
-            untpm2b(&blob.private)
-                .ok_or_else(|| {
-                    TpmError::Other("the sealed object's private part is not a TPM2B".into())
-                })?
-                .to_vec(),
-        )
-        .map_err(wrapper)?;
+        let private = from_tpm2b::<Private>(
+            &blob.private,
+            "the sealed object's private part is not a TPM2B",
+        )?;
         let object = self
             .ctx
             .execute_with_session(Some(AuthSession::Password), |ctx| {
@@ -754,18 +760,8 @@ impl TssTpm {
     /// Imports a duplicate under `parent` and returns the new TPM2B_PRIVATE.
     fn import(&mut self, parent: KeyHandle, dup: &Duplicate) -> Result<Private, TpmError> {
         let public = public_from(&dup.public, "the duplicate's public part")?;
-        let private = Private::try_from(
-            untpm2b(&dup.private)
-                .ok_or_else(|| TpmError::Other("the duplicate is damaged".into()))?
-                .to_vec(),
-        )
-        .map_err(wrapper)?;
-        let seed = EncryptedSecret::try_from(
-            untpm2b(&dup.seed)
-                .ok_or_else(|| TpmError::Other("the duplicate's seed is damaged".into()))?
-                .to_vec(),
-        )
-        .map_err(wrapper)?;
+        let private = from_tpm2b::<Private>(&dup.private, "the duplicate is damaged")?;
+        let seed = from_tpm2b::<EncryptedSecret>(&dup.seed, "the duplicate's seed is damaged")?;
         self.ctx
             .execute_with_session(Some(AuthSession::Password), |ctx| {
                 ctx.import(
@@ -868,12 +864,7 @@ impl TssTpm {
     ) -> Result<KeyHandle, TpmError> {
         let (srk, transient) = self.srk(owner_auth)?;
         let public = public_from(&key.public, "the server key")?;
-        let private = Private::try_from(
-            untpm2b(&key.private)
-                .ok_or_else(|| TpmError::Other("the server key is damaged".into()))?
-                .to_vec(),
-        )
-        .map_err(wrapper)?;
+        let private = from_tpm2b::<Private>(&key.private, "the server key is damaged")?;
         let loaded = self
             .ctx
             .execute_with_session(Some(AuthSession::Password), |ctx| {
@@ -923,12 +914,7 @@ impl TssTpm {
             seed: Vec::new(),
         };
         let loaded = public_from(client_public, "the client DRSK").and_then(|public| {
-            let private = Private::try_from(
-                untpm2b(&stored.private)
-                    .ok_or_else(|| TpmError::Other("the stored DRSK is damaged".into()))?
-                    .to_vec(),
-            )
-            .map_err(wrapper)?;
+            let private = from_tpm2b::<Private>(&stored.private, "the stored DRSK is damaged")?;
             self.ctx
                 .execute_with_session(Some(AuthSession::Password), |ctx| {
                     ctx.load(server, private, public)
@@ -1074,18 +1060,8 @@ impl TssTpm {
         owner_auth: Option<&Passphrase>,
     ) -> Result<Vec<u8>, TpmError> {
         use tss_esapi::structures::IdObject;
-        let blob = IdObject::try_from(
-            untpm2b(blob)
-                .ok_or_else(|| TpmError::Other("the challenge is damaged".into()))?
-                .to_vec(),
-        )
-        .map_err(wrapper)?;
-        let seed = EncryptedSecret::try_from(
-            untpm2b(seed)
-                .ok_or_else(|| TpmError::Other("the challenge is damaged".into()))?
-                .to_vec(),
-        )
-        .map_err(wrapper)?;
+        let blob = from_tpm2b::<IdObject>(blob, "the challenge is damaged")?;
+        let seed = from_tpm2b::<EncryptedSecret>(seed, "the challenge is damaged")?;
         let (srk, srk_transient) = self.srk(owner_auth)?;
         let ek = tss_esapi::abstraction::ek::create_ek_object(&mut self.ctx, EK_ALG, None)
             .map_err(|e| classify(e, "creating the EK"))?;

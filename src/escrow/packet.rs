@@ -364,6 +364,24 @@ mod tests {
     use crate::secret::VolumeKey;
     use std::time::Duration;
 
+    fn escrow_record() -> Record {
+        Record {
+            info: sample_info(),
+            volume_key: VolumeKey::from_slice(&[9; 64]),
+            recovery_passphrase: None,
+            binding: None,
+            use_token: None,
+        }
+    }
+
+    fn recovery_record(binding: Binding) -> Record {
+        Record {
+            binding: Some(binding),
+            volume_key: VolumeKey::from_slice(&[5; 64]),
+            ..escrow_record()
+        }
+    }
+
     fn binding(expires: SystemTime) -> Binding {
         let info = sample_info();
         Binding {
@@ -378,13 +396,7 @@ mod tests {
     #[test]
     fn escrow_packet_round_trip_and_wrong_identity() {
         let id = age::x25519::Identity::generate();
-        let rec = Record {
-            info: sample_info(),
-            volume_key: VolumeKey::from_slice(&[9; 64]),
-            recovery_passphrase: None,
-            binding: None,
-            use_token: None,
-        };
+        let rec = escrow_record();
         let bytes = EscrowPacket::seal(&rec, &id.to_public()).unwrap();
         let pkt = EscrowPacket::parse(&bytes).unwrap();
         assert_eq!(pkt.info, rec.info);
@@ -409,13 +421,7 @@ mod tests {
     #[test]
     fn a_flipped_bit_anywhere_in_a_recovery_packet_is_refused() {
         let kp = minisign::KeyPair::generate_unencrypted_keypair().unwrap();
-        let rec = Record {
-            info: sample_info(),
-            volume_key: VolumeKey::from_slice(&[5; 64]),
-            recovery_passphrase: None,
-            binding: Some(binding(SystemTime::now() + Duration::from_secs(3600))),
-            use_token: None,
-        };
+        let rec = recovery_record(binding(SystemTime::now() + Duration::from_secs(3600)));
         let code = otp::generate(4).unwrap();
         let bytes = RecoveryPacket::seal(&rec, &code, &kp.sk).unwrap();
         for pos in 0..bytes.len() {
@@ -433,13 +439,7 @@ mod tests {
     #[test]
     fn a_flipped_bit_anywhere_in_an_escrow_packet_is_refused() {
         let id = age::x25519::Identity::generate();
-        let rec = Record {
-            info: sample_info(),
-            volume_key: VolumeKey::from_slice(&[9; 64]),
-            recovery_passphrase: None,
-            binding: None,
-            use_token: None,
-        };
+        let rec = escrow_record();
         let bytes = EscrowPacket::seal(&rec, &id.to_public()).unwrap();
         for pos in 0..bytes.len() {
             for bit in [0x01u8, 0x20, 0x80] {
@@ -455,13 +455,7 @@ mod tests {
     fn recovery_packet_round_trip_binding_and_wrong_otp() {
         let kp = minisign::KeyPair::generate_unencrypted_keypair().unwrap();
         let expires = SystemTime::now() + Duration::from_secs(3600);
-        let rec = Record {
-            info: sample_info(),
-            volume_key: VolumeKey::from_slice(&[5; 64]),
-            recovery_passphrase: None,
-            binding: Some(binding(expires)),
-            use_token: None,
-        };
+        let rec = recovery_record(binding(expires));
         let code = otp::generate(4).unwrap();
         let bytes = RecoveryPacket::seal(&rec, &code, &kp.sk).unwrap();
         let pkt = RecoveryPacket::verify(&bytes, &kp.pk).unwrap();

@@ -8,7 +8,7 @@
 //! When a user is locked out, an administrator turns the escrow packet into a *recovery packet*:
 //! the same key, bound to that machine and volume, valid for a few days, encrypted under a fresh
 //! one-time password (OTP) and signed by the authority. The user gets the packet (file, USB
-//! stick, later HTTPS), the helpdesk reads out the OTP, and `lifeline recover` checks signature
+//! stick, or HTTPS from the escrow server), the helpdesk reads out the OTP, and `lifeline recover` checks signature
 //! and binding, opens the packet, proves the key opens the volume and sets a new passphrase.
 //! The same flow works on a detached LUKS header backup, so a remote user can send a small
 //! header file instead of a disk.
@@ -40,7 +40,8 @@
 //! - [`prompt`]: asking a person for secrets.
 //! - [`cmd`]: the subcommands of both binaries and their exit codes.
 //! - [`atomic_file`], [`hex`]: files written whole or not at all; hex for the text formats.
-//! - `server` (feature `server`): the recovery authority.
+//! - `server` (feature `server`): the recovery authority, DRSK custody checks, and the HTTPS
+//!   escrow server (axum + rustls, SQLite with group commit and a hash-chained audit log).
 
 #![forbid(unsafe_code)]
 

@@ -57,6 +57,28 @@ fn escrow_file(sb: &Sandbox, img: &Image) -> Vec<u8> {
     std::fs::read(out).unwrap()
 }
 
+/// The machine `state` asks for recovery of `img`; alice approves. Returns the OTP.
+fn request_and_approve(sb: &Sandbox, srv: &Server, state: &str, img: &Image) -> String {
+    sb.lifeline_as(
+        state,
+        &["recovery", "request", img.path.to_str().unwrap()],
+        None,
+    )
+    .ok();
+    let requests = srv.admin(sb, &["requests"]).ok().stdout.clone();
+    let request: serde_json::Value =
+        serde_json::from_str(requests.lines().next().unwrap()).unwrap();
+    let id = request["request"].as_str().unwrap();
+    srv.admin(
+        sb,
+        &["approve-recovery", id, "--passphrase-file", "admin.pass"],
+    )
+    .ok()
+    .stdout
+    .trim()
+    .to_string()
+}
+
 fn client(srv: &Server, sb: &Sandbox) -> Https {
     Https::new(
         &srv.url,
@@ -326,25 +348,7 @@ fn an_expired_recovery_packet_cannot_be_fetched() {
     join(&sb, &srv, "state", None);
     let img = sb.luks_image("disk.img", 2);
     escrow(&sb, &srv, "state", &img).ok();
-    sb.lifeline_as(
-        "state",
-        &["recovery", "request", img.path.to_str().unwrap()],
-        None,
-    )
-    .ok();
-    let requests = srv.admin(&sb, &["requests"]).ok().stdout.clone();
-    let request: serde_json::Value =
-        serde_json::from_str(requests.lines().next().unwrap()).unwrap();
-    srv.admin(
-        &sb,
-        &[
-            "approve-recovery",
-            request["request"].as_str().unwrap(),
-            "--passphrase-file",
-            "admin.pass",
-        ],
-    )
-    .ok();
+    request_and_approve(&sb, &srv, "state", &img);
     std::thread::sleep(Duration::from_millis(2100));
     sb.lifeline_as(
         "state",
@@ -584,25 +588,7 @@ fn load_benchmark() {
     let packet = escrow_file(&sb, &img);
     // One approved recovery packet to fetch.
     escrow(&sb, &srv, "a", &img).ok();
-    sb.lifeline_as(
-        "a",
-        &["recovery", "request", img.path.to_str().unwrap()],
-        None,
-    )
-    .ok();
-    let requests = srv.admin(&sb, &["requests"]).ok().stdout.clone();
-    let request: serde_json::Value =
-        serde_json::from_str(requests.lines().next().unwrap()).unwrap();
-    srv.admin(
-        &sb,
-        &[
-            "approve-recovery",
-            request["request"].as_str().unwrap(),
-            "--passphrase-file",
-            "admin.pass",
-        ],
-    )
-    .ok();
+    request_and_approve(&sb, &srv, "a", &img);
     let machine = std::fs::read_to_string("/etc/machine-id")
         .unwrap()
         .trim()

@@ -28,6 +28,12 @@ pub fn stage(target: &Path, bytes: &[u8], mode: u32) -> io::Result<Staged> {
             ),
         ));
     }
+    write_temp(target, bytes, mode)
+}
+
+/// Writes and syncs a new file under a random name beside `target` (created, never reused,
+/// so its mode is exactly `mode`).
+fn write_temp(target: &Path, bytes: &[u8], mode: u32) -> io::Result<Staged> {
     let dir = parent(target);
     let mut tag = [0u8; 8];
     random_bytes(&mut tag)?;
@@ -80,23 +86,10 @@ pub fn replace(target: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
     if let Some(dir) = target.parent().filter(|p| !p.as_os_str().is_empty()) {
         fs::create_dir_all(dir)?;
     }
-    let temp = target.with_extension("lifeline-tmp");
-    let result = (|| {
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(mode)
-            .open(&temp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        fs::rename(&temp, target)?;
-        File::open(parent(target))?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&temp);
-    }
-    result
+    let staged = write_temp(target, bytes, mode)?;
+    fs::rename(&staged.temp, &staged.target)?;
+    // Drop finds the temporary name gone.
+    File::open(parent(&staged.target))?.sync_all()
 }
 
 /// Writes a new file in one step.
@@ -129,5 +122,20 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names, vec![std::ffi::OsString::from("packet")]);
+    }
+
+    #[test]
+    fn replace_swaps_content_with_the_given_mode_and_no_temp_left() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("state").join("credential");
+        replace(&target, b"old", 0o644).unwrap();
+        replace(&target, b"new", 0o600).unwrap();
+        assert_eq!(fs::read(&target).unwrap(), b"new");
+        assert_eq!(
+            fs::metadata(&target).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert_eq!(fs::read_dir(target.parent().unwrap()).unwrap().count(), 1);
     }
 }

@@ -8,7 +8,7 @@ use argh::FromArgs;
 use super::{local_machine_id, CmdResult, Exit, Failure, Globals};
 use crate::atomic_file;
 use crate::escrow::{EscrowPacket, Record, VolumeInfo};
-use crate::luks::{LuksVolume, Pbkdf};
+use crate::luks::LuksVolume;
 use crate::secret::Passphrase;
 
 #[derive(FromArgs, Debug)]
@@ -135,7 +135,7 @@ pub fn run(args: Args, g: &Globals) -> CmdResult {
     let mut added_slot = None;
     if let Some(pass) = &record.recovery_passphrase {
         if let Some(n) = args.pbkdf2_iterations {
-            volume.set_pbkdf(Pbkdf::Pbkdf2Iterations(n))?;
+            volume.set_pbkdf2_iterations(n)?;
         }
         added_slot = Some(volume.add_passphrase(&record.volume_key, pass)?);
     }

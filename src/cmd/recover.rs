@@ -8,7 +8,7 @@ use argh::FromArgs;
 use super::{local_machine_id, read_passphrase_file, CmdResult, Exit, Failure};
 use crate::escrow::otp;
 use crate::escrow::{read_packet_file, PacketError, Record, RecoveryPacket};
-use crate::luks::{LuksVolume, Pbkdf};
+use crate::luks::LuksVolume;
 use crate::prompt::{Console, Prompt};
 
 #[derive(FromArgs, Debug)]
@@ -150,7 +150,7 @@ pub fn run(args: Args, g: &super::Globals) -> CmdResult {
         return Ok(());
     };
     if let Some(n) = args.pbkdf2_iterations {
-        volume.set_pbkdf(Pbkdf::Pbkdf2Iterations(n))?;
+        volume.set_pbkdf2_iterations(n)?;
     }
     let slot = volume.add_passphrase(&record.volume_key, &new_passphrase)?;
     // Prove the new passphrase works before anything is removed.

@@ -20,15 +20,6 @@ pub struct LuksInfo {
     pub key_bits: u32,
 }
 
-/// How new keyslots derive their key from a passphrase.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Pbkdf {
-    /// libcryptsetup's default for the format (argon2id for LUKS2), benchmarked.
-    Default,
-    /// PBKDF2 with a fixed iteration count and no benchmark: for test images only.
-    Pbkdf2Iterations(u32),
-}
-
 #[derive(Debug)]
 pub enum LuksError {
     /// The device or file could not be opened.

@@ -761,3 +761,158 @@ fn admin_lists_shows_the_recovery_passphrase_retires_and_deletes() {
         );
     }
 }
+
+/// seeds/003's board swap through the server: machine A backs its DRSK up over HTTPS (imported
+/// into the server's TPM at once); A's TPM is gone; the replacement TPM C files a restore
+/// request, proving it is genuine (the server has EK CAs); alice approves; C fetches, restores,
+/// and unseals A's old token. Refusals on the way: another machine's backup, a request without
+/// the EK, a wrong proof, approving before the proof, an unknown client.
+#[test]
+fn drsk_backup_and_board_swap_restore_over_https() {
+    use crate::support::swtpm::{manufacture, Swtpm};
+    let sb = Sandbox::new();
+    let ca_pem = manufacture(&sb.path("tpm-c"), &sb.path("ca"));
+    sb.write("ek-ca.pem", &ca_pem);
+    let b = Swtpm::start(&sb.path("tpm-b"));
+    let srv = Server::start_with_tpm(&sb, &[], Some(&b));
+    sb.server_on(
+        &b,
+        &["drsk", "init", "--dir", "srv", "--ek-ca", "ek-ca.pem"],
+    )
+    .ok();
+
+    let img = sb.luks_image("disk.img", 2);
+    let image = img.path.to_str().unwrap();
+    let a = Swtpm::start(&sb.path("tpm-a"));
+    let client_id = sb
+        .lifeline_on(&a, &["provision", "--backup-server-key", "srv/drsk.pub"])
+        .ok()
+        .stdout
+        .trim()
+        .to_string();
+    let key = img.key_file.to_str().unwrap();
+    sb.lifeline_on(&a, &["enroll", image, "--key-file", key])
+        .ok();
+    join(&sb, &srv, "state", None);
+    assert!(sb
+        .lifeline_on(&a, &["backup", "--server", &srv.url])
+        .ok()
+        .stderr
+        .contains("in the escrow server's custody"));
+    assert!(srv.dir.join(format!("clients/{client_id}.drsk")).exists());
+
+    // Another machine cannot claim A's DRSK as its own.
+    sb.lifeline_on(
+        &a,
+        &["backup", "--server-key", "srv/drsk.pub", "--out", "a.dup"],
+    )
+    .ok();
+    join(&sb, &srv, "other", Some(MACHINE_B));
+    let other = client(&srv, &sb).with_credential(credential(&sb, "other").trim());
+    match other.post_bytes("/v1/drsk/backup", &std::fs::read(sb.path("a.dup")).unwrap()) {
+        Err(FetchError::Refused {
+            status: 403,
+            reason,
+        }) => {
+            assert!(reason.contains("belongs to another machine"), "{reason}")
+        }
+        other => panic!("another machine's backup accepted: {other:?}"),
+    }
+    drop(a);
+
+    // The replacement board: its first run files the request and answers the challenge.
+    let c = Swtpm::start(&sb.path("tpm-c"));
+    let restore = ["restore", "--server", &srv.url, "--device", image];
+    let first = sb.lifeline_on(&c, &restore);
+    first.fails(5, "is not approved yet");
+    assert!(
+        first
+            .stderr
+            .contains("proved to the server that it is genuine"),
+        "{}",
+        first.all()
+    );
+    let rows = srv.admin(&sb, &["restores"]).ok().stdout.clone();
+    let row: serde_json::Value = serde_json::from_str(rows.lines().next().unwrap()).unwrap();
+    assert_eq!(row["client_id"], client_id.as_str());
+    assert_eq!(row["state"], "pending");
+    assert_eq!(row["tpm_proven"], true);
+    let request = row["request"].as_str().unwrap().to_string();
+
+    // Refusals, by hand: no EK, a wrong answer, approval before the answer, unknown client.
+    let anyone = client(&srv, &sb);
+    sb.lifeline_on(&c, &["srk-public", "--out", "c.srk", "--ek-out", "c.ek"])
+        .ok();
+    let srk = hex(&std::fs::read(sb.path("c.srk")).unwrap());
+    let refused = |body: serde_json::Value, status: u16, text: &str| match anyone
+        .post_json("/v1/drsk/restore-requests", &body)
+    {
+        Err(FetchError::Refused { status: s, reason }) if s == status => {
+            assert!(reason.contains(text), "{reason}")
+        }
+        Err(FetchError::NotFound(reason)) if status == 404 => {
+            assert!(reason.contains(text), "{reason}")
+        }
+        other => panic!("expected {status} {text}: {other:?}"),
+    };
+    refused(
+        serde_json::json!({ "client_id": client_id, "srk_public": srk }),
+        403,
+        "requires proof of a genuine TPM",
+    );
+    refused(
+        serde_json::json!({ "client_id": "ab".repeat(32), "srk_public": srk }),
+        404,
+        "no DRSK in custody",
+    );
+    let ek = std::fs::read_to_string(sb.path("c.ek")).unwrap();
+    let field = |name: &str| {
+        ek.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+            .unwrap()
+            .to_string()
+    };
+    let answer = anyone
+        .post_json(
+            "/v1/drsk/restore-requests",
+            &serde_json::json!({ "client_id": client_id, "srk_public": srk,
+                "ek_public": field("public"), "ek_certificate": field("certificate") }),
+        )
+        .unwrap();
+    assert_eq!(answer["state"], "challenged");
+    let second = answer["request"].as_str().unwrap().to_string();
+    srv.admin(&sb, &["approve-restore", &second])
+        .fails(1, "waits for the machine's genuine-TPM proof");
+    srv.admin(&sb, &["approve-restore", &request])
+        .fails(5, "no restore request");
+    let forged = format!("lifeline-tpm-proof v1\nsecret: {}\n", "00".repeat(32));
+    match anyone.post_json(
+        &format!("/v1/drsk/restore-requests/{second}/proof"),
+        &serde_json::json!({ "proof": forged }),
+    ) {
+        Err(FetchError::Refused {
+            status: 403,
+            reason,
+        }) => {
+            assert!(reason.contains("does not match the challenge"), "{reason}")
+        }
+        other => panic!("a forged proof accepted: {other:?}"),
+    }
+
+    // The real client again: a new challenge, answered; alice approves; C restores and unseals.
+    sb.lifeline_on(&c, &restore).fails(5, "is not approved yet");
+    let rows = srv.admin(&sb, &["restores"]).ok().stdout.clone();
+    let row: serde_json::Value = serde_json::from_str(rows.lines().next().unwrap()).unwrap();
+    assert_eq!(row["state"], "pending");
+    srv.admin(&sb, &["approve-restore", row["request"].as_str().unwrap()])
+        .ok();
+    let restored = sb
+        .lifeline_on(&c, &[&restore[..], &["--persist"]].concat())
+        .ok()
+        .stdout
+        .trim()
+        .to_string();
+    assert_eq!(restored, client_id);
+    sb.lifeline_on(&c, &["unseal-check", image]).ok();
+    sb.server(&["audit", "verify", "--dir", "srv"]).ok();
+}

@@ -1,4 +1,4 @@
-//! `lifeline-server`: the recovery authority (and, later, the escrow server).
+//! `lifeline-server`: the recovery authority, DRSK custody, and the escrow server.
 
 #![forbid(unsafe_code)]
 
@@ -6,9 +6,10 @@ use argh::FromArgs;
 use lifeline::cmd::{self, server};
 
 #[derive(FromArgs, Debug)]
-/// lifeline-server: the recovery authority. Creates the keys escrow packets are encrypted to
-/// and issues signed recovery packets with one-time passwords.
-/// Holds clients' TPM storage keys (DRSKs) in its own TPM for motherboard-swap restores.
+/// lifeline-server: the recovery authority and escrow server. Creates the keys escrow packets
+/// are encrypted to, stores machines' escrow packets, and issues signed recovery packets with
+/// one-time passwords once an administrator approves. Holds clients' TPM storage keys (DRSKs)
+/// in its own TPM for motherboard-swap restores.
 /// Exit codes: 0 ok, 1 failure, 2 usage, 3 wrong passphrase, 4 bad packet, 7 target exists, 8 TPM.
 struct LifelineServer {
     /// the server's TPM, as a TCTI string (default: $LIFELINE_TCTI, else device:/dev/tpmrm0)
@@ -37,7 +38,7 @@ fn main() {
         Command::Init(a) => server::init::run(a),
         Command::Recovery(a) => server::recovery::run(a),
         Command::Drsk(a) => server::drsk::run(a, &g),
-        Command::Serve(a) => server::serve::run(a),
+        Command::Serve(a) => server::serve::run(a, &g),
         Command::Admin(a) => server::admin::run(a),
         Command::Audit(a) => server::serve::run_audit(a),
     };

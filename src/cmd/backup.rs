@@ -8,6 +8,7 @@ use argh::FromArgs;
 use super::provision::{server_key_name, POLICY_FILE};
 use super::{owner_auth, read_small, CmdResult, Exit, Failure, Globals};
 use crate::atomic_file;
+use crate::escrow::https::{FetchError, Https};
 use crate::tpm::{self, transfer};
 
 fn write_out(path: &std::path::Path, bytes: &[u8]) -> CmdResult {
@@ -23,19 +24,42 @@ fn write_out(path: &std::path::Path, bytes: &[u8]) -> CmdResult {
 
 #[derive(FromArgs, Debug)]
 /// Back up the DRSK to a backup server: duplicate it, wrapped for that server's TPM key. The
-/// output holds no usable secret; give it to the server (lifeline-server drsk import).
+/// duplicate holds no usable secret: upload it to the escrow server this machine joined
+/// (--server), which imports it into its TPM at once, or write it to a file (--out) for
+/// lifeline-server drsk import.
 #[argh(subcommand, name = "backup")]
 pub struct Args {
-    /// the server's key (drsk.pub); must be one the DRSK was provisioned with
+    /// the server's key (drsk.pub); must be one the DRSK was provisioned with (default with
+    /// --server: the key that server announces)
     #[argh(option)]
-    pub server_key: PathBuf,
+    pub server_key: Option<PathBuf>,
     /// where to write the duplicate (must not exist)
     #[argh(option)]
-    pub out: PathBuf,
+    pub out: Option<PathBuf>,
+    /// upload the duplicate to this escrow server (see lifeline join)
+    #[argh(option)]
+    pub server: Option<String>,
 }
 
 pub fn run(args: Args, g: &Globals) -> CmdResult {
-    let (server_public, server_name) = server_key_name(&args.server_key)?;
+    if args.out.is_none() && args.server.is_none() {
+        return Err(Failure::usage(
+            "say where the backup goes: --out FILE, --server URL, or both",
+        ));
+    }
+    let server = match &args.server {
+        Some(url) => Some(super::join::joined_server(g, Some(url), true)?),
+        None => None,
+    };
+    let (server_public, server_name) = match (&args.server_key, &server) {
+        (Some(path), _) => server_key_name(path)?,
+        (None, Some(s)) => announced_server_key(s)?,
+        (None, None) => return Err(Failure::usage("give the server's key with --server-key")),
+    };
+    let key_label = args.server_key.as_ref().map_or_else(
+        || "the escrow server announces".to_string(),
+        |p| p.display().to_string(),
+    );
     let policy_path = g.state_dir.join(POLICY_FILE);
     let text = std::fs::read_to_string(&policy_path).map_err(|e| {
         Failure::usage(format!("cannot read {}: {e}", policy_path.display()))
@@ -44,7 +68,7 @@ pub fn run(args: Args, g: &Globals) -> CmdResult {
     let servers = transfer::parse_policy(&text)
         .map_err(|e| Failure::usage(format!("{}: {e}", policy_path.display())))?;
     if !servers.contains(&server_name) {
-        return Err(Failure::new(Exit::Tpm, format!("the DRSK was not provisioned for the server key {}", args.server_key.display()))
+        return Err(Failure::new(Exit::Tpm, format!("the DRSK was not provisioned for the server key {key_label}"))
             .todo("back up to a server named at provisioning, or provision again with --force and this server"));
     }
     let mut tpm = g.open_tpm()?;
@@ -54,13 +78,40 @@ pub fn run(args: Args, g: &Globals) -> CmdResult {
         servers,
         dup,
     };
-    write_out(&args.out, file.to_text().as_bytes())?;
-    eprintln!(
-        "DRSK of client {} duplicated for the server into {}.",
-        file.client_id,
-        args.out.display()
-    );
+    if let Some(out) = &args.out {
+        write_out(out, file.to_text().as_bytes())?;
+        eprintln!(
+            "DRSK of client {} duplicated for the server into {}.",
+            file.client_id,
+            out.display()
+        );
+    }
+    if let Some(s) = &server {
+        s.post_bytes("/v1/drsk/backup", file.to_text().as_bytes())?;
+        eprintln!(
+            "DRSK of client {} is in the escrow server's custody.",
+            file.client_id
+        );
+    }
     Ok(())
+}
+
+/// The DRSK server key an escrow server announces, and its name.
+fn announced_server_key(s: &Https) -> Result<(Vec<u8>, Vec<u8>), Failure> {
+    let authority = s.get_json("/v1/authority")?;
+    let public = authority["drsk"]
+        .as_str()
+        .and_then(crate::hex::decode)
+        .ok_or_else(|| {
+            Failure::new(Exit::NotApplicable, "the escrow server keeps no DRSKs")
+                .todo("its administrator sets that up with lifeline-server drsk init")
+        })?;
+    let name = tpm::name_of_public(&public).map_err(|_| {
+        Failure::from(FetchError::Bad(
+            "the announced DRSK key is not a TPM public key".into(),
+        ))
+    })?;
+    Ok((public, name))
 }
 
 #[derive(FromArgs, Debug)]
@@ -82,10 +133,7 @@ pub struct SrkArgs {
 
 pub fn run_srk(args: SrkArgs, g: &Globals) -> CmdResult {
     let mut tpm = g.open_tpm()?;
-    let auth = match args.owner_auth_file {
-        Some(f) => Some(super::read_passphrase_file(&f)?),
-        None => None,
-    };
+    let auth = super::passphrase_from(args.owner_auth_file.as_deref())?;
     let public = tpm.srk_public(auth.as_ref())?;
     let ek = match &args.ek_out {
         Some(_) => Some(tpm.ek_bundle()?),
@@ -97,7 +145,10 @@ pub fn run_srk(args: SrkArgs, g: &Globals) -> CmdResult {
         args.out.display()
     );
     if let (Some(path), Some((ek_public, cert))) = (&args.ek_out, ek) {
-        let text = transfer::hex_record(EK_TAG, &[("public", &ek_public), ("certificate", &cert)]);
+        let text = transfer::hex_record(
+            transfer::EK_TAG,
+            &[("public", &ek_public), ("certificate", &cert)],
+        );
         write_out(path, text.as_bytes())?;
         eprintln!(
             "Endorsement key and certificate written to {}; send it too.",
@@ -106,11 +157,6 @@ pub fn run_srk(args: SrkArgs, g: &Globals) -> CmdResult {
     }
     Ok(())
 }
-
-/// File tags of the genuine-TPM proof: the EK bundle, the server's challenge, the answer.
-pub const EK_TAG: &str = "lifeline-ek";
-pub const CHALLENGE_TAG: &str = "lifeline-tpm-challenge";
-pub const PROOF_TAG: &str = "lifeline-tpm-proof";
 
 #[derive(FromArgs, Debug)]
 /// Answer a backup server's genuine-TPM challenge: the TPM's endorsement key activates the
@@ -128,21 +174,115 @@ pub struct ActivateArgs {
     pub owner_auth_file: Option<PathBuf>,
 }
 
+/// Files (or finds) the restore request for this TPM's storage key on the server, answers the
+/// genuine-TPM challenge if one comes, and returns the restore file once approved.
+fn restore_from_server(
+    args: &RestoreArgs,
+    url: &str,
+    g: &Globals,
+) -> Result<transfer::DrskFile, Failure> {
+    let client = match (&args.client, &args.device) {
+        (Some(c), None) => c.to_ascii_lowercase(),
+        (None, Some(device)) => {
+            let mut volume = crate::luks::LuksVolume::open(device)?;
+            let uuid = volume.info()?.uuid;
+            super::enroll::find_sealed(&mut volume, g, &uuid)?.client_id
+        }
+        _ => {
+            return Err(Failure::usage(
+                "with --server, name the DRSK with --client ID or --device DEVICE",
+            ))
+        }
+    };
+    let server = super::join::joined_server(g, Some(url), false)?;
+    let mut tpm = g.open_tpm()?;
+    let auth = super::passphrase_from(args.owner_auth_file.as_deref())?;
+    let srk = tpm.srk_public(auth.as_ref())?;
+    let path = format!(
+        "/v1/drsk/restores/{client}/{}",
+        crate::hex::encode(&tpm::name_of_public(&srk)?)
+    );
+    let fetch = || -> Result<Option<transfer::DrskFile>, Failure> {
+        match server.get(&path) {
+            Ok(body) => {
+                let text = String::from_utf8(body).unwrap_or_default();
+                transfer::DrskFile::parse(&text)
+                    .map(Some)
+                    .map_err(|e| FetchError::Bad(format!("the restore file: {e}")).into())
+            }
+            Err(FetchError::NotFound(_)) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    };
+    if let Some(file) = fetch()? {
+        return Ok(file);
+    }
+    // The endorsement key goes along when the TPM has a certificate for it: servers that
+    // demand the genuine-TPM proof need it, the others ignore it.
+    let mut request =
+        serde_json::json!({ "client_id": client, "srk_public": crate::hex::encode(&srk) });
+    if let Ok((ek_public, cert)) = tpm.ek_bundle() {
+        request["ek_public"] = crate::hex::encode(&ek_public).into();
+        request["ek_certificate"] = crate::hex::encode(&cert).into();
+    }
+    let answer = server.post_json("/v1/drsk/restore-requests", &request)?;
+    let id = answer["request"].as_str().unwrap_or("?").to_string();
+    if let Some(challenge) = answer["challenge"].as_str() {
+        let proof = answer_challenge(&mut tpm, challenge, auth.as_ref())
+            .map_err(|f| f.context("the server's challenge"))?;
+        server.post_json(
+            &format!("/v1/drsk/restore-requests/{id}/proof"),
+            &serde_json::json!({ "proof": proof }),
+        )?;
+        eprintln!("This TPM proved to the server that it is genuine.");
+    }
+    drop(tpm);
+    if answer["state"] != "approved" {
+        eprintln!(
+            "Restore request {id} (restore ID {}) is filed; an administrator approves it with: lifeline-server admin approve-restore {id}",
+            answer["restore_id"].as_str().unwrap_or("?")
+        );
+    }
+    let deadline = std::time::Instant::now() + args.wait.unwrap_or_default();
+    loop {
+        if let Some(file) = fetch()? {
+            return Ok(file);
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(Failure::new(
+                Exit::NotApplicable,
+                format!("restore request {id} is not approved yet"),
+            )
+            .todo("run this command again once an administrator has approved it (or use --wait)"));
+        }
+        std::thread::sleep(std::time::Duration::from_secs(2));
+    }
+}
+
+/// Answers a genuine-TPM challenge record with this TPM's endorsement key: the proof record.
+fn answer_challenge(
+    tpm: &mut tpm::TssTpm,
+    challenge: &str,
+    auth: Option<&crate::secret::Passphrase>,
+) -> Result<String, Failure> {
+    let fields =
+        transfer::parse_hex_record(challenge, transfer::CHALLENGE_TAG, &["credential", "seed"])
+            .map_err(|e| Failure::usage(format!("not a challenge: {e}")))?;
+    let secret = tpm.activate_credential(&fields[0], &fields[1], auth)?;
+    Ok(transfer::hex_record(
+        transfer::PROOF_TAG,
+        &[("secret", &secret)],
+    ))
+}
+
 pub fn run_activate(args: ActivateArgs, g: &Globals) -> CmdResult {
     let text = String::from_utf8(read_small(&args.input, 16 * 1024)?)
         .map_err(|_| Failure::usage(format!("{} is not a challenge", args.input.display())))?;
-    let fields = transfer::parse_hex_record(&text, CHALLENGE_TAG, &["credential", "seed"])
-        .map_err(|e| Failure::usage(format!("{}: {e}", args.input.display())))?;
-    let auth = match args.owner_auth_file {
-        Some(f) => Some(super::read_passphrase_file(&f)?),
-        None => None,
-    };
+    let auth = super::passphrase_from(args.owner_auth_file.as_deref())?;
     let mut tpm = g.open_tpm()?;
-    let secret = tpm.activate_credential(&fields[0], &fields[1], auth.as_ref())?;
-    write_out(
-        &args.out,
-        transfer::hex_record(PROOF_TAG, &[("secret", &secret)]).as_bytes(),
-    )?;
+    let proof = answer_challenge(&mut tpm, &text, auth.as_ref())
+        .map_err(|f| f.context(args.input.display()))?;
+    write_out(&args.out, proof.as_bytes())?;
     eprintln!(
         "Challenge answered; send {} to the backup server.",
         args.out.display()
@@ -151,13 +291,28 @@ pub fn run_activate(args: ActivateArgs, g: &Globals) -> CmdResult {
 }
 
 #[derive(FromArgs, Debug)]
-/// Restore the DRSK from a backup server's restore file into this TPM. Without --persist it is
-/// only loaded and checked (the initramfs does this on every boot until it is persisted).
+/// Restore the DRSK into this TPM after a motherboard swap, from a restore file (--in) or from
+/// the escrow server (--server): the first run files a restore request (answering the
+/// server's genuine-TPM challenge when it asks) and names it for the administrator; once
+/// approved, the next run (or --wait) fetches and restores. Without --persist the DRSK is only
+/// loaded and checked (the initramfs does this on every boot until it is persisted).
 #[argh(subcommand, name = "restore")]
 pub struct RestoreArgs {
     /// the restore file from lifeline-server drsk restore
     #[argh(option, long = "in")]
-    pub input: PathBuf,
+    pub input: Option<PathBuf>,
+    /// the escrow server (its CA is the one recorded by lifeline join)
+    #[argh(option)]
+    pub server: Option<String>,
+    /// with --server: the client ID of the DRSK to restore (lifeline id on the old machine)
+    #[argh(option)]
+    pub client: Option<String>,
+    /// with --server: take the client ID from this volume's lifeline-tpm2 key instead
+    #[argh(option)]
+    pub device: Option<PathBuf>,
+    /// with --server: wait up to this long for the approval (e.g. 10m; default: do not wait)
+    #[argh(option, from_str_fn(super::parse_duration))]
+    pub wait: Option<std::time::Duration>,
     /// make it the DRSK at 0x81000004 (needs the TPM owner authorization if one is set)
     #[argh(switch)]
     pub persist: bool,
@@ -167,10 +322,17 @@ pub struct RestoreArgs {
 }
 
 pub fn run_restore(args: RestoreArgs, g: &Globals) -> CmdResult {
-    let text = String::from_utf8(read_small(&args.input, 64 * 1024)?)
-        .map_err(|_| Failure::usage(format!("{} is not a restore file", args.input.display())))?;
-    let file = transfer::DrskFile::parse(&text)
-        .map_err(|e| Failure::usage(format!("{}: {e}", args.input.display())))?;
+    let file = match (&args.input, &args.server) {
+        (Some(input), None) => {
+            let text = String::from_utf8(read_small(input, 64 * 1024)?).map_err(|_| {
+                Failure::usage(format!("{} is not a restore file", input.display()))
+            })?;
+            transfer::DrskFile::parse(&text)
+                .map_err(|e| Failure::usage(format!("{}: {e}", input.display())))?
+        }
+        (None, Some(url)) => restore_from_server(&args, url, g)?,
+        _ => return Err(Failure::usage("give either --in FILE or --server URL")),
+    };
     let mut tpm = g.open_tpm()?;
     let auth = if args.persist {
         owner_auth(&mut tpm, args.owner_auth_file.as_deref())?

@@ -221,6 +221,17 @@ pub fn read_key_file(path: &Path) -> Result<Passphrase, Failure> {
 
 /// Reads a passphrase file: its first line, without the line ending. Someone who writes
 /// `echo secret > file` means "secret", and the passphrase will later be typed at a prompt.
+/// The passphrase in `file`'s first line, when a file is named.
+pub fn passphrase_from(file: Option<&Path>) -> Result<Option<Passphrase>, Failure> {
+    file.map(read_passphrase_file).transpose()
+}
+
+/// A duration option such as `90s` or `10m`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text)
+        .map_err(|e| format!("'{text}' is not a duration like 90s or 10m: {e}"))
+}
+
 pub fn read_passphrase_file(path: &Path) -> Result<Passphrase, Failure> {
     let bytes = zeroize::Zeroizing::new(read_small(path, 8192)?);
     let line = bytes.split(|&b| b == b'\n').next().unwrap_or(&[]);

@@ -1,8 +1,9 @@
-//! The escrow server. For now the off-line authority (its keys, issuing recovery packets) and
-//! the checks behind DRSK custody.
+//! The escrow server: the recovery authority (its keys, issuing recovery packets), DRSK
+//! custody in the server's TPM, storage, and the HTTPS API.
 
 pub mod authority;
 pub mod config;
+pub mod custody;
 pub mod ekcert;
 pub mod http;
 pub mod limits;

@@ -65,6 +65,10 @@ CREATE TABLE IF NOT EXISTS recovery_packets (
     id TEXT PRIMARY KEY, request TEXT NOT NULL, machine_id TEXT NOT NULL, volume_uuid TEXT NOT NULL,
     body BLOB NOT NULL, expires INTEGER NOT NULL, use_token_hash BLOB NOT NULL);
 CREATE INDEX IF NOT EXISTS recovery_by_volume ON recovery_packets(machine_id, volume_uuid);
+CREATE TABLE IF NOT EXISTS restore_requests (
+    id TEXT PRIMARY KEY, client_id TEXT NOT NULL, srk_name TEXT NOT NULL, srk_public BLOB NOT NULL,
+    created INTEGER NOT NULL, state TEXT NOT NULL, secret_hash BLOB, body BLOB);
+CREATE INDEX IF NOT EXISTS restores_by_client ON restore_requests(client_id, srk_name);
 CREATE TABLE IF NOT EXISTS audit (
     seq INTEGER PRIMARY KEY, time INTEGER NOT NULL, actor TEXT NOT NULL, action TEXT NOT NULL,
     subject TEXT NOT NULL, prev BLOB NOT NULL, hash BLOB NOT NULL);
@@ -685,6 +689,198 @@ pub fn read_packet_for_admin(conn: &mut Connection, admin: &str, packet: &str) -
         .optional()?;
     let body = body.ok_or_else(|| StoreError::NotFound(format!("no escrow packet {packet}")))?;
     audit(&tx, admin, "show-passphrase", packet)?;
+    tx.commit()?;
+    Ok(body)
+}
+
+/// Before a DRSK backup of `client_id` from machine `m`: refused when another machine holds
+/// that client ID.
+pub fn check_drsk_owner(conn: &Connection, m: &Machine, client_id: &str) -> Result<()> {
+    let other: Option<String> = conn
+        .query_row(
+            "SELECT host FROM machines WHERE client_id = ?1 AND id != ?2",
+            params![client_id, m.id],
+            |r| r.get(0),
+        )
+        .optional()?;
+    match other {
+        Some(host) => Err(StoreError::Refused(format!(
+            "client {client_id} belongs to another machine ({host})"
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// Records that the DRSK `client_id` of machine `m` is in custody (the machine's client ID
+/// becomes `client_id`: a re-provisioned machine has a new one).
+pub fn record_drsk_backup(conn: &mut Connection, m: &Machine, client_id: &str) -> Result<()> {
+    let tx = conn.savepoint()?;
+    check_drsk_owner(&tx, m, client_id)?;
+    tx.execute(
+        "UPDATE machines SET client_id = ?1 WHERE id = ?2",
+        params![client_id, m.id],
+    )?;
+    audit(&tx, &m.id, "drsk-backup", client_id)?;
+    tx.commit()?;
+    Ok(())
+}
+
+/// A request to restore a DRSK to a replacement TPM's storage key. `state`: `challenged`
+/// (waiting for the genuine-TPM proof), `pending` (waiting for an administrator), `approved`
+/// (`body` holds the restore file).
+#[derive(Debug, Clone)]
+pub struct RestoreRow {
+    pub id: String,
+    pub client_id: String,
+    pub srk_public: Vec<u8>,
+    pub created: i64,
+    pub state: String,
+    pub secret_hash: Option<Vec<u8>>,
+    /// The host that backed the DRSK up, if it joined.
+    pub host: Option<String>,
+}
+
+const RESTORE_SELECT: &str =
+    "SELECT r.id, r.client_id, r.srk_public, r.created, r.state, r.secret_hash,
+            (SELECT host FROM machines m WHERE m.client_id = r.client_id)
+     FROM restore_requests r";
+
+fn restore_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RestoreRow> {
+    Ok(RestoreRow {
+        id: r.get(0)?,
+        client_id: r.get(1)?,
+        srk_public: r.get(2)?,
+        created: r.get(3)?,
+        state: r.get(4)?,
+        secret_hash: r.get(5)?,
+        host: r.get(6)?,
+    })
+}
+
+/// Files a restore request for `client_id` to the storage key named `srk_name` (hex), replacing
+/// any earlier unapproved one for the same pair. With `secret_hash` the request waits for the
+/// genuine-TPM proof first. An approved request for the same pair is returned as it is.
+pub fn file_restore_request(
+    conn: &mut Connection,
+    client_id: &str,
+    srk_name: &str,
+    srk_public: &[u8],
+    secret_hash: Option<&[u8]>,
+    from: &str,
+) -> Result<RestoreRow> {
+    let tx = conn.savepoint()?;
+    let approved = tx
+        .query_row(
+            &format!("{RESTORE_SELECT} WHERE r.client_id = ?1 AND r.srk_name = ?2 AND r.state = 'approved'"),
+            params![client_id, srk_name],
+            restore_row,
+        )
+        .optional()?;
+    if let Some(row) = approved {
+        return Ok(row);
+    }
+    tx.execute(
+        "DELETE FROM restore_requests WHERE client_id = ?1 AND srk_name = ?2",
+        params![client_id, srk_name],
+    )?;
+    let id = random_id().map_err(|e| StoreError::Refused(e.to_string()))?;
+    let state = if secret_hash.is_some() {
+        "challenged"
+    } else {
+        "pending"
+    };
+    tx.execute(
+        "INSERT INTO restore_requests (id, client_id, srk_name, srk_public, created, state, secret_hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![id, client_id, srk_name, srk_public, now(), state, secret_hash],
+    )?;
+    audit(&tx, from, "restore-request", &format!("{client_id} {id}"))?;
+    let row = restore_request(&tx, &id)?;
+    tx.commit()?;
+    Ok(row)
+}
+
+pub fn restore_request(conn: &Connection, id: &str) -> Result<RestoreRow> {
+    conn.query_row(
+        &format!("{RESTORE_SELECT} WHERE r.id = ?1"),
+        params![id],
+        restore_row,
+    )
+    .optional()?
+    .ok_or_else(|| StoreError::NotFound(format!("no restore request {id}")))
+}
+
+pub fn list_restores(conn: &Connection) -> Result<Vec<RestoreRow>> {
+    let mut stmt = conn.prepare(&format!("{RESTORE_SELECT} ORDER BY r.created"))?;
+    let rows = stmt.query_map([], restore_row)?;
+    Ok(rows.collect::<std::result::Result<_, _>>()?)
+}
+
+/// Restore request `id`, refused unless it is in `state`.
+pub fn restore_in_state(conn: &Connection, id: &str, state: &str) -> Result<RestoreRow> {
+    let row = restore_request(conn, id)?;
+    if row.state != state {
+        return Err(StoreError::Refused(match row.state.as_str() {
+            "challenged" => {
+                format!("restore request {id} waits for the machine's genuine-TPM proof")
+            }
+            other => format!("restore request {id} is {other}"),
+        }));
+    }
+    Ok(row)
+}
+
+/// Moves restore request `id` from state `from` to `to` (storing `body` when given), audited
+/// as `action` by `actor`. Refused if the request is not in state `from` (any more).
+pub fn advance_restore(
+    conn: &mut Connection,
+    id: &str,
+    from: &str,
+    to: &str,
+    body: Option<&[u8]>,
+    actor: &str,
+    action: &str,
+) -> Result<()> {
+    let tx = conn.savepoint()?;
+    let row = restore_in_state(&tx, id, from)?;
+    tx.execute(
+        "UPDATE restore_requests SET state = ?1, body = COALESCE(?2, body) WHERE id = ?3",
+        params![to, body, id],
+    )?;
+    audit(&tx, actor, action, &format!("{} {id}", row.client_id))?;
+    tx.commit()?;
+    Ok(())
+}
+
+/// The approved restore file for `client_id` and the storage key named `srk_name`; the fetch is
+/// audited. Not found says whether a request waits.
+pub fn fetch_restore(
+    conn: &mut Connection,
+    client_id: &str,
+    srk_name: &str,
+    from: &str,
+) -> Result<Vec<u8>> {
+    let tx = conn.savepoint()?;
+    let found: Option<(String, String, Option<Vec<u8>>)> = tx
+        .query_row(
+            "SELECT id, state, body FROM restore_requests WHERE client_id = ?1 AND srk_name = ?2",
+            params![client_id, srk_name],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .optional()?;
+    let (id, body) = match found {
+        Some((id, state, Some(body))) if state == "approved" => (id, body),
+        Some((id, state, _)) => {
+            return Err(StoreError::NotFound(format!(
+                "restore request {id} is {state}, not approved yet"
+            )))
+        }
+        None => {
+            return Err(StoreError::NotFound(
+                "no restore request for this client and TPM".into(),
+            ))
+        }
+    };
+    audit(&tx, from, "fetch-restore", &format!("{client_id} {id}"))?;
     tx.commit()?;
     Ok(body)
 }

@@ -88,6 +88,11 @@ impl DrskFile {
     }
 }
 
+/// Tags of the genuine-TPM proof's records: the EK bundle, the server's challenge, the answer.
+pub const EK_TAG: &str = "lifeline-ek";
+pub const CHALLENGE_TAG: &str = "lifeline-tpm-challenge";
+pub const PROOF_TAG: &str = "lifeline-tpm-proof";
+
 /// A `tag v1` record of hex fields: the small files of the genuine-TPM proof.
 pub fn hex_record(tag: &str, fields: &[(&str, &[u8])]) -> String {
     let mut out = format!("{tag} v1\n");

@@ -15,12 +15,23 @@ pub struct Server {
     /// The administrator credential file.
     pub admin: PathBuf,
     pub log: PathBuf,
+    /// The server's TPM (DRSK custody), if it has one.
+    tcti: Option<String>,
 }
 
 impl Server {
     /// Initialises an authority with TLS in `srv/`, applies `config` (lines of `key = value`
     /// replacing the defaults), adds administrator "alice", and starts serving.
     pub fn start(sb: &Sandbox, config: &[(&str, &str)]) -> Server {
+        Server::start_with_tpm(sb, config, None)
+    }
+
+    /// `start`, with `tpm` as the server's TPM.
+    pub fn start_with_tpm(
+        sb: &Sandbox,
+        config: &[(&str, &str)],
+        tpm: Option<&super::swtpm::Swtpm>,
+    ) -> Server {
         let port = TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -66,6 +77,7 @@ impl Server {
             port,
             admin,
             log: sb.path("serve.log"),
+            tcti: tpm.map(|t| t.tcti()),
         };
         server.spawn();
         server
@@ -77,7 +89,11 @@ impl Server {
             .append(true)
             .open(&self.log)
             .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_lifeline-server"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_lifeline-server"));
+        if let Some(tcti) = &self.tcti {
+            command.args(["--tcti", tcti]);
+        }
+        let child = command
             .args(["serve", "--dir"])
             .arg(&self.dir)
             .stdout(Stdio::null())

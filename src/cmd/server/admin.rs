@@ -30,6 +30,8 @@ pub enum Command {
     Packets(PacketsArgs),
     Requests(RequestsArgs),
     ApproveRecovery(ApproveArgs),
+    Restores(RestoresArgs),
+    ApproveRestore(ApproveRestoreArgs),
     Obsolete(ObsoleteArgs),
     Delete(DeleteArgs),
     ShowPassphrase(ShowPassphraseArgs),
@@ -117,6 +119,17 @@ admin_args!(
     request: "the request ID (lifeline-server admin requests)",
     passphrase: passphrase_file
 );
+admin_args!(
+    RestoresArgs,
+    "restores",
+    "List DRSK restore requests from replacement machines, with whether their TPM proved genuine."
+);
+admin_args!(
+    ApproveRestoreArgs,
+    "approve-restore",
+    "Approve a DRSK restore request: the server's TPM re-duplicates the machine's DRSK to the replacement TPM's storage key, for lifeline restore --server to fetch. Only that TPM can load it.",
+    request: "the request ID (lifeline-server admin restores)"
+);
 admin_args!(ObsoleteArgs, "obsolete", "Mark an escrow packet obsolete: kept, no longer used for recovery.", packet: "the packet ID");
 admin_args!(DeleteArgs, "delete", "Delete an escrow packet.", packet: "the packet ID");
 admin_args!(
@@ -173,6 +186,20 @@ pub fn run(args: Args) -> CmdResult {
         Command::Packets(a) => list(a.connect()?, "/v1/admin/packets"),
         Command::Requests(a) => list(a.connect()?, "/v1/admin/requests"),
         Command::ApproveRecovery(a) => approve(a),
+        Command::Restores(a) => list(a.connect()?, "/v1/admin/restores"),
+        Command::ApproveRestore(a) => {
+            let answer = a.connect()?.post_json(
+                &format!("/v1/admin/restores/{}/approve", a.request),
+                &json!({}),
+            )?;
+            eprintln!(
+                "Restore {} approved for client {} ({}); the machine can now run lifeline restore --server.",
+                answer["restore_id"].as_str().unwrap_or("?"),
+                answer["client_id"].as_str().unwrap_or("?"),
+                answer["host"].as_str().unwrap_or("host unknown"),
+            );
+            Ok(())
+        }
         Command::Obsolete(a) => retire(a.connect()?, &a.packet, "obsolete"),
         Command::Delete(a) => retire(a.connect()?, &a.packet, "delete"),
         Command::ShowPassphrase(a) => show_passphrase(a),

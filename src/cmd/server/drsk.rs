@@ -1,8 +1,6 @@
-//! `lifeline-server drsk`: custody of clients' DRSKs in the server's TPM.
-//!
-//! Files in the server directory: `drsk.pub` (the server key's TPM2B_PUBLIC, for clients),
-//! `drsk.priv` (its TPM2B_PRIVATE, loadable only by this TPM), and `clients/<client-id>.drsk`
-//! (each client's DRSK, wrapped so only the server key can load it).
+//! `lifeline-server drsk`: custody of clients' DRSKs in the server's TPM, by files (the HTTPS
+//! API does the same through `lifeline backup --server` and `lifeline restore --server`).
+//! `server::custody` does the work and describes the files.
 
 use std::path::{Path, PathBuf};
 
@@ -10,7 +8,8 @@ use argh::FromArgs;
 
 use crate::atomic_file;
 use crate::cmd::{owner_auth, read_small, CmdResult, Exit, Failure, Globals};
-use crate::tpm::{self, policy, transfer, ServerKey};
+use crate::server::custody::{self, Custody, CustodyError, Pending};
+use crate::tpm::{self, transfer};
 
 #[derive(FromArgs, Debug)]
 /// Custody of client DRSKs in this server's TPM.
@@ -97,6 +96,23 @@ pub fn run(args: Args, g: &Globals) -> CmdResult {
     }
 }
 
+impl From<CustodyError> for Failure {
+    fn from(e: CustodyError) -> Self {
+        let what = e.to_string();
+        match e {
+            CustodyError::NotSetUp(_) => {
+                Failure::usage(what).todo("name the directory lifeline-server drsk init made")
+            }
+            CustodyError::UnknownClient(_) => Failure::usage(what)
+                .todo("check the client ID (lifeline id on the old machine, or its backup file)"),
+            CustodyError::Bad(_) => Failure::usage(what),
+            CustodyError::Refused(_) => Failure::new(Exit::Tpm, what),
+            CustodyError::Tpm(e) => e.into(),
+            CustodyError::Io(e) => io_failure(e),
+        }
+    }
+}
+
 fn io_failure(e: std::io::Error) -> Failure {
     let code = if e.kind() == std::io::ErrorKind::AlreadyExists {
         Exit::Exists
@@ -104,10 +120,6 @@ fn io_failure(e: std::io::Error) -> Failure {
         Exit::Failure
     };
     Failure::new(code, e.to_string())
-}
-
-fn auth_from_file(file: Option<&Path>) -> Result<Option<crate::secret::Passphrase>, Failure> {
-    file.map(crate::cmd::read_passphrase_file).transpose()
 }
 
 fn init(args: InitArgs, g: &Globals) -> CmdResult {
@@ -137,7 +149,8 @@ fn init(args: InitArgs, g: &Globals) -> CmdResult {
     atomic_file::write_new(&args.dir.join("drsk.priv"), &key.private, 0o600).map_err(io_failure)?;
     atomic_file::write_new(&public_path, &key.public, 0o644).map_err(io_failure)?;
     if let Some((pem, count)) = ek_ca {
-        atomic_file::write_new(&args.dir.join(EK_CA_FILE), &pem, 0o644).map_err(io_failure)?;
+        atomic_file::write_new(&args.dir.join(custody::EK_CA_FILE), &pem, 0o644)
+            .map_err(io_failure)?;
         eprintln!("Restores need a genuine-TPM proof: EK certificates must come from the {count} CA certificate(s) given.");
     }
     eprintln!(
@@ -148,28 +161,6 @@ fn init(args: InitArgs, g: &Globals) -> CmdResult {
     Ok(())
 }
 
-fn load_key(dir: &Path) -> Result<ServerKey, Failure> {
-    let read = |name: &str| {
-        read_small(&dir.join(name), 4096)
-            .map_err(|f| f.todo("name the directory lifeline-server drsk init made"))
-    };
-    Ok(ServerKey {
-        public: read("drsk.pub")?,
-        private: read("drsk.priv")?,
-    })
-}
-
-fn client_file(dir: &Path, client: &str) -> Result<PathBuf, Failure> {
-    if client.len() != 64 || !client.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(Failure::usage(format!(
-            "'{client}' is not a client ID (64 hex digits)"
-        )));
-    }
-    Ok(dir
-        .join("clients")
-        .join(format!("{}.drsk", client.to_ascii_lowercase())))
-}
-
 fn read_drsk_file(path: &Path) -> Result<transfer::DrskFile, Failure> {
     let text = String::from_utf8(read_small(path, 64 * 1024)?)
         .map_err(|_| Failure::usage(format!("{} is not a DRSK file", path.display())))?;
@@ -177,72 +168,35 @@ fn read_drsk_file(path: &Path) -> Result<transfer::DrskFile, Failure> {
 }
 
 fn import(args: ImportArgs, g: &Globals) -> CmdResult {
-    let key = load_key(&args.dir)?;
+    let custody = Custody::open(&args.dir)?;
     let backup = read_drsk_file(&args.backup)?;
-    let own_name = tpm::name_of_public(&key.public)?;
-    // Accept only DRSKs whose policy really is lifeline's, built for this server among others:
-    // then the copy kept here can go back only to a TPM this server chooses.
-    if !backup.servers.contains(&own_name) {
-        return Err(Failure::new(
-            Exit::Tpm,
-            "this DRSK was not provisioned for this server's key",
-        ));
-    }
-    if tpm::auth_policy_of(&backup.dup.public)? != policy::drsk_auth_policy(&backup.servers) {
-        return Err(Failure::new(
-            Exit::Tpm,
-            "the DRSK's duplication policy is not the one its file describes; refused",
-        ));
-    }
+    custody.check_backup(&backup)?;
+    let client = backup.client_id.clone();
     let mut tpm = g.open_tpm()?;
-    let auth = auth_from_file(args.owner_auth_file.as_deref())?;
-    let private = tpm.import_client(&key, &backup.dup, auth.as_ref())?;
-    let stored = transfer::DrskFile {
-        client_id: backup.client_id.clone(),
-        servers: backup.servers,
-        dup: tpm::Duplicate {
-            public: backup.dup.public,
-            private,
-            seed: Vec::new(),
-        },
-    };
-    let path = client_file(&args.dir, &backup.client_id)?;
-    atomic_file::replace(&path, stored.to_text().as_bytes(), 0o600).map_err(io_failure)?;
+    let auth = crate::cmd::passphrase_from(args.owner_auth_file.as_deref())?;
+    let path = custody.import(&mut tpm, backup, auth.as_ref())?;
     eprintln!(
-        "DRSK of client {} is in custody ({}).",
-        backup.client_id,
+        "DRSK of client {client} is in custody ({}).",
         path.display()
     );
     Ok(())
 }
 
 fn restore(args: RestoreArgs, g: &Globals) -> CmdResult {
-    let key = load_key(&args.dir)?;
-    let path = client_file(&args.dir, &args.client)?;
-    if !path.exists() {
+    let custody = Custody::open(&args.dir)?;
+    let client = custody::check_client_id(&args.client)?;
+    if !custody.has(&client)? {
         return Err(
-            Failure::usage(format!("no DRSK in custody for client {}", args.client))
-                .todo("check the client ID (lifeline id on the old machine, or its backup file)"),
+            CustodyError::UnknownClient(format!("no DRSK in custody for client {client}")).into(),
         );
     }
-    let stored = read_drsk_file(&path)?;
     let new_parent = read_small(&args.new_parent, 4096)?;
-    check_proof(&args, &new_parent)?;
+    if custody.requires_proof() {
+        check_proof(&args, &client, &new_parent)?;
+    }
     let mut tpm = g.open_tpm()?;
-    let auth = auth_from_file(args.owner_auth_file.as_deref())?;
-    let dup = tpm.reduplicate_client(
-        &key,
-        &stored.dup.public,
-        &stored.dup.private,
-        &stored.servers,
-        &new_parent,
-        auth.as_ref(),
-    )?;
-    let out = transfer::DrskFile {
-        client_id: stored.client_id,
-        servers: stored.servers,
-        dup,
-    };
+    let auth = crate::cmd::passphrase_from(args.owner_auth_file.as_deref())?;
+    let out = custody.restore(&mut tpm, &client, &new_parent, auth.as_ref())?;
     atomic_file::write_new(&args.out, out.to_text().as_bytes(), 0o644).map_err(io_failure)?;
     eprintln!(
         "Restore file for client {} written to {}.",
@@ -251,10 +205,6 @@ fn restore(args: RestoreArgs, g: &Globals) -> CmdResult {
     );
     Ok(())
 }
-
-/// Where a server that demands the genuine-TPM proof keeps its trusted EK CA certificates.
-const EK_CA_FILE: &str = "ek-ca.pem";
-const PENDING_TAG: &str = "lifeline-pending-proof";
 
 #[derive(FromArgs, Debug)]
 /// Challenge a replacement machine to prove that its storage key lives in a genuine TPM: checks
@@ -279,75 +229,35 @@ pub struct ChallengeArgs {
     pub out: PathBuf,
 }
 
-fn pending_file(dir: &Path, client: &str) -> Result<PathBuf, Failure> {
-    let drsk = client_file(dir, client)?;
-    Ok(dir
-        .join("pending")
-        .join(drsk.with_extension("proof").file_name().unwrap_or_default()))
-}
-
-fn sha256(bytes: &[u8]) -> Vec<u8> {
-    use sha2::Digest;
-    sha2::Sha256::digest(bytes).to_vec()
+/// The pending challenge of a client, between `challenge` and `restore --proof`.
+fn pending_file(dir: &Path, client: &str) -> PathBuf {
+    dir.join("pending").join(format!("{client}.proof"))
 }
 
 fn challenge(args: ChallengeArgs, g: &Globals) -> CmdResult {
-    let ca = std::fs::read(args.dir.join(EK_CA_FILE)).map_err(|_| {
-        Failure::usage(format!("{} has no {EK_CA_FILE}", args.dir.display()))
-            .todo("give the TPM vendors' CA certificates with lifeline-server drsk init --ek-ca")
-    })?;
-    if !client_file(&args.dir, &args.client)?.exists() {
-        return Err(Failure::usage(format!(
-            "no DRSK in custody for client {}",
-            args.client
-        )));
-    }
+    let custody = Custody::open(&args.dir)?;
+    let client = custody::check_client_id(&args.client)?;
     let new_parent = read_small(&args.new_parent, 4096)?;
     let text = String::from_utf8(read_small(&args.ek, 16 * 1024)?)
         .map_err(|_| Failure::usage(format!("{} is not an EK file", args.ek.display())))?;
-    let ek = transfer::parse_hex_record(
-        &text,
-        crate::cmd::backup::EK_TAG,
-        &["public", "certificate"],
-    )
-    .map_err(|e| Failure::usage(format!("{}: {e}", args.ek.display())))?;
-    let refused = |what: String| {
-        Failure::new(Exit::Tpm, what).todo("restore only to a machine whose TPM you can vouch for")
-    };
-    let certified = crate::server::ekcert::verify(&ek[1], &ca).map_err(refused)?;
-    let modulus = tpm::ek_modulus(&ek[0])?;
-    if crate::server::ekcert::strip_zeros(&modulus) != certified.as_slice() {
-        return Err(refused(
-            "the EK certificate is for another key than the EK given".into(),
-        ));
-    }
-    if !tpm::is_resident_storage_key(&new_parent) {
-        return Err(refused(
-            "the new storage key is not a TPM-resident storage key (fixedTPM, restricted, decrypt)"
-                .into(),
-        ));
-    }
-    let name = tpm::name_of_public(&new_parent)?;
-    let mut secret = [0u8; 32];
-    crate::secret::random_bytes(&mut secret)
-        .map_err(|e| Failure::new(Exit::Failure, e.to_string()))?;
+    let ek = transfer::parse_hex_record(&text, transfer::EK_TAG, &["public", "certificate"])
+        .map_err(|e| Failure::usage(format!("{}: {e}", args.ek.display())))?;
     let mut server_tpm = g.open_tpm()?;
-    let (credential, seed) = server_tpm.make_credential(&ek[0], &name, &secret)?;
-    let pending = transfer::hex_record(
-        PENDING_TAG,
-        &[("new-parent", &name), ("secret-sha256", &sha256(&secret))],
-    );
-    atomic_file::replace(
-        &pending_file(&args.dir, &args.client)?,
-        pending.as_bytes(),
-        0o600,
-    )
-    .map_err(io_failure)?;
-    let out = transfer::hex_record(
-        crate::cmd::backup::CHALLENGE_TAG,
-        &[("credential", &credential), ("seed", &seed)],
-    );
-    atomic_file::write_new(&args.out, out.as_bytes(), 0o644).map_err(io_failure)?;
+    let (challenge, pending) = custody
+        .challenge(&mut server_tpm, &client, &new_parent, &ek[0], &ek[1])
+        .map_err(|e| match e {
+            CustodyError::Refused(_) => {
+                Failure::from(e).todo("restore only to a machine whose TPM you can vouch for")
+            }
+            CustodyError::NotSetUp(_) => Failure::usage(e.to_string()).todo(
+                "give the TPM vendors' CA certificates with lifeline-server drsk init --ek-ca",
+            ),
+            other => other.into(),
+        })?;
+    let path = pending_file(&args.dir, &client);
+    std::fs::create_dir_all(args.dir.join("pending")).map_err(io_failure)?;
+    atomic_file::replace(&path, pending.to_text().as_bytes(), 0o600).map_err(io_failure)?;
+    atomic_file::write_new(&args.out, challenge.to_text().as_bytes(), 0o644).map_err(io_failure)?;
     eprintln!(
         "EK certificate verified. Challenge written to {}; answer it with lifeline activate.",
         args.out.display()
@@ -355,12 +265,9 @@ fn challenge(args: ChallengeArgs, g: &Globals) -> CmdResult {
     Ok(())
 }
 
-/// When the server demands it, checks the client's answer against the pending challenge for
-/// exactly this new storage key, and consumes it.
-fn check_proof(args: &RestoreArgs, new_parent: &[u8]) -> CmdResult {
-    if !args.dir.join(EK_CA_FILE).exists() {
-        return Ok(());
-    }
+/// Checks the client's answer against the pending challenge for exactly this new storage key,
+/// and consumes it.
+fn check_proof(args: &RestoreArgs, client: &str, new_parent: &[u8]) -> CmdResult {
     let refused = |what: &str| {
         Failure::new(Exit::Tpm, format!("this server requires proof of a genuine TPM: {what}"))
             .todo("lifeline-server drsk challenge, then lifeline activate on the new machine, then restore with --proof")
@@ -369,21 +276,17 @@ fn check_proof(args: &RestoreArgs, new_parent: &[u8]) -> CmdResult {
         .proof
         .as_ref()
         .ok_or_else(|| refused("no --proof given"))?;
-    let pending_path = pending_file(&args.dir, &args.client)?;
+    let pending_path = pending_file(&args.dir, client);
     let pending_text = std::fs::read_to_string(&pending_path)
         .map_err(|_| refused("no challenge is pending for this client"))?;
-    let pending =
-        transfer::parse_hex_record(&pending_text, PENDING_TAG, &["new-parent", "secret-sha256"])
-            .map_err(|e| Failure::new(Exit::Failure, format!("{}: {e}", pending_path.display())))?;
+    let pending = Pending::parse(&pending_text)
+        .map_err(|e| Failure::new(Exit::Failure, format!("{}: {e}", pending_path.display())))?;
     let proof_text = String::from_utf8(read_small(proof_path, 4096)?).unwrap_or_default();
-    let proof = transfer::parse_hex_record(&proof_text, crate::cmd::backup::PROOF_TAG, &["secret"])
+    let proof = transfer::parse_hex_record(&proof_text, transfer::PROOF_TAG, &["secret"])
         .map_err(|e| Failure::usage(format!("{}: {e}", proof_path.display())))?;
-    if tpm::name_of_public(new_parent)? != pending[0] {
-        return Err(refused("the challenge was made for another storage key"));
-    }
-    if !crate::secret::ct_eq(&sha256(&proof[0]), &pending[1]) {
-        return Err(refused("the answer does not match the challenge"));
-    }
+    pending
+        .check(new_parent, &proof[0])
+        .map_err(|e| refused(&e.to_string()))?;
     let _ = std::fs::remove_file(&pending_path);
     Ok(())
 }

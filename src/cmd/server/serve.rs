@@ -16,8 +16,8 @@ pub struct Args {
     pub dir: PathBuf,
 }
 
-pub fn run(args: Args) -> CmdResult {
-    http::serve(args.dir).map_err(|e| Failure::new(Exit::Failure, e))
+pub fn run(args: Args, g: &crate::cmd::Globals) -> CmdResult {
+    http::serve(args.dir, g.tcti.clone()).map_err(|e| Failure::new(Exit::Failure, e))
 }
 
 #[derive(FromArgs, Debug)]

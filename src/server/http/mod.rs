@@ -27,8 +27,12 @@ use super::store::{self, Machine, StoreError, Stored};
 use crate::escrow::EscrowPacket;
 use crate::secret::Passphrase;
 
+mod drsk;
+
 pub struct AppState {
     pub dir: PathBuf,
+    /// The server's TPM (DRSK custody), used by one request at a time.
+    pub tpm: std::sync::Mutex<String>,
     pub config: Config,
     pub db: store::Db,
     pub limits: super::limits::Limits,
@@ -157,6 +161,12 @@ pub fn router(state: Shared) -> Router {
         .route("/v1/recovery-requests", post(request_recovery))
         .route("/v1/recovery/{machine}/{volume}", get(fetch_recovery))
         .route("/v1/recovery/{packet}/used", post(recovery_used))
+        .route("/v1/drsk/backup", post(drsk::backup))
+        .route("/v1/drsk/restore-requests", post(drsk::request_restore))
+        .route("/v1/drsk/restore-requests/{id}/proof", post(drsk::prove))
+        .route("/v1/drsk/restores/{client}/{srk}", get(drsk::fetch))
+        .route("/v1/admin/restores", get(drsk::list))
+        .route("/v1/admin/restores/{id}/approve", post(drsk::approve))
         .route("/v1/admin/enrollment-tokens", post(enrollment_token))
         .route("/v1/admin/packets", get(list_packets))
         .route("/v1/admin/requests", get(list_requests))
@@ -182,9 +192,14 @@ async fn authority_keys(State(s): State<Shared>) -> Result<Json<Value>, ApiError
         std::fs::read_to_string(s.dir.join(f))
             .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
     };
+    // The DRSK server key, when this server keeps DRSKs (lifeline backup --server needs it).
+    let drsk = std::fs::read(s.dir.join("drsk.pub"))
+        .ok()
+        .map(|k| crate::hex::encode(&k));
     Ok(Json(json!({
         "recipient": read(authority::RECIPIENT_FILE)?.trim(),
         "minisign": read(authority::TRUST_KEY_FILE)?,
+        "drsk": drsk,
     })))
 }
 
@@ -584,7 +599,8 @@ async fn show_passphrase(
 }
 
 /// Serves until interrupted.
-pub fn serve(dir: PathBuf) -> Result<(), String> {
+/// `tcti` names the server's TPM, which holds the DRSKs in custody.
+pub fn serve(dir: PathBuf, tcti: String) -> Result<(), String> {
     let config = Config::load(&dir)?;
     let db = store::open(&dir.join("lifeline.db")).map_err(|e| e.to_string())?;
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -602,6 +618,7 @@ pub fn serve(dir: PathBuf) -> Result<(), String> {
         let listen = config.listen;
         let state = Arc::new(AppState {
             dir,
+            tpm: std::sync::Mutex::new(tcti),
             config,
             db: store::Db::start(db),
             limits: Default::default(),

@@ -47,6 +47,7 @@
 
 pub mod atomic_file;
 pub mod cmd;
+pub mod config;
 pub mod escrow;
 pub mod hex;
 pub mod luks;
@@ -55,3 +56,4 @@ pub mod secret;
 #[cfg(feature = "server")]
 pub mod server;
 pub mod tpm;
+pub mod unlock;

@@ -133,9 +133,18 @@ impl LuksVolume {
     /// Proves `key` opens the volume: activation without a name, which checks the key
     /// against the header's digest and maps nothing.
     pub fn check_key(&mut self, key: &VolumeKey) -> Result<(), LuksError> {
-        // expose_secret: handed to libcryptsetup to check.
+        self.activate_as(None, key)
+    }
+
+    /// Opens the volume with `key` as the device-mapper device `/dev/mapper/<name>`.
+    pub fn activate(&mut self, name: &str, key: &VolumeKey) -> Result<(), LuksError> {
+        self.activate_as(Some(name), key)
+    }
+
+    fn activate_as(&mut self, name: Option<&str>, key: &VolumeKey) -> Result<(), LuksError> {
+        // expose_secret: handed to libcryptsetup to check (and, with a name, to the kernel).
         match self.device.activate_handle().activate_by_volume_key(
-            None,
+            name,
             Some(key.expose_secret()),
             CryptActivate::empty(),
         ) {

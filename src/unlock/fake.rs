@@ -1,0 +1,210 @@
+//! Fakes of the boot flow's outside world, for the scenario tests. Each records what was done
+//! to it in a shared log the test reads afterwards.
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::rc::Rc;
+use std::time::Duration;
+
+use zeroize::Zeroizing;
+
+use super::{Answer, Console, EscrowSource, Tpm, Volume};
+use crate::luks::LuksError;
+use crate::secret::{Passphrase, UseToken, VolumeKey};
+use crate::tpm::token::SealedToken;
+use crate::tpm::{SealedBlob, TpmError};
+
+pub type Log = Rc<RefCell<Vec<String>>>;
+
+pub fn log() -> Log {
+    Rc::new(RefCell::new(Vec::new()))
+}
+
+pub fn token(pcrs: &[u8]) -> SealedToken {
+    SealedToken {
+        client_id: "c1d2".repeat(16),
+        blob: SealedBlob {
+            public: vec![1],
+            private: vec![2],
+        },
+        pcrs: (!pcrs.is_empty()).then(|| crate::tpm::PcrBinding {
+            pcrs: pcrs.to_vec(),
+            values: vec![vec![0; 32]; pcrs.len()],
+        }),
+    }
+}
+
+/// A TPM whose unseal fails with `failure` (until a restore is loaded, for DRSK failures).
+pub struct FakeTpm {
+    pub key: Vec<u8>,
+    pub failure: Option<TpmError>,
+    pub log: Log,
+}
+
+impl Tpm for FakeTpm {
+    fn unseal(&mut self, _: &SealedToken) -> Result<VolumeKey, TpmError> {
+        self.log.borrow_mut().push("tpm unseal".into());
+        match self.failure.take() {
+            Some(e) => {
+                self.failure = Some(match &e {
+                    TpmError::PcrMismatch(m) => TpmError::PcrMismatch(m.clone()),
+                    TpmError::NoDevice(m) => TpmError::NoDevice(m.clone()),
+                    TpmError::DrskMissing => TpmError::DrskMissing,
+                    other => TpmError::Other(other.to_string()),
+                });
+                Err(e)
+            }
+            None => Ok(VolumeKey::from_slice(&self.key)),
+        }
+    }
+
+    fn srk_public(&mut self) -> Result<Vec<u8>, TpmError> {
+        Ok(crate::tpm::tpm2b(b"fake storage key"))
+    }
+
+    fn load_restored(&mut self, file: &[u8]) -> Result<String, TpmError> {
+        self.log
+            .borrow_mut()
+            .push(format!("tpm load {}", String::from_utf8_lossy(file)));
+        self.failure = None;
+        Ok("c1d2".repeat(16))
+    }
+
+    fn reseal(&mut self, key: &VolumeKey, pcrs: &[u8]) -> Result<SealedToken, TpmError> {
+        assert_eq!(key.expose_secret(), &self.key[..]);
+        self.log.borrow_mut().push(format!("tpm reseal {pcrs:?}"));
+        Ok(token(pcrs))
+    }
+}
+
+pub struct FakeVolume {
+    pub key: Vec<u8>,
+    pub passphrase: String,
+    pub token: Option<SealedToken>,
+    pub log: Log,
+}
+
+impl Volume for FakeVolume {
+    fn token(&mut self) -> Option<Result<SealedToken, String>> {
+        self.token.clone().map(Ok)
+    }
+
+    fn activate(&mut self, key: &VolumeKey) -> Result<(), LuksError> {
+        if key.expose_secret() != &self.key[..] {
+            return Err(LuksError::WrongKey);
+        }
+        self.log.borrow_mut().push("activated".into());
+        Ok(())
+    }
+
+    fn key_from_passphrase(&mut self, p: &Passphrase) -> Result<VolumeKey, LuksError> {
+        if p.expose_secret() != self.passphrase.as_bytes() {
+            return Err(LuksError::WrongPassphrase);
+        }
+        Ok(VolumeKey::from_slice(&self.key))
+    }
+
+    fn store_token(&mut self, t: &SealedToken) -> Result<(), String> {
+        self.log.borrow_mut().push("token stored".into());
+        self.token = Some(t.clone());
+        Ok(())
+    }
+
+    fn add_passphrase(&mut self, key: &VolumeKey, new: &Passphrase) -> Result<u32, LuksError> {
+        assert_eq!(key.expose_secret(), &self.key[..]);
+        self.log.borrow_mut().push(format!(
+            "passphrase added {}",
+            String::from_utf8_lossy(new.expose_secret())
+        ));
+        Ok(1)
+    }
+}
+
+/// A source that, poll after poll, offers the next of `packets` (`None`: nothing yet).
+pub struct FakeSource {
+    pub name: &'static str,
+    pub reachable: bool,
+    pub packets: VecDeque<Option<Vec<u8>>>,
+    pub restore: Option<Vec<u8>>,
+    pub log: Log,
+}
+
+impl FakeSource {
+    pub fn new(name: &'static str, log: &Log) -> Self {
+        FakeSource {
+            name,
+            reachable: true,
+            packets: VecDeque::new(),
+            restore: None,
+            log: log.clone(),
+        }
+    }
+}
+
+impl EscrowSource for FakeSource {
+    fn describe(&self) -> String {
+        self.name.to_string()
+    }
+
+    fn request_recovery(&mut self, who: &str, volume_uuid: &str) -> Result<bool, String> {
+        if !self.reachable {
+            return Err("connection refused".into());
+        }
+        self.log
+            .borrow_mut()
+            .push(format!("{} request {who} {volume_uuid}", self.name));
+        Ok(true)
+    }
+
+    fn recovery_packet(&mut self, _: &[String], _: &str) -> Result<Option<Vec<u8>>, String> {
+        if !self.reachable {
+            return Err("connection refused".into());
+        }
+        Ok(self.packets.pop_front().flatten())
+    }
+
+    fn report_used(&mut self, packet_id: &str, _: &UseToken) -> Result<(), String> {
+        self.log
+            .borrow_mut()
+            .push(format!("{} used {packet_id}", self.name));
+        Ok(())
+    }
+
+    fn restore_file(&mut self, client: &str, srk: &str) -> Result<Option<Vec<u8>>, String> {
+        self.log
+            .borrow_mut()
+            .push(format!("{} restore? {client} {srk}", self.name));
+        Ok(self.restore.clone())
+    }
+}
+
+/// What the person at the console does at each question: type a line or let a poll interval
+/// pass. When the script ends, input is closed.
+pub enum Step {
+    Type(&'static str),
+    Wait,
+}
+
+pub struct FakeConsole {
+    pub script: VecDeque<Step>,
+    pub log: Log,
+}
+
+impl Console for FakeConsole {
+    fn say(&mut self, line: &str) {
+        self.log.borrow_mut().push(format!("say {line}"));
+    }
+
+    fn answer(&mut self, question: &str, _: Duration) -> Answer {
+        match self.script.pop_front() {
+            Some(Step::Type(text)) => {
+                self.log
+                    .borrow_mut()
+                    .push(format!("ask {question} -> {text}"));
+                Answer::Line(Zeroizing::new(text.to_string()))
+            }
+            Some(Step::Wait) => Answer::Nothing,
+            None => Answer::Closed,
+        }
+    }
+}

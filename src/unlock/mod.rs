@@ -1,0 +1,429 @@
+//! `lifeline unlock`: the boot flow of DESIGN.md, per volume.
+//!
+//! 1. TPM: unseal the volume key from our token under the DRSK; open the volume with it.
+//! 2. DRSK missing or not ours, and the server has an approved restore for this TPM: load the
+//!    restored DRSK for this boot and try the TPM once more.
+//! 3. Recovery: show the recovery ID, file a recovery request, then at the same time poll the
+//!    escrow sources (server, removable media) and take typed answers at one prompt — the LUKS
+//!    passphrase or the one-time password, told apart by shape.
+//! 4. A verified packet and its OTP give the key; open; report the packet used; re-seal if only
+//!    the PCRs were wrong; offer a new passphrase.
+//! 5. Give up (timeout, attempts used, input closed) with a reason: the distribution's own
+//!    prompt takes over. Nothing here is fatal to the boot.
+//!
+//! Every outside thing is a narrow trait; `cmd/unlock.rs` builds the real adapters and
+//! `fake.rs` has the ones the scenario tests use.
+
+#[cfg(test)]
+mod fake;
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant, SystemTime};
+
+use zeroize::Zeroizing;
+
+use crate::escrow::{otp, RecoveryPacket};
+use crate::luks::LuksError;
+use crate::secret::{Passphrase, UseToken, VolumeKey};
+use crate::tpm::token::SealedToken;
+use crate::tpm::TpmError;
+
+/// The TPM, as the boot flow needs it.
+pub trait Tpm {
+    fn unseal(&mut self, token: &SealedToken) -> Result<VolumeKey, TpmError>;
+    /// This TPM's storage key (public part), which a restore is made for.
+    fn srk_public(&mut self) -> Result<Vec<u8>, TpmError>;
+    /// Loads a restore file's DRSK for this process; returns its client ID.
+    fn load_restored(&mut self, restore_file: &[u8]) -> Result<String, TpmError>;
+    /// Seals `key` anew under the DRSK, to the current values of `pcrs`.
+    fn reseal(&mut self, key: &VolumeKey, pcrs: &[u8]) -> Result<SealedToken, TpmError>;
+}
+
+/// One LUKS volume.
+pub trait Volume {
+    /// Our sealed token, if the volume has one (`Err`: there is one, but it is damaged).
+    fn token(&mut self) -> Option<Result<SealedToken, String>>;
+    /// Opens the volume with `key` under the configured mapping name.
+    fn activate(&mut self, key: &VolumeKey) -> Result<(), LuksError>;
+    /// The volume key, if a keyslot accepts `passphrase`.
+    fn key_from_passphrase(&mut self, passphrase: &Passphrase) -> Result<VolumeKey, LuksError>;
+    /// Replaces our token (after a re-seal).
+    fn store_token(&mut self, token: &SealedToken) -> Result<(), String>;
+    fn add_passphrase(&mut self, key: &VolumeKey, new: &Passphrase) -> Result<u32, LuksError>;
+}
+
+/// Somewhere a recovery packet (or a DRSK restore) may come from: the escrow server, a USB stick.
+pub trait EscrowSource {
+    /// "the escrow server", "removable media": for messages.
+    fn describe(&self) -> String;
+    /// Files a recovery request; `Ok(false)` if this source takes none.
+    fn request_recovery(&mut self, who: &str, volume_uuid: &str) -> Result<bool, String>;
+    /// A recovery packet for `volume_uuid` of the machine known by any of `who`, if one is there.
+    fn recovery_packet(
+        &mut self,
+        who: &[String],
+        volume_uuid: &str,
+    ) -> Result<Option<Vec<u8>>, String>;
+    /// Tells the source the packet was used (the server deletes it).
+    fn report_used(&mut self, packet_id: &str, use_token: &UseToken) -> Result<(), String>;
+    /// An approved DRSK restore file for `client_id` and the storage key named `srk_name`.
+    fn restore_file(&mut self, client_id: &str, srk_name: &str) -> Result<Option<Vec<u8>>, String>;
+}
+
+/// What the person at the console did in the time given.
+pub enum Answer {
+    Line(Zeroizing<String>),
+    Nothing,
+    /// Input is gone (closed terminal, no console at all).
+    Closed,
+}
+
+/// The person at the boot screen.
+pub trait Console {
+    /// One line of information.
+    fn say(&mut self, line: &str);
+    /// Waits up to `wait` for an answer to `question` (asked once, until answered).
+    fn answer(&mut self, question: &str, wait: Duration) -> Answer;
+}
+
+/// The prompt line tests and glue wait for.
+pub const QUESTION: &str = "Passphrase or one-time password:";
+/// Wrong passphrases or one-time passwords allowed before lifeline steps aside.
+pub const MAX_ATTEMPTS: u32 = 5;
+
+/// How the boot flow behaves (from the configuration).
+pub struct Settings {
+    pub machine_id: String,
+    pub trust: Option<minisign::PublicKey>,
+    pub poll_interval: Duration,
+    pub timeout: Duration,
+    pub reseal: bool,
+    pub offer_new_passphrase: bool,
+    /// When packets' expiry is judged.
+    pub now: SystemTime,
+}
+
+/// How a volume was opened.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Opened {
+    Tpm,
+    /// After loading the DRSK the server restored for this TPM.
+    RestoredTpm,
+    Passphrase,
+    RecoveryPacket,
+}
+
+/// Why lifeline stepped aside for a volume.
+#[derive(Debug, PartialEq, Eq)]
+pub enum GaveUp {
+    TimedOut,
+    TooManyAttempts,
+    InputClosed,
+    /// The volume cannot be opened with a key that should open it.
+    Volume(String),
+}
+
+/// The short ID the user reads over the phone: the first four digits of the client ID (or the
+/// machine ID, when the volume has no TPM token) and of the volume UUID.
+pub fn recovery_id(who: &str, volume_uuid: &str) -> String {
+    format!(
+        "{}-{}",
+        &who[..4.min(who.len())],
+        &volume_uuid[..4.min(volume_uuid.len())]
+    )
+}
+
+/// The boot flow for one volume.
+pub fn unlock(
+    uuid: &str,
+    volume: &mut dyn Volume,
+    tpm: &mut dyn Tpm,
+    sources: &mut [Box<dyn EscrowSource>],
+    console: &mut dyn Console,
+    settings: &Settings,
+) -> Result<Opened, GaveUp> {
+    let token = match volume.token() {
+        Some(Ok(t)) => Some(t),
+        Some(Err(damaged)) => {
+            console.say(&format!("lifeline: {damaged}"));
+            None
+        }
+        None => None,
+    };
+    // 1. The TPM.
+    let mut tpm_failure = None;
+    if let Some(t) = &token {
+        match unseal_and_open(volume, tpm, t) {
+            Ok(()) => return Ok(Opened::Tpm),
+            Err(e) => tpm_failure = Some(e),
+        }
+        // 2. A DRSK restore, when the DRSK is not there (new motherboard).
+        if matches!(
+            tpm_failure,
+            Some(TpmError::DrskMissing | TpmError::ForeignObject(_) | TpmError::OtherKey(_))
+        ) && restore_drsk(tpm, sources, &t.client_id, console)
+        {
+            match unseal_and_open(volume, tpm, t) {
+                Ok(()) => return Ok(Opened::RestoredTpm),
+                Err(e) => tpm_failure = Some(e),
+            }
+        }
+    }
+    // 3. Recovery.
+    let who = token
+        .as_ref()
+        .map_or(settings.machine_id.clone(), |t| t.client_id.clone());
+    let reason = match &tpm_failure {
+        Some(e) => e.to_string(),
+        None => "it has no lifeline TPM key".to_string(),
+    };
+    console.say(&format!(
+        "lifeline: volume {uuid}: {reason}. Recovery ID {} — call your helpdesk with it, or type the passphrase.",
+        recovery_id(&who, uuid)
+    ));
+    for s in sources.iter_mut() {
+        match s.request_recovery(&who, uuid) {
+            Ok(true) => console.say(&format!(
+                "lifeline: recovery request filed with {}.",
+                s.describe()
+            )),
+            Ok(false) => {}
+            Err(e) => console.say(&format!("lifeline: {} not reachable: {e}", s.describe())),
+        }
+    }
+    let names = [who.clone(), settings.machine_id.clone()];
+    let (opened, key, used) = recover(uuid, volume, sources, console, settings, &names)?;
+    // 4. After a recovery.
+    if let Some((source, packet_id, use_token)) = used {
+        if let Err(e) = sources[source].report_used(&packet_id, &use_token) {
+            console.say(&format!(
+                "lifeline: could not report the recovery packet used: {e}"
+            ));
+        }
+    }
+    if let (true, Some(TpmError::PcrMismatch(_)), Some(t)) = (settings.reseal, &tpm_failure, &token)
+    {
+        let pcrs = t.pcrs.as_ref().map(|p| p.pcrs.clone()).unwrap_or_default();
+        match tpm
+            .reseal(&key, &pcrs)
+            .map_err(|e| e.to_string())
+            .and_then(|t| volume.store_token(&t))
+        {
+            Ok(()) => console.say(
+                "lifeline: re-sealed to the current PCR values; the next boot unlocks unattended.",
+            ),
+            Err(e) => console.say(&format!("lifeline: could not re-seal: {e}")),
+        }
+    }
+    if opened == Opened::RecoveryPacket && settings.offer_new_passphrase {
+        offer_new_passphrase(volume, &key, console);
+    }
+    Ok(opened)
+}
+
+fn unseal_and_open(
+    volume: &mut dyn Volume,
+    tpm: &mut dyn Tpm,
+    token: &SealedToken,
+) -> Result<(), TpmError> {
+    let key = tpm.unseal(token)?;
+    volume
+        .activate(&key)
+        .map_err(|e| TpmError::Other(format!("the unsealed key did not open the volume: {e}")))
+}
+
+/// Asks each source for an approved restore for this TPM and loads the first that comes.
+fn restore_drsk(
+    tpm: &mut dyn Tpm,
+    sources: &mut [Box<dyn EscrowSource>],
+    client_id: &str,
+    console: &mut dyn Console,
+) -> bool {
+    let Ok(srk) = tpm.srk_public() else {
+        return false;
+    };
+    let Ok(name) = crate::tpm::name_of_public(&srk) else {
+        return false;
+    };
+    let name = crate::hex::encode(&name);
+    for s in sources.iter_mut() {
+        if let Ok(Some(file)) = s.restore_file(client_id, &name) {
+            match tpm.load_restored(&file) {
+                Ok(_) => {
+                    console.say(&format!(
+                        "lifeline: DRSK restored from {} for this boot.",
+                        s.describe()
+                    ));
+                    return true;
+                }
+                Err(e) => console.say(&format!(
+                    "lifeline: the restore from {} failed: {e}",
+                    s.describe()
+                )),
+            }
+        }
+    }
+    false
+}
+
+/// Which source gave the packet that was used, its ID and use token.
+type Used = Option<(usize, String, UseToken)>;
+
+/// Step 3: packets from the sources and answers from the console, until the volume opens.
+fn recover(
+    uuid: &str,
+    volume: &mut dyn Volume,
+    sources: &mut [Box<dyn EscrowSource>],
+    console: &mut dyn Console,
+    settings: &Settings,
+    names: &[String],
+) -> Result<(Opened, VolumeKey, Used), GaveUp> {
+    let deadline = Instant::now() + settings.timeout;
+    let mut attended = false;
+    let mut packet: Option<(usize, RecoveryPacket)> = None;
+    let mut refused = HashSet::new();
+    let mut waiting_otp: Option<Zeroizing<String>> = None;
+    let mut attempts = 0;
+    loop {
+        if packet.is_none() {
+            packet = find_packet(uuid, sources, console, settings, names, &mut refused);
+        }
+        let answer = match (&packet, waiting_otp.take()) {
+            (Some(_), Some(otp)) => Answer::Line(otp),
+            (None, Some(otp)) => {
+                waiting_otp = Some(otp);
+                console.answer(QUESTION, settings.poll_interval)
+            }
+            (_, None) => console.answer(QUESTION, settings.poll_interval),
+        };
+        let text = match answer {
+            Answer::Line(text) => text,
+            Answer::Nothing if !attended && Instant::now() >= deadline => {
+                return Err(GaveUp::TimedOut)
+            }
+            Answer::Nothing => continue,
+            Answer::Closed => return Err(GaveUp::InputClosed),
+        };
+        attended = true;
+        let failure = if otp::looks_like_otp(&text) {
+            let Some((source, p)) = &packet else {
+                console.say("lifeline: that is a one-time password, but no recovery packet has arrived yet; it is tried as soon as one does.");
+                waiting_otp = Some(text);
+                continue;
+            };
+            match otp::parse(&text, p.binding.otp_groups)
+                .map_err(|e| e.to_string())
+                .and_then(|code| p.open(&code).map_err(|e| e.to_string()))
+            {
+                Ok(record) => {
+                    volume
+                        .activate(&record.volume_key)
+                        .map_err(|e| GaveUp::Volume(e.to_string()))?;
+                    console.say(&format!(
+                        "lifeline: volume {uuid} opened with the recovery packet."
+                    ));
+                    let used = record
+                        .use_token
+                        .map(|t| (*source, p.binding.packet_id.clone(), t));
+                    return Ok((Opened::RecoveryPacket, record.volume_key, used));
+                }
+                Err(e) => e,
+            }
+        } else {
+            match volume.key_from_passphrase(&Passphrase::from_slice(text.as_bytes())) {
+                Ok(key) => {
+                    volume
+                        .activate(&key)
+                        .map_err(|e| GaveUp::Volume(e.to_string()))?;
+                    console.say(&format!(
+                        "lifeline: volume {uuid} opened with its passphrase."
+                    ));
+                    return Ok((Opened::Passphrase, key, None));
+                }
+                Err(LuksError::WrongPassphrase) => "no keyslot accepts that passphrase".to_string(),
+                Err(e) => return Err(GaveUp::Volume(e.to_string())),
+            }
+        };
+        attempts += 1;
+        if attempts >= MAX_ATTEMPTS {
+            console.say(&format!("lifeline: {failure}. No attempts left."));
+            return Err(GaveUp::TooManyAttempts);
+        }
+        console.say(&format!(
+            "lifeline: {failure}. {} attempts left.",
+            MAX_ATTEMPTS - attempts
+        ));
+    }
+}
+
+/// Looks at every source once; a packet is kept only when its signature and binding check out.
+/// Each refused packet is named once.
+fn find_packet(
+    uuid: &str,
+    sources: &mut [Box<dyn EscrowSource>],
+    console: &mut dyn Console,
+    settings: &Settings,
+    names: &[String],
+    refused: &mut HashSet<Vec<u8>>,
+) -> Option<(usize, RecoveryPacket)> {
+    let trust = settings.trust.as_ref()?;
+    for (i, s) in sources.iter_mut().enumerate() {
+        let Ok(Some(bytes)) = s.recovery_packet(names, uuid) else {
+            continue;
+        };
+        let checked = RecoveryPacket::verify(&bytes, trust).and_then(|p| {
+            p.check_binding(&settings.machine_id, uuid, settings.now)
+                .map(|()| p)
+        });
+        match checked {
+            Ok(p) => {
+                console.say(&format!(
+                    "lifeline: recovery packet from {} verified (signed, for this machine and volume); type the one-time password.",
+                    s.describe()
+                ));
+                return Some((i, p));
+            }
+            Err(e) => {
+                if refused.insert(<sha2::Sha256 as sha2::Digest>::digest(&bytes).to_vec()) {
+                    console.say(&format!(
+                        "lifeline: refused a recovery packet from {}: {e}",
+                        s.describe()
+                    ));
+                }
+            }
+        }
+    }
+    None
+}
+
+/// After a recovery with the packet: the forgotten passphrase can be replaced right here.
+fn offer_new_passphrase(volume: &mut dyn Volume, key: &VolumeKey, console: &mut dyn Console) {
+    let ask = |console: &mut dyn Console, q: &str| loop {
+        match console.answer(q, Duration::from_secs(60)) {
+            Answer::Line(l) => return Some(l),
+            Answer::Nothing => continue,
+            Answer::Closed => return None,
+        }
+    };
+    let Some(first) = ask(console, "New passphrase (empty: keep the current ones):") else {
+        return;
+    };
+    if first.is_empty() {
+        return;
+    }
+    let Some(again) = ask(console, "Repeat the new passphrase:") else {
+        return;
+    };
+    if *first != *again {
+        console.say("lifeline: the two passphrases differ; nothing was added.");
+        return;
+    }
+    match volume.add_passphrase(key, &Passphrase::from_slice(first.as_bytes())) {
+        Ok(slot) => console.say(&format!(
+            "lifeline: new passphrase added in keyslot {slot}."
+        )),
+        Err(e) => console.say(&format!("lifeline: could not add the passphrase: {e}")),
+    }
+}

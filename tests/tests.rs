@@ -17,3 +17,6 @@ mod tpm;
 
 /// The escrow server over HTTPS on 127.0.0.1 with real clients: flows and refusals.
 mod server;
+
+/// `lifeline unlock` as the initramfs runs it: real swtpm, LUKS image, server, USB image, pty.
+mod unlock;

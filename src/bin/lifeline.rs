@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use argh::FromArgs;
 use lifeline::cmd::{
-    self, backup, enroll, escrow, inspect, join, provision, recover, recovery, Globals,
+    self, backup, enroll, escrow, inspect, join, provision, recover, recovery, unlock, Globals,
 };
 
 #[derive(FromArgs, Debug)]
@@ -43,9 +43,11 @@ enum Command {
     Activate(backup::ActivateArgs),
     Join(join::Args),
     Recovery(recovery::Args),
+    Unlock(unlock::Args),
 }
 
 fn main() {
+    let started = std::time::Instant::now();
     cmd::quiet_tss_log();
     let args: Lifeline = cmd::parse_args();
     let g = Globals::new(args.tcti, args.state_dir);
@@ -63,6 +65,7 @@ fn main() {
         Command::Activate(a) => backup::run_activate(a, &g),
         Command::Join(a) => join::run(a, &g),
         Command::Recovery(a) => recovery::run(a, &g),
+        Command::Unlock(a) => unlock::run(a, started),
     };
     std::process::exit(cmd::finish("lifeline", result));
 }

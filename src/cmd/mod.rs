@@ -13,6 +13,7 @@ pub mod recover;
 pub mod recovery;
 #[cfg(feature = "server")]
 pub mod server;
+pub mod unlock;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -47,6 +48,9 @@ pub enum Exit {
     /// The TPM cannot do it: no TPM, no DRSK, PCRs changed, lockout, refused by policy,
     /// or a foreign object where lifeline's should be.
     Tpm = 8,
+    /// `lifeline unlock` did not open every volume (gave up, timed out, disabled): the
+    /// distribution's own unlock step takes over.
+    StepAside = 9,
 }
 
 /// A failed command: what happened and what the person should do next.

@@ -171,3 +171,57 @@ impl Https {
         serde_json::from_slice(&body).map_err(|e| FetchError::Bad(e.to_string()))
     }
 }
+
+/// The escrow server as a source of recovery packets and DRSK restores at boot. Needs no
+/// credential: a booting machine has none (it is on the encrypted disk).
+impl crate::unlock::EscrowSource for Https {
+    fn describe(&self) -> String {
+        format!("the escrow server {}", self.base)
+    }
+
+    fn request_recovery(&mut self, who: &str, volume_uuid: &str) -> Result<bool, String> {
+        let body = serde_json::json!({ "machine": who, "volume_uuid": volume_uuid });
+        match self.post_json("/v1/recovery-requests", &body) {
+            Ok(_) => Ok(true),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    fn recovery_packet(
+        &mut self,
+        who: &[String],
+        volume_uuid: &str,
+    ) -> Result<Option<Vec<u8>>, String> {
+        for name in who {
+            match self.get(&format!("/v1/recovery/{name}/{volume_uuid}")) {
+                Ok(body) => return Ok(Some(body)),
+                Err(FetchError::NotFound(_)) => continue,
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+        Ok(None)
+    }
+
+    fn report_used(
+        &mut self,
+        packet_id: &str,
+        use_token: &crate::secret::UseToken,
+    ) -> Result<(), String> {
+        // expose_secret: the use token goes to the server once, over TLS, to retire the packet.
+        let token = crate::secret::hex_secret(use_token.expose_secret());
+        self.post_json(
+            &format!("/v1/recovery/{packet_id}/used"),
+            &serde_json::json!({ "use_token": token.as_str() }),
+        )
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+    }
+
+    fn restore_file(&mut self, client_id: &str, srk_name: &str) -> Result<Option<Vec<u8>>, String> {
+        match self.get(&format!("/v1/drsk/restores/{client_id}/{srk_name}")) {
+            Ok(body) => Ok(Some(body)),
+            Err(FetchError::NotFound(_)) => Ok(None),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+}

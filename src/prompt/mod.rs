@@ -5,8 +5,10 @@
 //! same shape, so programs driving us can wait for them.
 
 mod console;
+mod waiting;
 
 pub use console::Console;
+pub use waiting::Waiting;
 
 use std::fmt;
 

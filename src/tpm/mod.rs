@@ -25,7 +25,7 @@ pub const DRSK_HANDLE: u32 = 0x8100_0004;
 pub const DEFAULT_TCTI: &str = "device:/dev/tpmrm0";
 
 /// What callers decide on. Every TPM failure maps to one of these.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum TpmError {
     /// No TPM answered within the wait.
     NoDevice(String),

@@ -31,6 +31,7 @@ use tss_esapi::traits::{Marshall, UnMarshall};
 use tss_esapi::Context;
 
 use super::policy;
+use super::token::SealedToken;
 use super::{tpm2b, untpm2b, Duplicate, PcrBinding, SealedBlob, TpmError, DRSK_HANDLE, SRK_HANDLE};
 use crate::secret::{Passphrase, VolumeKey};
 
@@ -1104,5 +1105,35 @@ impl TssTpm {
             self.flush(srk);
         }
         Ok(result?.value().to_vec())
+    }
+}
+
+/// The boot flow's view of the TPM.
+impl crate::unlock::Tpm for TssTpm {
+    fn unseal(&mut self, token: &SealedToken) -> Result<VolumeKey, TpmError> {
+        TssTpm::unseal(self, &token.blob, token.pcrs.as_ref())
+    }
+
+    fn srk_public(&mut self) -> Result<Vec<u8>, TpmError> {
+        TssTpm::srk_public(self, None)
+    }
+
+    fn load_restored(&mut self, restore_file: &[u8]) -> Result<String, TpmError> {
+        let file = std::str::from_utf8(restore_file)
+            .map_err(|_| TpmError::Other("the restore file is not text".into()))
+            .and_then(|t| {
+                super::transfer::DrskFile::parse(t)
+                    .map_err(|e| TpmError::Other(format!("the restore file: {e}")))
+            })?;
+        self.restore_drsk(&file.dup, false, None)
+    }
+
+    fn reseal(&mut self, key: &VolumeKey, pcrs: &[u8]) -> Result<SealedToken, TpmError> {
+        let (blob, pcrs) = self.seal(key, pcrs)?;
+        Ok(SealedToken {
+            client_id: super::client_id(&self.drsk_public()?),
+            blob,
+            pcrs,
+        })
     }
 }

@@ -359,7 +359,7 @@ fn recover(
 }
 
 /// Looks at every source once; a packet is kept only when its signature and binding check out.
-/// Each refused packet is named once.
+/// Each refused packet, and each problem a source reports, is named once.
 fn find_packet(
     uuid: &str,
     sources: &mut [Box<dyn EscrowSource>],
@@ -370,8 +370,16 @@ fn find_packet(
 ) -> Option<(usize, RecoveryPacket)> {
     let trust = settings.trust.as_ref()?;
     for (i, s) in sources.iter_mut().enumerate() {
-        let Ok(Some(bytes)) = s.recovery_packet(names, uuid) else {
-            continue;
+        let bytes = match s.recovery_packet(names, uuid) {
+            Ok(Some(bytes)) => bytes,
+            Ok(None) => continue,
+            Err(e) => {
+                // Each distinct problem is named once, not at every poll.
+                if refused.insert(e.clone().into_bytes()) {
+                    console.say(&format!("lifeline: {}: {e}", s.describe()));
+                }
+                continue;
+            }
         };
         let checked = RecoveryPacket::verify(&bytes, trust).and_then(|p| {
             p.check_binding(&settings.machine_id, uuid, settings.now)

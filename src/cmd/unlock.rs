@@ -1,0 +1,272 @@
+//! `lifeline unlock`: the initramfs agent. Builds the real adapters and runs the boot flow
+//! (`crate::unlock`) for every configured volume. Nothing here may make a boot worse than
+//! without lifeline: every problem is one line and a non-zero exit, after which the
+//! distribution's own unlock step runs as usual.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
+
+use argh::FromArgs;
+
+use super::{CmdResult, Exit, Failure};
+use crate::config::{Config, Volume as VolumeConfig};
+use crate::escrow::https::Https;
+use crate::escrow::usb::Usb;
+use crate::luks::{LuksError, LuksVolume};
+use crate::secret::{Passphrase, VolumeKey};
+use crate::tpm::token::{SealedToken, TOKEN_TYPE};
+use crate::tpm::{TpmError, TssTpm};
+use crate::unlock::{self, EscrowSource, Opened, Settings, Tpm, Volume};
+
+#[derive(FromArgs, Debug)]
+/// Unlock the configured volumes at boot: with the TPM, else by recovery — a recovery packet
+/// from the escrow server or a USB stick with the one-time password from the helpdesk, or the
+/// volume's passphrase, typed at one prompt. Exits 0 when every volume is open, 9 when lifeline
+/// steps aside (the distribution's own unlock step takes over), 2 on a configuration error.
+#[argh(subcommand, name = "unlock")]
+pub struct Args {
+    /// the configuration file (default /etc/lifeline/lifeline.toml)
+    #[argh(option, default = "PathBuf::from(\"/etc/lifeline/lifeline.toml\")")]
+    pub config: PathBuf,
+    /// the kernel command line to read rd.lifeline.* from (default /proc/cmdline)
+    #[argh(option, default = "PathBuf::from(\"/proc/cmdline\")")]
+    pub cmdline: PathBuf,
+    /// prove the key opens each volume without creating the device-mapper mapping
+    #[argh(switch)]
+    pub check_only: bool,
+}
+
+/// Where removable media are mounted while they are read.
+const MOUNT_DIR: &str = "/run/lifeline/media";
+/// How long a configured device may take to appear.
+const DEVICE_WAIT: Duration = Duration::from_secs(30);
+
+pub fn run(args: Args, started: Instant) -> CmdResult {
+    harden();
+    let config = load(&args)?;
+    if !config.enabled {
+        return Err(Failure::new(Exit::StepAside, "disabled (rd.lifeline=0)"));
+    }
+    let machine_id = match &config.machine_id {
+        Some(id) => id.clone(),
+        None => super::local_machine_id().map_err(|f| f.context("machine_id is not configured"))?,
+    };
+    let say = |line: String| eprintln!("lifeline: {line}");
+    let trust = match super::recover::read_trust_key(&config.trust) {
+        Ok(k) => Some(k),
+        Err(f) => {
+            say(format!(
+                "{}; recovery packets cannot be checked, only passphrases work",
+                f.what
+            ));
+            None
+        }
+    };
+    let mut sources: Vec<Box<dyn EscrowSource>> = Vec::new();
+    if let Some(url) = &config.server {
+        match std::fs::read(&config.ca)
+            .map_err(|e| e.to_string())
+            .and_then(|ca| Https::new(url, &ca, Duration::from_secs(10)).map_err(|e| e.to_string()))
+        {
+            Ok(https) if config.poll => sources.push(Box::new(https)),
+            Ok(_) => {}
+            Err(e) => say(format!("no escrow server: {} ({e})", config.ca.display())),
+        }
+    }
+    if config.usb {
+        sources.push(Box::new(Usb::new(
+            config.usb_devices.clone(),
+            config.usb_label.clone(),
+            PathBuf::from(MOUNT_DIR),
+        )));
+    }
+    let mut tpm: Box<dyn Tpm> = match TssTpm::open(&config.tcti, config.tpm_wait) {
+        Ok(t) => Box::new(t),
+        Err(e) => Box::new(NoTpm(e)),
+    };
+    let settings = Settings {
+        machine_id,
+        trust,
+        poll_interval: config.poll_interval,
+        timeout: config.timeout,
+        reseal: config.reseal,
+        offer_new_passphrase: config.offer_new_passphrase,
+        now: SystemTime::now(),
+    };
+    let mut console = crate::prompt::Waiting::new(crate::prompt::Console::new());
+    let mut closed = 0;
+    for v in &config.volumes {
+        match open_volume(v, args.check_only) {
+            Ok(None) => say(format!("volume {} is open already ({}).", v.uuid, v.name)),
+            Ok(Some(mut volume)) => {
+                match unlock::unlock(
+                    &v.uuid,
+                    &mut volume,
+                    tpm.as_mut(),
+                    &mut sources,
+                    &mut console,
+                    &settings,
+                ) {
+                    Ok(how) => say(format!(
+                        "volume {} unlocked{} ({}) after {} ms.",
+                        v.uuid,
+                        if args.check_only { " (check only)" } else { "" },
+                        match how {
+                            Opened::Tpm => "TPM",
+                            Opened::RestoredTpm => "TPM, DRSK restored from the server",
+                            Opened::Passphrase => "passphrase",
+                            Opened::RecoveryPacket => "recovery packet",
+                        },
+                        started.elapsed().as_millis()
+                    )),
+                    Err(why) => {
+                        say(format!("stepping aside for volume {}: {why:?}.", v.uuid));
+                        closed += 1;
+                    }
+                }
+            }
+            Err(e) => {
+                say(format!("volume {}: {e}", v.uuid));
+                closed += 1;
+            }
+        }
+    }
+    if closed > 0 {
+        return Err(Failure::new(
+            Exit::StepAside,
+            format!(
+                "{closed} volume(s) not unlocked; the distribution's own unlock step takes over"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// No core dumps, not dumpable, memory locked where the kernel allows: secrets stay in RAM.
+fn harden() {
+    use nix::sys::resource::{setrlimit, Resource};
+    let _ = setrlimit(Resource::RLIMIT_CORE, 0, 0);
+    let _ = nix::sys::prctl::set_dumpable(false);
+    let _ = nix::sys::mman::mlockall(
+        nix::sys::mman::MlockAllFlags::MCL_CURRENT | nix::sys::mman::MlockAllFlags::MCL_FUTURE,
+    );
+}
+
+fn load(args: &Args) -> Result<Config, Failure> {
+    let step_aside = |what: String| {
+        Failure::usage(format!("{what}; stepping aside"))
+            .todo("fix the configuration; until then the distribution unlocks as without lifeline")
+    };
+    let text = std::fs::read_to_string(&args.config)
+        .map_err(|e| step_aside(format!("cannot read {}: {e}", args.config.display())))?;
+    let mut config = Config::parse(&text, &args.config.display().to_string())
+        .map_err(|e| step_aside(e.to_string()))?;
+    let cmdline = std::fs::read_to_string(&args.cmdline).unwrap_or_default();
+    config
+        .apply_cmdline(&cmdline)
+        .map_err(|e| step_aside(e.to_string()))?;
+    if config.volumes.is_empty() && config.enabled {
+        return Err(step_aside(format!(
+            "{} lists no [[volume]]",
+            args.config.display()
+        )));
+    }
+    Ok(config)
+}
+
+/// The volume, once its device is there; `None` when its mapping exists already.
+fn open_volume(v: &VolumeConfig, check_only: bool) -> Result<Option<BootVolume>, String> {
+    if !check_only && Path::new("/dev/mapper").join(&v.name).exists() {
+        return Ok(None);
+    }
+    let device = v.device();
+    let deadline = Instant::now() + DEVICE_WAIT;
+    while !device.exists() {
+        if Instant::now() >= deadline {
+            return Err(format!("{} did not appear", device.display()));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut luks = LuksVolume::open(&device).map_err(|e| e.to_string())?;
+    let uuid = luks.info().map_err(|e| e.to_string())?.uuid;
+    if !uuid.eq_ignore_ascii_case(&v.uuid) {
+        return Err(format!(
+            "{} has LUKS UUID {uuid}, not the configured one",
+            device.display()
+        ));
+    }
+    Ok(Some(BootVolume {
+        luks,
+        name: (!check_only).then(|| v.name.clone()),
+    }))
+}
+
+/// A LUKS volume at boot: opened under its mapping name (or only checked).
+struct BootVolume {
+    luks: LuksVolume,
+    name: Option<String>,
+}
+
+impl Volume for BootVolume {
+    fn token(&mut self) -> Option<Result<SealedToken, String>> {
+        // LUKS1 volumes keep their sealed key in the state directory, which the initramfs
+        // glue copies in; LUKS2 in the header.
+        let json = if self.luks.is_luks2() {
+            self.luks
+                .find_token(TOKEN_TYPE)
+                .ok()
+                .flatten()
+                .map(|(_, json)| json)
+        } else {
+            let uuid = self.luks.info().ok()?.uuid;
+            let file = Path::new("/etc/lifeline/sealed").join(format!("{uuid}.json"));
+            std::fs::read_to_string(file)
+                .ok()
+                .and_then(|t| serde_json::from_str(&t).ok())
+        }?;
+        Some(SealedToken::from_json(&json).map_err(|e| e.to_string()))
+    }
+
+    fn activate(&mut self, key: &VolumeKey) -> Result<(), LuksError> {
+        match &self.name {
+            Some(name) => self.luks.activate(name, key),
+            None => self.luks.check_key(key),
+        }
+    }
+
+    fn key_from_passphrase(&mut self, passphrase: &Passphrase) -> Result<VolumeKey, LuksError> {
+        self.luks.unlock(passphrase).map(|(_, key)| key)
+    }
+
+    fn store_token(&mut self, token: &SealedToken) -> Result<(), String> {
+        if !self.luks.is_luks2() {
+            return Err("LUKS1 keeps its sealed key on the root file system: run lifeline enroll once booted".into());
+        }
+        self.luks
+            .put_token(TOKEN_TYPE, &token.to_json())
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
+    fn add_passphrase(&mut self, key: &VolumeKey, new: &Passphrase) -> Result<u32, LuksError> {
+        self.luks.add_passphrase(key, new)
+    }
+}
+
+/// A TPM that could not be opened: every call says why, and the flow falls back.
+struct NoTpm(TpmError);
+
+impl Tpm for NoTpm {
+    fn unseal(&mut self, _: &SealedToken) -> Result<VolumeKey, TpmError> {
+        Err(self.0.clone())
+    }
+    fn srk_public(&mut self) -> Result<Vec<u8>, TpmError> {
+        Err(self.0.clone())
+    }
+    fn load_restored(&mut self, _: &[u8]) -> Result<String, TpmError> {
+        Err(self.0.clone())
+    }
+    fn reseal(&mut self, _: &VolumeKey, _: &[u8]) -> Result<SealedToken, TpmError> {
+        Err(self.0.clone())
+    }
+}

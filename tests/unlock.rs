@@ -1,0 +1,331 @@
+//! The real `lifeline unlock` binary against a real swtpm, a real LUKS2 image, the real escrow
+//! server on 127.0.0.1 and an ext4 "USB stick" image on a loop device, the console driven
+//! through a pty. This host has no device-mapper, so volumes are opened check-only
+//! (`--check-only`: libcryptsetup proves the key opens the header); named activation is proven
+//! by the QEMU boots.
+
+use std::io::{Read, Write};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::support::server::Server;
+use crate::support::swtpm::Swtpm;
+use crate::support::*;
+
+/// `lifeline unlock` on a pty (through `script`), its output collected as it comes.
+struct Tty {
+    child: Child,
+    output: Arc<Mutex<String>>,
+}
+
+impl Tty {
+    fn start(dir: &Path, config: &Path) -> Tty {
+        let command = format!(
+            "{} unlock --check-only --config {} --cmdline /dev/null",
+            env!("CARGO_BIN_EXE_lifeline"),
+            config.display()
+        );
+        let mut child = Command::new("script")
+            .args(["-qec", &command, "/dev/null"])
+            .current_dir(dir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("script");
+        let output = Arc::new(Mutex::new(String::new()));
+        let (mut stdout, sink) = (child.stdout.take().unwrap(), output.clone());
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = stdout.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        Tty { child, output }
+    }
+
+    fn text(&self) -> String {
+        self.output.lock().unwrap().clone()
+    }
+
+    /// Waits until `marker` has appeared `count` times.
+    fn wait_for(&self, marker: &str, count: usize) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.text().matches(marker).count() < count {
+            assert!(
+                Instant::now() < deadline,
+                "no {marker:?} in:\n{}",
+                self.text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn type_line(&mut self, line: &str) {
+        // A moment for the prompt to be ready to read.
+        std::thread::sleep(Duration::from_millis(200));
+        let input = self.child.stdin.as_mut().unwrap();
+        input.write_all(format!("{line}\n").as_bytes()).unwrap();
+        input.flush().unwrap();
+    }
+
+    fn finish(mut self) -> (i32, String) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                std::thread::sleep(Duration::from_millis(100));
+                return (status.code().unwrap_or(-1), self.text());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "unlock did not finish:\n{}",
+                self.text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+fn write_config(sb: &Sandbox, tpm: &Swtpm, img: &Image, extra: &str) -> std::path::PathBuf {
+    let text = format!(
+        "tcti = \"{}\"\ntrust = \"{}\"\ntpm_wait = 2\npoll_interval = 1\ntimeout = 120\n{extra}\n\
+         [[volume]]\nuuid = \"{}\"\nname = \"cryptroot\"\ndevice = \"{}\"\n",
+        tpm.tcti(),
+        sb.path("srv/minisign.pub").display(),
+        img.uuid,
+        img.path.display()
+    );
+    sb.write("lifeline.toml", text)
+}
+
+fn unlock_unattended(sb: &Sandbox, config: &Path) -> Run {
+    sb.lifeline(&[
+        "unlock",
+        "--check-only",
+        "--config",
+        config.to_str().unwrap(),
+        "--cmdline",
+        "/dev/null",
+    ])
+}
+
+fn pcr16(t: &Swtpm, action: &str) {
+    let mut c = t.tools(if action == "reset" {
+        "tpm2_pcrreset"
+    } else {
+        "tpm2_pcrextend"
+    });
+    if action == "reset" {
+        c.arg("16");
+    } else {
+        c.arg(format!("16:sha256={}", "ab".repeat(32)));
+    }
+    assert!(c.output().unwrap().status.success());
+}
+
+#[test]
+fn tpm_then_pcr_change_over_https_with_otp_and_reseal_then_usb_without_network() {
+    let sb = Sandbox::new();
+    let srv = Server::start(&sb, &[]);
+    let t = Swtpm::start(&sb.path("tpm"));
+    let img = sb.luks_image("disk.img", 2);
+    let image = img.path.to_str().unwrap();
+    let client_id = sb
+        .lifeline_on(&t, &["provision"])
+        .ok()
+        .stdout
+        .trim()
+        .to_string();
+    pcr16(&t, "extend");
+    let key = img.key_file.to_str().unwrap();
+    sb.lifeline_on(&t, &["enroll", image, "--key-file", key, "--pcrs", "16"])
+        .ok();
+    let token = srv.token(&sb);
+    let join = [
+        "join",
+        "--server",
+        &srv.url,
+        "--ca",
+        "srv/tls/ca.pem",
+        "--token",
+        &token,
+    ];
+    sb.lifeline_on(&t, &join).ok();
+    sb.lifeline_on(
+        &t,
+        &["escrow", image, "--server", &srv.url, "--key-file", key],
+    )
+    .ok();
+
+    // 1. The TPM unseals: no prompt, exit 0.
+    let server_lines = format!(
+        "server = \"{}\"\nca = \"{}\"\nusb = false\noffer_new_passphrase = true",
+        srv.url,
+        sb.path("srv/tls/ca.pem").display()
+    );
+    let config = write_config(&sb, &t, &img, &server_lines);
+    let run = unlock_unattended(&sb, &config);
+    run.ok();
+    assert!(
+        run.stderr.contains("unlocked (check only) (TPM)"),
+        "{}",
+        run.all()
+    );
+    assert!(!run.all().contains("Passphrase or one-time password"));
+
+    // 2. PCR 16 changes: recovery request, approval on the server, a mistyped and a wrong
+    //    OTP, the right one, no new passphrase; the key is re-sealed to the new PCR value.
+    pcr16(&t, "reset");
+    let mut tty = Tty::start(&sb.path(""), &config);
+    tty.wait_for("Passphrase or one-time password:", 1);
+    assert!(tty.text().contains("PCR 16 changed"), "{}", tty.text());
+    let recovery_id = format!("{}-{}", &client_id[..4], &img.uuid[..4]);
+    assert!(
+        tty.text().contains(&format!("Recovery ID {recovery_id}")),
+        "{}",
+        tty.text()
+    );
+    let requests = srv.admin(&sb, &["requests"]).ok().stdout.clone();
+    let request: serde_json::Value =
+        serde_json::from_str(requests.lines().last().unwrap()).unwrap();
+    assert_eq!(request["recovery_id"], recovery_id.as_str());
+    let otp = srv
+        .admin(
+            &sb,
+            &[
+                "approve-recovery",
+                request["request"].as_str().unwrap(),
+                "--passphrase-file",
+                "admin.pass",
+            ],
+        )
+        .ok()
+        .stdout
+        .trim()
+        .to_string();
+    tty.wait_for("recovery packet from the escrow server", 1);
+    let mut typo = otp.clone().into_bytes();
+    typo[1] = if typo[1] == b'9' { b'0' } else { typo[1] + 1 };
+    tty.type_line(std::str::from_utf8(&typo).unwrap());
+    tty.wait_for("attempts left", 1);
+    tty.type_line("000000-000011-000022-000033");
+    tty.wait_for("attempts left", 2);
+    tty.type_line(&otp);
+    tty.wait_for("New passphrase", 1);
+    tty.type_line("");
+    let (code, text) = tty.finish();
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        text.contains("group 1"),
+        "the typo is named by group: {text}"
+    );
+    assert!(text.contains("does not open the packet"), "{text}");
+    assert!(
+        text.contains("re-sealed to the current PCR values"),
+        "{text}"
+    );
+    assert!(
+        text.contains("unlocked (check only) (recovery packet)"),
+        "{text}"
+    );
+    assert!(!text.contains(&otp), "the OTP is never echoed: {text}");
+    // The packet was reported used: it is gone from the server.
+    let used = Command::new("curl")
+        .arg("-s")
+        .arg("--cacert")
+        .arg(sb.path("srv/tls/ca.pem"))
+        .arg(format!("{}/v1/recovery/{client_id}/{}", srv.url, img.uuid))
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&used.stdout).contains("no recovery packet"),
+        "{:?}",
+        used
+    );
+    // Next boot: unattended again.
+    let run = unlock_unattended(&sb, &config);
+    run.ok();
+    assert!(run.stderr.contains("(TPM)"), "{}", run.all());
+
+    // 3. No network: the PCR changes again, the packet comes on an ext4 stick image.
+    pcr16(&t, "extend");
+    let escrow = sb.fresh_path("escrow");
+    sb.lifeline(&[
+        "escrow",
+        image,
+        "--recipient",
+        "srv/recipient.txt",
+        "--out",
+        escrow.to_str().unwrap(),
+        "--key-file",
+        key,
+    ])
+    .ok();
+    let packet = sb.fresh_path("recovery");
+    let issued = sb.issue_run(
+        "srv",
+        escrow.to_str().unwrap(),
+        packet.to_str().unwrap(),
+        "admin.pass",
+        &[],
+    );
+    let otp = issued.ok().stdout.trim().to_string();
+    let stick = sb.path("stick");
+    let dir = stick.join(format!("lifeline/{client_id}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(&packet, dir.join(format!("{}.recovery", img.uuid))).unwrap();
+    let usb_img = sb.path("usb.img");
+    std::fs::File::create(&usb_img)
+        .unwrap()
+        .set_len(8 << 20)
+        .unwrap();
+    let mkfs = Command::new("mkfs.ext4")
+        .args(["-q", "-d"])
+        .arg(&stick)
+        .arg(&usb_img)
+        .output()
+        .unwrap();
+    assert!(mkfs.status.success(), "{mkfs:?}");
+    let Some(loop_dev) = LoopDevice::attach(&usb_img) else {
+        eprintln!("no loop devices here: the USB part is left to the QEMU tests");
+        return;
+    };
+    let config = write_config(&sb, &t, &img, &format!("usb_device = \"{}\"", loop_dev.0));
+    let mut tty = Tty::start(&sb.path(""), &config);
+    tty.wait_for("recovery packet from removable media verified", 1);
+    tty.type_line(&otp);
+    tty.wait_for("New passphrase", 1);
+    tty.type_line("");
+    let (code, text) = tty.finish();
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("(recovery packet)"), "{text}");
+}
+
+/// A loop device, detached when dropped.
+struct LoopDevice(String);
+
+impl LoopDevice {
+    fn attach(image: &Path) -> Option<LoopDevice> {
+        let out = Command::new("losetup")
+            .args(["-f", "--show"])
+            .arg(image)
+            .output()
+            .ok()?;
+        out.status
+            .success()
+            .then(|| LoopDevice(String::from_utf8_lossy(&out.stdout).trim().to_string()))
+    }
+}
+
+impl Drop for LoopDevice {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").args(["-d", &self.0]).status();
+    }
+}

@@ -8,7 +8,7 @@ packages="
   libcryptsetup-dev cryptsetup-bin
   libtss2-dev swtpm swtpm-tools tpm2-tools
   age minisign
-  bsdutils
+  bsdutils e2fsprogs mount
 "
 
 missing=""

@@ -63,6 +63,9 @@ pub struct Config {
     pub reseal: bool,
     /// Offer to set a new passphrase after a recovery.
     pub offer_new_passphrase: bool,
+    /// Where questions go: `auto` (systemd's password agents when systemd runs the boot, else
+    /// the console), `console` or `ask-password`.
+    pub prompt: String,
 }
 
 impl Default for Config {
@@ -84,6 +87,7 @@ impl Default for Config {
             timeout: Duration::from_secs(300),
             reseal: true,
             offer_new_passphrase: true,
+            prompt: "auto".into(),
         }
     }
 }
@@ -248,6 +252,15 @@ impl Config {
             "timeout" => self.timeout = seconds(&key, value)?,
             "reseal" => self.reseal = boolean(&key, value)?,
             "offer_new_passphrase" => self.offer_new_passphrase = boolean(&key, value)?,
+            "prompt" => {
+                let p = string(&key, value)?;
+                if !["auto", "console", "ask-password"].contains(&p.as_str()) {
+                    return Err(format!(
+                        "prompt: '{p}' is not auto, console or ask-password"
+                    ));
+                }
+                self.prompt = p;
+            }
             _ => return Err(format!("unknown setting '{key}'")),
         }
         Ok(())

@@ -19,6 +19,11 @@
 //! after a motherboard swap the server re-wraps it for the new TPM and every sealed key works
 //! again. Its private part never leaves a TPM.
 //!
+//! At boot, `lifeline unlock` ([`unlock`]) tries the TPM, then a DRSK restore the server has
+//! approved, then recovery: it shows a recovery ID, files a request, and at one prompt takes
+//! the passphrase or the OTP while it polls the server and removable media for the packet.
+//! Whatever fails, it steps aside with an exit code and the distribution's own prompt runs.
+//!
 //! # Threat model
 //!
 //! - Stolen escrow packets reveal nothing without the authority's identity, which is stored
@@ -34,13 +39,16 @@
 //! # Modules
 //!
 //! - [`secret`]: every secret type.
-//! - [`escrow`]: packet formats, the plaintext record, the OTP codec.
-//! - [`luks`]: libcryptsetup adapter (volume key, keyslots, tokens, check-only activation).
+//! - [`escrow`]: packet formats, the plaintext record, the OTP codec, the HTTPS client and
+//!   removable media as sources of packets.
+//! - [`luks`]: libcryptsetup adapter (volume key, keyslots, tokens, activation).
+//! - [`unlock`]: the boot flow behind narrow traits, with fakes for its scenario tests;
+//!   [`config`]: its `lifeline.toml` and `rd.lifeline.*` settings.
 //! - [`tpm`]: tss-esapi adapter, policy digests, the `lifeline-tpm2` token, DRSK files.
 //! - [`prompt`]: asking a person for secrets.
 //! - [`cmd`]: the subcommands of both binaries and their exit codes.
 //! - [`atomic_file`], [`hex`]: files written whole or not at all; hex for the text formats.
-//! - `server` (feature `server`): the recovery authority, DRSK custody checks, and the HTTPS
+//! - `server` (feature `server`): the recovery authority, DRSK custody, and the HTTPS
 //!   escrow server (axum + rustls, SQLite with group commit and a hash-chained audit log).
 
 #![forbid(unsafe_code)]

@@ -15,7 +15,8 @@ use lifeline::cmd::{
 /// authority; get back in with a recovery packet and a one-time password from your helpdesk;
 /// unlock with the TPM through a storage key that survives a motherboard swap.
 /// Exit codes: 0 ok, 1 failure, 2 usage, 3 wrong passphrase or one-time password, 4 bad packet,
-/// 5 packet not for this volume/machine or expired, 6 volume problem, 7 target exists, 8 TPM.
+/// 5 packet not for this volume/machine or expired, 6 volume problem, 7 target exists, 8 TPM,
+/// 9 unlock stepped aside (the distribution's own unlock step takes over).
 struct Lifeline {
     /// TPM to use, as a TCTI string (default: $LIFELINE_TCTI, else device:/dev/tpmrm0)
     #[argh(option)]

@@ -60,7 +60,7 @@ pub fn run(args: Args, g: &super::Globals) -> CmdResult {
         return Err(Failure::usage("--replace-slot needs --new-passphrase-file")
             .todo("a keyslot is only removed after a new passphrase is in place"));
     }
-    let server = match &args.server {
+    let mut server = match &args.server {
         Some(url) => Some(super::join::joined_server(g, Some(url), false)?),
         None => None,
     };
@@ -116,23 +116,12 @@ pub fn run(args: Args, g: &super::Globals) -> CmdResult {
 
     let record = open_with_otp(&packet, &args)?;
     volume.check_key(&record.volume_key)?;
-    if let Some(s) = &server {
+    if let Some(s) = &mut server {
         // One-time use: the server deletes the packet. Failing to say so costs nothing here.
-        // The use token proves this machine opened the packet. expose_secret: sent once, over TLS.
-        let token = record
-            .use_token
-            .as_ref()
-            .map(|t| crate::secret::hex_secret(t.expose_secret()));
-        let reported = match &token {
-            Some(t) => s
-                .post_json(
-                    &format!("/v1/recovery/{}/used", packet.binding.packet_id),
-                    &serde_json::json!({ "use_token": t.as_str() }),
-                )
-                .map(|_| ()),
-            None => Err(crate::escrow::https::FetchError::Bad(
-                "the packet carries no use token".into(),
-            )),
+        // The use token proves this machine opened the packet.
+        let reported = match &record.use_token {
+            Some(t) => crate::unlock::EscrowSource::report_used(s, &packet.binding.packet_id, t),
+            None => Err("the packet carries no use token".into()),
         };
         if let Err(e) = reported {
             eprintln!("warning: could not tell the server the packet was used: {e}");

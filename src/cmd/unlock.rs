@@ -93,7 +93,18 @@ pub fn run(args: Args, started: Instant) -> CmdResult {
         offer_new_passphrase: config.offer_new_passphrase,
         now: SystemTime::now(),
     };
-    let mut console = crate::prompt::Waiting::new(crate::prompt::Console::new());
+    // systemd's password agents (console, plymouth) when systemd runs the boot; else the console.
+    let agents = match config.prompt.as_str() {
+        "auto" => crate::prompt::AskPassword::available(),
+        other => other == "ask-password",
+    };
+    let mut console = if agents {
+        crate::prompt::Waiting::new(crate::prompt::AskPassword::new(
+            crate::prompt::ask_password::DEFAULT_DIR,
+        ))
+    } else {
+        crate::prompt::Waiting::new(crate::prompt::Console::new())
+    };
     let mut closed = 0;
     for v in &config.volumes {
         match open_volume(v, args.check_only) {

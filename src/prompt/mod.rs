@@ -1,12 +1,16 @@
 //! Asking a person for a secret.
 //!
 //! `console.rs` reads from the terminal with echo off, or line by line from standard input when
-//! that is not a terminal (scripts, tests). Prompt lines go to standard error, always in the
+//! that is not a terminal (scripts, tests); `ask_password.rs` asks through systemd's password
+//! agents when systemd runs the boot; `waiting.rs` lets the boot flow poll while a question is
+//! open. Prompt lines go to standard error, always in the
 //! same shape, so programs driving us can wait for them.
 
+pub mod ask_password;
 mod console;
 mod waiting;
 
+pub use ask_password::AskPassword;
 pub use console::Console;
 pub use waiting::Waiting;
 

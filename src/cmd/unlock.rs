@@ -43,6 +43,7 @@ const DEVICE_WAIT: Duration = Duration::from_secs(30);
 
 pub fn run(args: Args, started: Instant) -> CmdResult {
     harden();
+    let _terminal = TerminalRestored::new();
     let config = load(&args)?;
     if !config.enabled {
         return Err(Failure::new(Exit::StepAside, "disabled (rd.lifeline=0)"));
@@ -151,6 +152,30 @@ pub fn run(args: Args, started: Instant) -> CmdResult {
         ));
     }
     Ok(())
+}
+
+/// Puts the terminal back as it was when lifeline exits: a question may still be open (with
+/// echo off) when it steps aside, and the distribution's prompt or a shell comes next.
+struct TerminalRestored(Option<nix::sys::termios::Termios>);
+
+impl TerminalRestored {
+    fn new() -> Self {
+        use std::os::fd::AsFd;
+        TerminalRestored(nix::sys::termios::tcgetattr(std::io::stdin().as_fd()).ok())
+    }
+}
+
+impl Drop for TerminalRestored {
+    fn drop(&mut self) {
+        use std::os::fd::AsFd;
+        if let Some(saved) = &self.0 {
+            let _ = nix::sys::termios::tcsetattr(
+                std::io::stdin().as_fd(),
+                nix::sys::termios::SetArg::TCSANOW,
+                saved,
+            );
+        }
+    }
 }
 
 /// No core dumps, not dumpable, memory locked where the kernel allows: secrets stay in RAM.

@@ -108,7 +108,7 @@ pub struct RestoreRequest {
 
 /// The short ID a user reads over the phone for a restore request.
 fn restore_id(row: &RestoreRow) -> String {
-    format!("{}-{}", &row.client_id[..4], &row.id[..4])
+    crate::unlock::recovery_id(&row.client_id, &row.id)
 }
 
 /// `POST /v1/drsk/restore-requests` (no credential: the replacement machine has none). When

@@ -408,15 +408,9 @@ async fn list_requests(
         .collect::<Vec<_>>())))
 }
 
-/// The short ID a user reads over the phone: client ID (or machine ID) prefix and volume UUID
-/// prefix, as the boot screen shows it.
+/// The recovery ID of a machine's volume, as its boot screen shows it.
 pub fn recovery_id(m: &Machine, volume_uuid: &str) -> String {
-    let who = m.client_id.as_deref().unwrap_or(&m.machine_id);
-    format!(
-        "{}-{}",
-        &who[..4.min(who.len())],
-        &volume_uuid[..4.min(volume_uuid.len())]
-    )
+    crate::unlock::recovery_id(m.client_id.as_deref().unwrap_or(&m.machine_id), volume_uuid)
 }
 
 #[derive(Deserialize)]

@@ -66,7 +66,7 @@ fn main() {
         Command::Activate(a) => backup::run_activate(a, &g),
         Command::Join(a) => join::run(a, &g),
         Command::Recovery(a) => recovery::run(a, &g),
-        Command::Unlock(a) => unlock::run(a, started),
+        Command::Unlock(a) => unlock::run(a, &g, started),
     };
     std::process::exit(cmd::finish("lifeline", result));
 }

@@ -1,6 +1,6 @@
 //! `lifeline enroll` and `lifeline unseal-check`: the volume key sealed under the DRSK.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use argh::FromArgs;
 
@@ -45,8 +45,8 @@ fn parse_pcrs(text: &str) -> Result<Vec<u8>, Failure> {
 }
 
 /// Where a LUKS1 volume's sealed key lives.
-fn luks1_file(g: &Globals, uuid: &str) -> PathBuf {
-    g.state_dir.join("sealed").join(format!("{uuid}.json"))
+fn luks1_file(state_dir: &Path, uuid: &str) -> PathBuf {
+    state_dir.join("sealed").join(format!("{uuid}.json"))
 }
 
 pub fn run(args: Args, g: &Globals) -> CmdResult {
@@ -69,7 +69,7 @@ pub fn run(args: Args, g: &Globals) -> CmdResult {
         volume.put_token(TOKEN_TYPE, &json)?;
         eprintln!("Volume {} enrolled: LUKS2 token {TOKEN_TYPE}.", info.uuid);
     } else {
-        let file = luks1_file(g, &info.uuid);
+        let file = luks1_file(&g.state_dir, &info.uuid);
         atomic_file::replace(&file, json.to_string().as_bytes(), 0o600).map_err(|e| {
             Failure::new(
                 Exit::Failure,
@@ -91,28 +91,38 @@ pub fn find_sealed(
     g: &Globals,
     uuid: &str,
 ) -> Result<SealedToken, Failure> {
-    let json = if volume.is_luks2() {
-        volume.find_token(TOKEN_TYPE)?.map(|(_, json)| json)
-    } else {
-        match std::fs::read_to_string(luks1_file(g, uuid)) {
-            Ok(text) => Some(serde_json::from_str(&text).map_err(|e| {
-                Failure::new(
-                    Exit::Volume,
-                    format!("{}: not JSON: {e}", luks1_file(g, uuid).display()),
-                )
-            })?),
-            Err(_) => None,
-        }
-    };
-    let json = json.ok_or_else(|| {
+    read_sealed(volume, &g.state_dir, uuid)?.ok_or_else(|| {
         Failure::new(
             Exit::Volume,
             format!("volume {uuid} has no lifeline-tpm2 key"),
         )
         .todo("run lifeline enroll first")
-    })?;
-    SealedToken::from_json(&json)
-        .map_err(|e| Failure::new(Exit::Volume, e.to_string()).todo("run lifeline enroll again"))
+    })
+}
+
+/// A volume's sealed key, if it has one (LUKS1: in `state_dir`); damaged is an error.
+pub fn read_sealed(
+    volume: &mut LuksVolume,
+    state_dir: &Path,
+    uuid: &str,
+) -> Result<Option<SealedToken>, Failure> {
+    let json = if volume.is_luks2() {
+        volume.find_token(TOKEN_TYPE)?.map(|(_, json)| json)
+    } else {
+        let file = luks1_file(state_dir, uuid);
+        match std::fs::read_to_string(&file) {
+            Ok(text) => Some(serde_json::from_str(&text).map_err(|e| {
+                Failure::new(Exit::Volume, format!("{}: not JSON: {e}", file.display()))
+            })?),
+            Err(_) => None,
+        }
+    };
+    json.map(|json| {
+        SealedToken::from_json(&json).map_err(|e| {
+            Failure::new(Exit::Volume, e.to_string()).todo("run lifeline enroll again")
+        })
+    })
+    .transpose()
 }
 
 #[derive(FromArgs, Debug)]

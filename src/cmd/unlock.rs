@@ -41,7 +41,7 @@ const MOUNT_DIR: &str = "/run/lifeline/media";
 /// How long a configured device may take to appear.
 const DEVICE_WAIT: Duration = Duration::from_secs(30);
 
-pub fn run(args: Args, started: Instant) -> CmdResult {
+pub fn run(args: Args, g: &super::Globals, started: Instant) -> CmdResult {
     harden();
     let _terminal = TerminalRestored::new();
     let config = load(&args)?;
@@ -108,7 +108,7 @@ pub fn run(args: Args, started: Instant) -> CmdResult {
     };
     let mut closed = 0;
     for v in &config.volumes {
-        match open_volume(v, args.check_only) {
+        match open_volume(v, args.check_only, &g.state_dir) {
             Ok(None) => say(format!("volume {} is open already ({}).", v.uuid, v.name)),
             Ok(Some(mut volume)) => {
                 match unlock::unlock(
@@ -211,7 +211,11 @@ fn load(args: &Args) -> Result<Config, Failure> {
 }
 
 /// The volume, once its device is there; `None` when its mapping exists already.
-fn open_volume(v: &VolumeConfig, check_only: bool) -> Result<Option<BootVolume>, String> {
+fn open_volume(
+    v: &VolumeConfig,
+    check_only: bool,
+    state_dir: &Path,
+) -> Result<Option<BootVolume>, String> {
     if !check_only && Path::new("/dev/mapper").join(&v.name).exists() {
         return Ok(None);
     }
@@ -233,34 +237,26 @@ fn open_volume(v: &VolumeConfig, check_only: bool) -> Result<Option<BootVolume>,
     }
     Ok(Some(BootVolume {
         luks,
+        uuid,
         name: (!check_only).then(|| v.name.clone()),
+        state_dir: state_dir.to_path_buf(),
     }))
 }
 
 /// A LUKS volume at boot: opened under its mapping name (or only checked).
 struct BootVolume {
     luks: LuksVolume,
+    uuid: String,
     name: Option<String>,
+    /// Where LUKS1 volumes' sealed keys are (the initramfs glue copies them in).
+    state_dir: PathBuf,
 }
 
 impl Volume for BootVolume {
     fn token(&mut self) -> Option<Result<SealedToken, String>> {
-        // LUKS1 volumes keep their sealed key in the state directory, which the initramfs
-        // glue copies in; LUKS2 in the header.
-        let json = if self.luks.is_luks2() {
-            self.luks
-                .find_token(TOKEN_TYPE)
-                .ok()
-                .flatten()
-                .map(|(_, json)| json)
-        } else {
-            let uuid = self.luks.info().ok()?.uuid;
-            let file = Path::new("/etc/lifeline/sealed").join(format!("{uuid}.json"));
-            std::fs::read_to_string(file)
-                .ok()
-                .and_then(|t| serde_json::from_str(&t).ok())
-        }?;
-        Some(SealedToken::from_json(&json).map_err(|e| e.to_string()))
+        super::enroll::read_sealed(&mut self.luks, &self.state_dir, &self.uuid)
+            .map_err(|f| f.what)
+            .transpose()
     }
 
     fn activate(&mut self, key: &VolumeKey) -> Result<(), LuksError> {

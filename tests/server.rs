@@ -88,6 +88,19 @@ fn client(srv: &Server, sb: &Sandbox) -> Https {
     .unwrap()
 }
 
+/// Asserts the server refused with `status` and a reason containing `text`.
+fn assert_refused<T: std::fmt::Debug>(result: Result<T, FetchError>, status: u16, text: &str) {
+    match result {
+        Err(FetchError::Refused { status: s, reason }) if s == status => {
+            assert!(reason.contains(text), "{reason}")
+        }
+        Err(FetchError::NotFound(reason)) if status == 404 => {
+            assert!(reason.contains(text), "{reason}")
+        }
+        other => panic!("expected {status} {text}: {other:?}"),
+    }
+}
+
 fn credential(sb: &Sandbox, state: &str) -> String {
     std::fs::read_to_string(sb.path(state).join("credential")).unwrap()
 }
@@ -809,15 +822,11 @@ fn drsk_backup_and_board_swap_restore_over_https() {
     .ok();
     join(&sb, &srv, "other", Some(MACHINE_B));
     let other = client(&srv, &sb).with_credential(credential(&sb, "other").trim());
-    match other.post_bytes("/v1/drsk/backup", &std::fs::read(sb.path("a.dup")).unwrap()) {
-        Err(FetchError::Refused {
-            status: 403,
-            reason,
-        }) => {
-            assert!(reason.contains("belongs to another machine"), "{reason}")
-        }
-        other => panic!("another machine's backup accepted: {other:?}"),
-    }
+    assert_refused(
+        other.post_bytes("/v1/drsk/backup", &std::fs::read(sb.path("a.dup")).unwrap()),
+        403,
+        "belongs to another machine",
+    );
     drop(a);
 
     // The replacement board: its first run files the request and answers the challenge.
@@ -844,16 +853,12 @@ fn drsk_backup_and_board_swap_restore_over_https() {
     sb.lifeline_on(&c, &["srk-public", "--out", "c.srk", "--ek-out", "c.ek"])
         .ok();
     let srk = hex(&std::fs::read(sb.path("c.srk")).unwrap());
-    let refused = |body: serde_json::Value, status: u16, text: &str| match anyone
-        .post_json("/v1/drsk/restore-requests", &body)
-    {
-        Err(FetchError::Refused { status: s, reason }) if s == status => {
-            assert!(reason.contains(text), "{reason}")
-        }
-        Err(FetchError::NotFound(reason)) if status == 404 => {
-            assert!(reason.contains(text), "{reason}")
-        }
-        other => panic!("expected {status} {text}: {other:?}"),
+    let refused = |body: serde_json::Value, status: u16, text: &str| {
+        assert_refused(
+            anyone.post_json("/v1/drsk/restore-requests", &body),
+            status,
+            text,
+        )
     };
     refused(
         serde_json::json!({ "client_id": client_id, "srk_public": srk }),
@@ -886,18 +891,14 @@ fn drsk_backup_and_board_swap_restore_over_https() {
     srv.admin(&sb, &["approve-restore", &request])
         .fails(5, "no restore request");
     let forged = format!("lifeline-tpm-proof v1\nsecret: {}\n", "00".repeat(32));
-    match anyone.post_json(
-        &format!("/v1/drsk/restore-requests/{second}/proof"),
-        &serde_json::json!({ "proof": forged }),
-    ) {
-        Err(FetchError::Refused {
-            status: 403,
-            reason,
-        }) => {
-            assert!(reason.contains("does not match the challenge"), "{reason}")
-        }
-        other => panic!("a forged proof accepted: {other:?}"),
-    }
+    assert_refused(
+        anyone.post_json(
+            &format!("/v1/drsk/restore-requests/{second}/proof"),
+            &serde_json::json!({ "proof": forged }),
+        ),
+        403,
+        "does not match the challenge",
+    );
 
     // The real client again: a new challenge, answered; alice approves; C restores and unseals.
     sb.lifeline_on(&c, &restore).fails(5, "is not approved yet");

@@ -64,7 +64,8 @@ pub struct Config {
     /// Offer to set a new passphrase after a recovery.
     pub offer_new_passphrase: bool,
     /// Where questions go: `auto` (systemd's password agents when systemd runs the boot, else
-    /// the console), `console` or `ask-password`.
+    /// plymouth's client when its splash is up, else the console), `console`, `ask-password` or
+    /// `plymouth`.
     pub prompt: String,
 }
 
@@ -254,9 +255,9 @@ impl Config {
             "offer_new_passphrase" => self.offer_new_passphrase = boolean(&key, value)?,
             "prompt" => {
                 let p = string(&key, value)?;
-                if !["auto", "console", "ask-password"].contains(&p.as_str()) {
+                if !["auto", "console", "ask-password", "plymouth"].contains(&p.as_str()) {
                     return Err(format!(
-                        "prompt: '{p}' is not auto, console or ask-password"
+                        "prompt: '{p}' is not auto, console, ask-password or plymouth"
                     ));
                 }
                 self.prompt = p;

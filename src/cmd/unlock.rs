@@ -94,18 +94,7 @@ pub fn run(args: Args, g: &super::Globals, started: Instant) -> CmdResult {
         offer_new_passphrase: config.offer_new_passphrase,
         now: SystemTime::now(),
     };
-    // systemd's password agents (console, plymouth) when systemd runs the boot; else the console.
-    let agents = match config.prompt.as_str() {
-        "auto" => crate::prompt::AskPassword::available(),
-        other => other == "ask-password",
-    };
-    let mut console = if agents {
-        crate::prompt::Waiting::new(crate::prompt::AskPassword::new(
-            crate::prompt::ask_password::DEFAULT_DIR,
-        ))
-    } else {
-        crate::prompt::Waiting::new(crate::prompt::Console::new())
-    };
+    let mut console = prompt(&config.prompt);
     let mut closed = 0;
     for v in &config.volumes {
         match open_volume(v, args.check_only, &g.state_dir) {
@@ -152,6 +141,23 @@ pub fn run(args: Args, g: &super::Globals, started: Instant) -> CmdResult {
         ));
     }
     Ok(())
+}
+
+/// systemd's password agents (console, plymouth) when systemd runs the boot; else plymouth's
+/// client when its splash is up; else the console.
+fn prompt(setting: &str) -> crate::prompt::Waiting {
+    use crate::prompt::{AskPassword, Console, Plymouth, Waiting};
+    let plymouth = || Plymouth::new(crate::prompt::plymouth::SOCKET);
+    let chosen = match setting {
+        "auto" if AskPassword::available() => "ask-password",
+        "auto" if plymouth().available() => "plymouth",
+        other => other,
+    };
+    match chosen {
+        "ask-password" => Waiting::new(AskPassword::new(crate::prompt::ask_password::DEFAULT_DIR)),
+        "plymouth" => Waiting::new(plymouth()).on_splash(plymouth()),
+        _ => Waiting::new(Console::new()),
+    }
 }
 
 /// Puts the terminal back as it was when lifeline exits: a question may still be open (with

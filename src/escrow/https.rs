@@ -3,7 +3,7 @@
 //! client links no async runtime.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use ureq::tls::{Certificate, RootCerts, TlsConfig, TlsProvider};
@@ -43,6 +43,45 @@ pub struct Https {
     agent: ureq::Agent,
     base: String,
     credential: Option<zeroize::Zeroizing<String>>,
+    backoff: Backoff,
+}
+
+/// At boot, after the server could not be reached (or failed with a 5xx), calls wait before
+/// trying again: 1 s, doubling up to 30 s, so a network that is still coming up is not
+/// hammered and each poll of the prompt stays quick. Until then the last failure is repeated.
+#[derive(Default)]
+struct Backoff {
+    delay: Duration,
+    waiting: Option<(Instant, String)>,
+}
+
+impl Backoff {
+    const FIRST: Duration = Duration::from_secs(1);
+    const MOST: Duration = Duration::from_secs(30);
+
+    fn call<T>(
+        &mut self,
+        now: Instant,
+        call: impl FnOnce() -> Result<T, FetchError>,
+    ) -> Result<T, String> {
+        if let Some((until, why)) = &self.waiting {
+            if now < *until {
+                return Err(why.clone());
+            }
+        }
+        match call() {
+            Err(e @ (FetchError::Unreachable(_) | FetchError::Refused { status: 500.., .. })) => {
+                self.delay = (self.delay * 2).clamp(Self::FIRST, Self::MOST);
+                let why = e.to_string();
+                self.waiting = Some((now + self.delay, why.clone()));
+                Err(why)
+            }
+            other => {
+                *self = Backoff::default();
+                other.map_err(|e| e.to_string())
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for Https {
@@ -86,6 +125,7 @@ impl Https {
             agent,
             base: base_url.trim_end_matches('/').to_string(),
             credential: None,
+            backoff: Backoff::default(),
         })
     }
 
@@ -172,6 +212,19 @@ impl Https {
     }
 }
 
+impl Https {
+    /// A boot-time call, under the backoff.
+    fn at_boot<T>(
+        &mut self,
+        call: impl FnOnce(&Https) -> Result<T, FetchError>,
+    ) -> Result<T, String> {
+        let mut backoff = std::mem::take(&mut self.backoff);
+        let result = backoff.call(Instant::now(), || call(self));
+        self.backoff = backoff;
+        result
+    }
+}
+
 /// The escrow server as a source of recovery packets and DRSK restores at boot. Needs no
 /// credential: a booting machine has none (it is on the encrypted disk).
 impl crate::unlock::EscrowSource for Https {
@@ -181,10 +234,7 @@ impl crate::unlock::EscrowSource for Https {
 
     fn request_recovery(&mut self, who: &str, volume_uuid: &str) -> Result<bool, String> {
         let body = serde_json::json!({ "machine": who, "volume_uuid": volume_uuid });
-        match self.post_json("/v1/recovery-requests", &body) {
-            Ok(_) => Ok(true),
-            Err(e) => Err(e.to_string()),
-        }
+        self.at_boot(|h| h.post_json("/v1/recovery-requests", &body).map(|_| true))
     }
 
     fn recovery_packet(
@@ -192,14 +242,16 @@ impl crate::unlock::EscrowSource for Https {
         who: &[String],
         volume_uuid: &str,
     ) -> Result<Option<Vec<u8>>, String> {
-        for name in who {
-            match self.get(&format!("/v1/recovery/{name}/{volume_uuid}")) {
-                Ok(body) => return Ok(Some(body)),
-                Err(FetchError::NotFound(_)) => continue,
-                Err(e) => return Err(e.to_string()),
+        self.at_boot(|h| {
+            for name in who {
+                match h.get(&format!("/v1/recovery/{name}/{volume_uuid}")) {
+                    Ok(body) => return Ok(Some(body)),
+                    Err(FetchError::NotFound(_)) => continue,
+                    Err(e) => return Err(e),
+                }
             }
-        }
-        Ok(None)
+            Ok(None)
+        })
     }
 
     fn report_used(
@@ -209,19 +261,58 @@ impl crate::unlock::EscrowSource for Https {
     ) -> Result<(), String> {
         // expose_secret: the use token goes to the server once, over TLS, to retire the packet.
         let token = crate::secret::hex_secret(use_token.expose_secret());
-        self.post_json(
-            &format!("/v1/recovery/{packet_id}/used"),
-            &serde_json::json!({ "use_token": token.as_str() }),
-        )
-        .map(|_| ())
-        .map_err(|e| e.to_string())
+        let body = serde_json::json!({ "use_token": token.as_str() });
+        // Once, not subject to the backoff: the volume is open and the boot goes on.
+        self.post_json(&format!("/v1/recovery/{packet_id}/used"), &body)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
     }
 
     fn restore_file(&mut self, client_id: &str, srk_name: &str) -> Result<Option<Vec<u8>>, String> {
-        match self.get(&format!("/v1/drsk/restores/{client_id}/{srk_name}")) {
-            Ok(body) => Ok(Some(body)),
-            Err(FetchError::NotFound(_)) => Ok(None),
-            Err(e) => Err(e.to_string()),
+        self.at_boot(
+            |h| match h.get(&format!("/v1/drsk/restores/{client_id}/{srk_name}")) {
+                Ok(body) => Ok(Some(body)),
+                Err(FetchError::NotFound(_)) => Ok(None),
+                Err(e) => Err(e),
+            },
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_waits_longer_after_each_failure_and_forgets_on_success() {
+        let mut b = Backoff::default();
+        let t0 = Instant::now();
+        let calls = std::cell::Cell::new(0);
+        let down = || {
+            calls.set(calls.get() + 1);
+            Err::<(), _>(FetchError::Unreachable("connection refused".into()))
+        };
+        assert!(b.call(t0, down).unwrap_err().contains("connection refused"));
+        // Within the first second the failure is repeated without a call.
+        assert!(b.call(t0 + Duration::from_millis(900), down).is_err());
+        assert_eq!(calls.get(), 1);
+        assert!(b.call(t0 + Duration::from_secs(1), down).is_err());
+        assert_eq!(calls.get(), 2);
+        // Now 2 s from the second failure.
+        assert!(b.call(t0 + Duration::from_millis(2900), down).is_err());
+        assert_eq!(calls.get(), 2);
+        for _ in 0..10 {
+            let until = b.waiting.as_ref().unwrap().0;
+            assert!(b.call(until, down).is_err());
         }
+        assert_eq!(b.delay, Backoff::MOST);
+        // A 404 is an answer: it ends the backoff.
+        let until = b.waiting.as_ref().unwrap().0;
+        let missing = b.call(until, || {
+            Err::<(), _>(FetchError::NotFound("no packet".into()))
+        });
+        assert_eq!(missing.unwrap_err(), "no packet");
+        assert!(b.waiting.is_none());
+        assert_eq!(b.call(until, || Ok(7)), Ok(7));
     }
 }

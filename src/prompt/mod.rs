@@ -2,16 +2,19 @@
 //!
 //! `console.rs` reads from the terminal with echo off, or line by line from standard input when
 //! that is not a terminal (scripts, tests); `ask_password.rs` asks through systemd's password
-//! agents when systemd runs the boot; `waiting.rs` lets the boot flow poll while a question is
+//! agents when systemd runs the boot; `plymouth.rs` through plymouthd's socket when plymouth
+//! runs without systemd; `waiting.rs` lets the boot flow poll while a question is
 //! open. Prompt lines go to standard error, always in the
 //! same shape, so programs driving us can wait for them.
 
 pub mod ask_password;
 mod console;
+pub mod plymouth;
 mod waiting;
 
 pub use ask_password::AskPassword;
 pub use console::Console;
+pub use plymouth::Plymouth;
 pub use waiting::Waiting;
 
 use std::fmt;

@@ -14,6 +14,8 @@ pub struct Waiting {
     answers: Receiver<Result<Zeroizing<String>, PromptError>>,
     /// The question on screen whose answer is not yet taken.
     asking: Option<String>,
+    /// Plymouth's splash, where lines are shown besides standard error.
+    splash: Option<super::Plymouth>,
 }
 
 impl Waiting {
@@ -32,12 +34,22 @@ impl Waiting {
             questions,
             answers,
             asking: None,
+            splash: None,
         }
+    }
+
+    /// Also shows every line on plymouth's splash (the console behind it is hidden).
+    pub fn on_splash(mut self, splash: super::Plymouth) -> Waiting {
+        self.splash = Some(splash);
+        self
     }
 }
 
 impl Console for Waiting {
     fn say(&mut self, line: &str) {
+        if let Some(splash) = &self.splash {
+            splash.show(line);
+        }
         match &self.asking {
             // The question waits on the current line: say this below it, then ask again.
             Some(q) => eprint!("\n{line}\n{q} "),

@@ -115,7 +115,8 @@ impl Volume for FakeVolume {
 /// A source that, poll after poll, offers the next of `packets` (`None`: nothing yet).
 pub struct FakeSource {
     pub name: &'static str,
-    pub reachable: bool,
+    /// Calls refused ("connection refused") before the source answers; `u32::MAX`: never.
+    pub down: u32,
     pub packets: VecDeque<Option<Vec<u8>>>,
     pub restore: Option<Vec<u8>>,
     pub log: Log,
@@ -125,11 +126,21 @@ impl FakeSource {
     pub fn new(name: &'static str, log: &Log) -> Self {
         FakeSource {
             name,
-            reachable: true,
+            down: 0,
             packets: VecDeque::new(),
             restore: None,
             log: log.clone(),
         }
+    }
+}
+
+impl FakeSource {
+    fn answers(&mut self) -> Result<(), String> {
+        if self.down == 0 {
+            return Ok(());
+        }
+        self.down = self.down.saturating_sub(u32::from(self.down != u32::MAX));
+        Err("connection refused".into())
     }
 }
 
@@ -139,9 +150,7 @@ impl EscrowSource for FakeSource {
     }
 
     fn request_recovery(&mut self, who: &str, volume_uuid: &str) -> Result<bool, String> {
-        if !self.reachable {
-            return Err("connection refused".into());
-        }
+        self.answers()?;
         self.log
             .borrow_mut()
             .push(format!("{} request {who} {volume_uuid}", self.name));
@@ -149,9 +158,7 @@ impl EscrowSource for FakeSource {
     }
 
     fn recovery_packet(&mut self, _: &[String], _: &str) -> Result<Option<Vec<u8>>, String> {
-        if !self.reachable {
-            return Err("connection refused".into());
-        }
+        self.answers()?;
         Ok(self.packets.pop_front().flatten())
     }
 

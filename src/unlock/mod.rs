@@ -183,18 +183,18 @@ pub fn unlock(
         "lifeline: volume {uuid}: {reason}. Recovery ID {} — call your helpdesk with it, or type the passphrase.",
         recovery_id(&who, uuid)
     ));
-    for s in sources.iter_mut() {
-        match s.request_recovery(&who, uuid) {
-            Ok(true) => console.say(&format!(
-                "lifeline: recovery request filed with {}.",
-                s.describe()
-            )),
-            Ok(false) => {}
-            Err(e) => console.say(&format!("lifeline: {} not reachable: {e}", s.describe())),
-        }
-    }
+    let mut unfiled: Vec<usize> = (0..sources.len()).collect();
+    file_requests(uuid, sources, &mut unfiled, console, &who, true);
     let names = [who.clone(), settings.machine_id.clone()];
-    let (opened, key, used) = recover(uuid, volume, sources, console, settings, &names)?;
+    let (opened, key, used) = recover(
+        uuid,
+        volume,
+        sources,
+        &mut unfiled,
+        console,
+        settings,
+        &names,
+    )?;
     // 4. After a recovery.
     if let Some((source, packet_id, use_token)) = used {
         if let Err(e) = sources[source].report_used(&packet_id, &use_token) {
@@ -268,6 +268,39 @@ fn restore_drsk(
     false
 }
 
+/// Files the recovery request with each source in `unfiled` that takes it; a source that
+/// cannot be reached stays in `unfiled` and is asked again at the next poll (the network may
+/// still be coming up). Only the first failure is named.
+fn file_requests(
+    uuid: &str,
+    sources: &mut [Box<dyn EscrowSource>],
+    unfiled: &mut Vec<usize>,
+    console: &mut dyn Console,
+    who: &str,
+    first: bool,
+) {
+    unfiled.retain(|&i| match sources[i].request_recovery(who, uuid) {
+        Ok(filed) => {
+            if filed {
+                console.say(&format!(
+                    "lifeline: recovery request filed with {}.",
+                    sources[i].describe()
+                ));
+            }
+            false
+        }
+        Err(e) => {
+            if first {
+                console.say(&format!(
+                    "lifeline: {} not reachable: {e}",
+                    sources[i].describe()
+                ));
+            }
+            true
+        }
+    });
+}
+
 /// Which source gave the packet that was used, its ID and use token.
 type Used = Option<(usize, String, UseToken)>;
 
@@ -276,6 +309,7 @@ fn recover(
     uuid: &str,
     volume: &mut dyn Volume,
     sources: &mut [Box<dyn EscrowSource>],
+    unfiled: &mut Vec<usize>,
     console: &mut dyn Console,
     settings: &Settings,
     names: &[String],
@@ -287,6 +321,7 @@ fn recover(
     let mut waiting_otp: Option<Zeroizing<String>> = None;
     let mut attempts = 0;
     loop {
+        file_requests(uuid, sources, unfiled, console, &names[0], false);
         if packet.is_none() {
             packet = find_packet(uuid, sources, console, settings, names, &mut refused);
         }

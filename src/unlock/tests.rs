@@ -159,7 +159,7 @@ fn pcr_change_falls_back_to_https_packet_wrong_otp_then_right_otp_then_reseals()
 fn no_network_packet_on_usb() {
     let mut w = World::new();
     w.tpm.failure = Some(TpmError::PcrMismatch("PCR 7 changed".into()));
-    w.server.reachable = false;
+    w.server.down = u32::MAX;
     w.usb.packets = VecDeque::from([None, None, packet(GOOD)]);
     w.console = vec![Step::Wait, Step::Wait, Step::Type(otp())];
     let (result, log) = w.run();
@@ -169,6 +169,31 @@ fn no_network_packet_on_usb() {
         "the escrow server not reachable: connection refused"
     ));
     assert!(has(&log, "recovery packet from removable media verified"));
+}
+
+#[test]
+fn a_server_that_comes_up_late_gets_the_request_and_sends_the_packet() {
+    let mut w = World::new();
+    w.tpm.failure = Some(TpmError::PcrMismatch("PCR 7 changed".into()));
+    // Down for the first request and the whole first poll (request again, packet).
+    w.server.down = 3;
+    w.server.packets = VecDeque::from([packet(GOOD)]);
+    w.console = vec![Step::Wait, Step::Wait, Step::Type(otp())];
+    let (result, log) = w.run();
+    assert_eq!(result, Ok(Opened::RecoveryPacket));
+    let refused: Vec<_> = log.iter().filter(|l| l.contains("refused")).collect();
+    assert_eq!(
+        refused.len(),
+        2,
+        "named once as a request, once as a poll: {log:#?}"
+    );
+    let filed = log
+        .iter()
+        .position(|l| l.contains("recovery request filed with the escrow server"));
+    let verified = log
+        .iter()
+        .position(|l| l.contains("recovery packet from the escrow server verified"));
+    assert!(filed.is_some() && filed < verified, "{log:#?}");
 }
 
 #[test]

@@ -20,3 +20,6 @@ mod server;
 
 /// `lifeline unlock` as the initramfs runs it: real swtpm, LUKS image, server, USB image, pty.
 mod unlock;
+
+/// The initramfs glue without booting: shellcheck, mkinitcpio's hooks against a harness.
+mod glue;

@@ -45,7 +45,7 @@ fn parse_pcrs(text: &str) -> Result<Vec<u8>, Failure> {
 }
 
 /// Where a LUKS1 volume's sealed key lives.
-fn luks1_file(state_dir: &Path, uuid: &str) -> PathBuf {
+pub fn luks1_file(state_dir: &Path, uuid: &str) -> PathBuf {
     state_dir.join("sealed").join(format!("{uuid}.json"))
 }
 

@@ -34,6 +34,14 @@ pub struct Args {
     /// prove the key opens each volume without creating the device-mapper mapping
     #[argh(switch)]
     pub check_only: bool,
+    /// for initramfs hooks: exit 0 when lifeline is enabled with an escrow server (so the
+    /// network is needed), 9 when not, 2 on a configuration error; nothing is unlocked
+    #[argh(switch)]
+    pub needs_network: bool,
+    /// for initramfs hooks: print the files the initramfs needs besides the binary (the
+    /// configuration, CA, trust key, machine ID, LUKS1 sealed keys), one per line
+    #[argh(switch)]
+    pub list_files: bool,
 }
 
 /// Where removable media are mounted while they are read.
@@ -42,6 +50,22 @@ const MOUNT_DIR: &str = "/run/lifeline/media";
 const DEVICE_WAIT: Duration = Duration::from_secs(30);
 
 pub fn run(args: Args, g: &super::Globals, started: Instant) -> CmdResult {
+    if args.needs_network {
+        let config = load(&args)?;
+        return match config.enabled && config.server.is_some() {
+            true => Ok(()),
+            false => Err(Failure::new(
+                Exit::StepAside,
+                "no network needed: no escrow server is configured, or lifeline is disabled",
+            )),
+        };
+    }
+    if args.list_files {
+        for file in initramfs_files(&load(&args)?, &args.config, &g.state_dir) {
+            println!("{}", file.display());
+        }
+        return Ok(());
+    }
     harden();
     let _terminal = TerminalRestored::new();
     let config = load(&args)?;
@@ -141,6 +165,24 @@ pub fn run(args: Args, g: &super::Globals, started: Instant) -> CmdResult {
         ));
     }
     Ok(())
+}
+
+/// What the initramfs needs so that this configuration works at boot.
+fn initramfs_files(config: &Config, path: &Path, state_dir: &Path) -> Vec<PathBuf> {
+    let mut files = vec![path.to_path_buf(), config.trust.clone()];
+    if config.server.is_some() {
+        files.push(config.ca.clone());
+    }
+    if config.machine_id.is_none() {
+        files.push(PathBuf::from("/etc/machine-id"));
+    }
+    for v in &config.volumes {
+        let sealed = super::enroll::luks1_file(state_dir, &v.uuid);
+        if sealed.exists() {
+            files.push(sealed);
+        }
+    }
+    files
 }
 
 /// systemd's password agents (console, plymouth) when systemd runs the boot; else plymouth's

@@ -1,0 +1,223 @@
+//! The initramfs glue without booting: every script passes shellcheck; mkinitcpio's install
+//! hooks run against a harness that provides mkinitcpio's documented build functions
+//! (`add_binary`, `add_file`, `add_module`, `add_symlink`, `add_runscript`, `error`, `warning`)
+//! and records what they are asked; its runtime hook runs under busybox `sh`. dracut and
+//! initramfs-tools are proven by the QEMU boots (qemu-tests/).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::support::*;
+
+fn repo(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
+}
+
+fn sh(program: &str, args: &[&str], script: &str, env: &[(&str, &Path)]) -> Run {
+    let mut c = Command::new(program);
+    c.args(args).arg("-c").arg(script);
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    Run::from(c.output().expect(program))
+}
+
+#[test]
+fn every_glue_script_passes_shellcheck() {
+    for (shell, file) in [
+        ("sh", "initramfs-tools/hooks/lifeline"),
+        ("sh", "initramfs-tools/scripts/init-premount/lifeline"),
+        ("bash", "dracut/90lifeline/module-setup.sh"),
+        ("sh", "dracut/90lifeline/lifeline-unlock.sh"),
+        ("sh", "mkinitcpio/hooks/lifeline"),
+        ("bash", "mkinitcpio/install/lifeline"),
+        ("bash", "mkinitcpio/install/sd-lifeline"),
+    ] {
+        let out = Command::new("shellcheck")
+            .args(["-x", "-s", shell])
+            .arg(repo(file))
+            .current_dir(repo(""))
+            .output()
+            .expect("shellcheck (apt install shellcheck)");
+        assert!(
+            out.status.success(),
+            "{file}:\n{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+}
+
+/// mkinitcpio's build functions, each recording its call in $CALLS.
+const HARNESS: &str = r#"
+record() { echo "$*" >> "$CALLS"; }
+add_binary() { record add_binary "$@"; }
+add_file() { record add_file "$@"; }
+add_module() { record add_module "$@"; }
+add_symlink() { record add_symlink "$@"; }
+add_runscript() { record add_runscript "$(basename "$HOOK")"; }
+error() { echo "==> ERROR: $*" >&2; }
+warning() { echo "==> WARNING: $*" >&2; }
+HOOK=$1
+. "$HOOK"
+build || exit 1
+help | head -n 1
+"#;
+
+fn mkinitcpio_build(sb: &Sandbox, hook: &str, config: &Path) -> (Run, String) {
+    let calls = sb.path(&format!("{hook}.calls"));
+    let run = sh(
+        "bash",
+        &[],
+        &HARNESS.replace(
+            "$1",
+            &repo(&format!("mkinitcpio/install/{hook}"))
+                .display()
+                .to_string(),
+        ),
+        &[
+            ("CALLS", &calls),
+            ("LIFELINE", Path::new(env!("CARGO_BIN_EXE_lifeline"))),
+            ("LIFELINE_CONFIG", config),
+        ],
+    );
+    (run, std::fs::read_to_string(calls).unwrap_or_default())
+}
+
+fn config(sb: &Sandbox, server: bool) -> PathBuf {
+    let trust = sb.write("minisign.pub", "untrusted comment: x\nRWQ\n");
+    let ca = sb.write("ca.pem", "");
+    let mut text = format!(
+        "trust = \"{}\"\nca = \"{}\"\nmachine_id = \"5a0c4e2b9d7f41c3a8e6b1d2f3c4e5a6\"\n",
+        trust.display(),
+        ca.display()
+    );
+    if server {
+        text.push_str("server = \"https://10.0.2.100:8443\"\n");
+    }
+    text.push_str(
+        "[[volume]]\nuuid = \"8f14e45f-ceea-467a-9af3-6b1d2c3e4f50\"\nname = \"cryptroot\"\n",
+    );
+    sb.write("lifeline.toml", text)
+}
+
+#[test]
+fn mkinitcpio_install_hooks_add_the_binary_tcti_files_and_modules() {
+    let sb = Sandbox::new();
+    let config = config(&sb, true);
+    let (run, calls) = mkinitcpio_build(&sb, "lifeline", &config);
+    run.ok();
+    assert!(
+        run.stdout.contains("Unlocks encrypted volumes at boot"),
+        "help: {}",
+        run.all()
+    );
+    let lines: Vec<&str> = calls.lines().collect();
+    let bin = env!("CARGO_BIN_EXE_lifeline");
+    assert_eq!(lines[0], format!("add_binary {bin} /usr/bin/lifeline"));
+    assert!(
+        lines[1].starts_with("add_binary /") && lines[1].ends_with("libtss2-tcti-device.so.0"),
+        "the dlopen()ed TCTI: {calls}"
+    );
+    for expected in [
+        format!("add_file {}", config.display()),
+        format!("add_file {}", sb.path("minisign.pub").display()),
+        format!("add_file {}", sb.path("ca.pem").display()),
+        "add_module dm_crypt".to_string(),
+        "add_module tpm_tis?".to_string(),
+        "add_module usb_storage?".to_string(),
+        "add_module vfat?".to_string(),
+        "add_runscript lifeline".to_string(),
+    ] {
+        assert!(
+            lines.contains(&expected.as_str()),
+            "no {expected:?} in:\n{calls}"
+        );
+    }
+    assert!(
+        !calls.contains("machine-id"),
+        "machine_id is configured: {calls}"
+    );
+
+    let (run, calls) = mkinitcpio_build(&sb, "sd-lifeline", &config);
+    run.ok();
+    assert!(calls.contains("add_file /usr/lib/lifeline/lifeline-unlock.service /usr/lib/systemd/system/lifeline-unlock.service"), "{calls}");
+    assert!(calls.contains("add_symlink /usr/lib/systemd/system/sysinit.target.wants/lifeline-unlock.service ../lifeline-unlock.service"), "{calls}");
+    assert!(!calls.contains("add_runscript"), "{calls}");
+}
+
+#[test]
+fn mkinitcpio_install_hook_refuses_a_bad_configuration() {
+    let sb = Sandbox::new();
+    let bad = sb.write("lifeline.toml", "colour = \"blue\"\n");
+    let (run, calls) = mkinitcpio_build(&sb, "lifeline", &bad);
+    assert_ne!(run.code, 0);
+    assert!(
+        run.stderr.contains("unknown setting 'colour'"),
+        "{}",
+        run.all()
+    );
+    assert!(
+        run.stderr.contains("==> ERROR: lifeline: fix"),
+        "{}",
+        run.all()
+    );
+    assert!(calls.is_empty(), "nothing added: {calls}");
+    let (run, _) = mkinitcpio_build(&sb, "lifeline", &sb.path("absent.toml"));
+    assert!(
+        run.stderr.contains("not found: write it first"),
+        "{}",
+        run.all()
+    );
+}
+
+/// The runtime hook under busybox sh, with a stand-in lifeline that exits with `$CODE`.
+fn run_hook(sb: &Sandbox, code: u8, server: bool) -> Run {
+    let fake = sb.write(
+        "fake-lifeline",
+        format!(
+            "#!/bin/sh\necho \"lifeline $*\" >> \"{}\"\ncase \"$*\" in *--needs-network*) exit {} ;; esac\nexit {code}\n",
+            sb.path("hook.calls").display(),
+            if server { 0 } else { 9 }
+        ),
+    );
+    std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    sh(
+        "busybox",
+        &["sh"],
+        &format!(
+            "msg() {{ echo \"msg: $*\"; }}\nmodprobe() {{ :; }}\nipconfig() {{ echo \"ipconfig $*\" >> \"$CALLS\"; }}\nip() {{ echo \"ip $*\"; }}\n. '{}'\nrun_hook\nrun_cleanuphook",
+            repo("mkinitcpio/hooks/lifeline").display()
+        ),
+        &[("LIFELINE", &fake), ("CALLS", &sb.path("hook.calls"))],
+    )
+}
+
+#[test]
+fn mkinitcpio_runtime_hook_runs_under_busybox_and_never_stops_the_boot() {
+    let sb = Sandbox::new();
+    let run = run_hook(&sb, 0, false);
+    run.ok();
+    assert_eq!(run.stdout, "", "{}", run.all());
+    let calls = std::fs::read_to_string(sb.path("hook.calls")).unwrap();
+    assert_eq!(calls, "lifeline unlock --needs-network\nlifeline unlock\n");
+
+    let run = run_hook(&sb, 9, true);
+    run.ok();
+    let calls = std::fs::read_to_string(sb.path("hook.calls")).unwrap();
+    assert!(
+        calls.ends_with(
+            "lifeline unlock --needs-network\nipconfig -t 20 ip=dhcp\nlifeline unlock\n"
+        ),
+        "{calls}"
+    );
+    assert!(
+        run.stdout
+            .contains("msg: lifeline stepped aside; the passphrase prompt follows"),
+        "{}",
+        run.all()
+    );
+
+    let run = run_hook(&sb, 1, false);
+    run.ok();
+    assert!(run.stdout.contains("msg: lifeline failed"), "{}", run.all());
+}

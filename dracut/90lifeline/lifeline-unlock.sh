@@ -7,9 +7,10 @@ if [ ! -e /run/lifeline/ran ] && [ -x /usr/sbin/lifeline ]; then
     mkdir -p /run/lifeline
     : > /run/lifeline/ran
     if /usr/sbin/lifeline unlock --needs-network 2> /dev/null; then
-        # dracut brings interfaces up from the main initqueue; wait for one, at most 30 s.
+        # dracut brings interfaces up from the main initqueue; wait for a global IPv4
+        # address, at most 30 s.
         lifeline_wait=0
-        while [ "$lifeline_wait" -lt 60 ] && ! ls /tmp/net.*.did-setup > /dev/null 2>&1; do
+        while [ "$lifeline_wait" -lt 60 ] && ! ip -4 -o addr show scope global 2> /dev/null | grep -q inet; do
             sleep 0.5
             lifeline_wait=$((lifeline_wait + 1))
         done

@@ -48,6 +48,9 @@ impl Server {
             "admin.pass",
             "--tls-name",
             "127.0.0.1",
+            // The address QEMU guests reach the host's server by (qemu-tests/).
+            "--tls-name",
+            "10.0.2.100",
             "--listen",
             &listen,
         ])

@@ -11,3 +11,18 @@ mod harness;
 
 #[path = "unattended-tpm-unlock/test.rs"]
 mod unattended_tpm_unlock;
+
+#[path = "pcr-changed-recovery-through-the-server/test.rs"]
+mod pcr_changed_recovery_through_the_server;
+
+#[path = "no-network-recovery-packet-on-a-usb-stick/test.rs"]
+mod no_network_recovery_packet_on_a_usb_stick;
+
+#[path = "motherboard-swap-drsk-restored-from-the-server/test.rs"]
+mod motherboard_swap_drsk_restored_from_the_server;
+
+#[path = "forged-packet-refused-then-the-real-one-accepted/test.rs"]
+mod forged_packet_refused_then_the_real_one_accepted;
+
+#[path = "lifeline-broken-the-distribution-prompt-still-unlocks/test.rs"]
+mod lifeline_broken_the_distribution_prompt_still_unlocks;

@@ -15,7 +15,7 @@ use crate::support::swtpm::Swtpm;
 use crate::support::*;
 
 pub use initrd::Flavour;
-pub use qemu::{Boot, Finished, GUEST_SERVER, ROOT_MOUNTED};
+pub use qemu::{Boot, Finished, GUEST_SERVER};
 
 /// One boot at a time: two cores, and TCG wants one of them.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
@@ -221,7 +221,7 @@ impl World {
         std::fs::write(
             dir.join("lifeline.toml"),
             format!(
-                "server = \"{GUEST_SERVER}\"\npoll_interval = 2\ntimeout = 180\ntpm_wait = 10\n\
+                "server = \"{GUEST_SERVER}\"\npoll_interval = 2\ntimeout = 120\ntpm_wait = 10\n\
                  offer_new_passphrase = false\n\n[[volume]]\nuuid = \"{}\"\nname = \"cryptroot\"\n",
                 self.root.uuid
             ),
@@ -279,6 +279,96 @@ impl World {
     pub fn boot(&mut self) -> Boot {
         let (initrd, tpm) = (self.initrd(), self.tpm.clone());
         self.boot_with(&initrd, Some(&tpm), true, None, "")
+    }
+}
+
+impl World {
+    /// The administrator approves the machine's pending recovery request; returns the OTP the
+    /// helpdesk reads out.
+    pub fn approve_recovery(&self) -> String {
+        let requests = self.srv.admin(&self.sb, &["requests"]).ok().stdout.clone();
+        let request: serde_json::Value = serde_json::from_str(
+            requests
+                .lines()
+                .last()
+                .expect("a recovery request on the server"),
+        )
+        .unwrap();
+        assert_eq!(
+            request["recovery_id"],
+            format!("{}-{}", &self.client_id[..4], &self.root.uuid[..4]).as_str()
+        );
+        self.srv
+            .admin(
+                &self.sb,
+                &[
+                    "approve-recovery",
+                    request["request"].as_str().unwrap(),
+                    "--passphrase-file",
+                    "admin.pass",
+                ],
+            )
+            .ok()
+            .stdout
+            .trim()
+            .to_string()
+    }
+
+    /// A recovery packet for the root made off-line by the authority in `authority` (the
+    /// server's own, `srv`, or another); returns the packet file and its OTP.
+    pub fn offline_packet(&self, authority: &str) -> (PathBuf, String) {
+        let escrow = self.sb.fresh_path("escrow");
+        let recipient = format!("{authority}/recipient.txt");
+        self.sb
+            .lifeline(&[
+                "escrow",
+                self.root.path.to_str().unwrap(),
+                "--recipient",
+                &recipient,
+                "--out",
+                escrow.to_str().unwrap(),
+                "--key-file",
+                self.root.key_file.to_str().unwrap(),
+                "--machine-id",
+                &self.machine_id,
+            ])
+            .ok();
+        let packet = self.sb.fresh_path("recovery");
+        let otp = self
+            .sb
+            .issue_run(
+                authority,
+                escrow.to_str().unwrap(),
+                packet.to_str().unwrap(),
+                "admin.pass",
+                &[],
+            )
+            .ok()
+            .stdout
+            .trim()
+            .to_string();
+        (packet, otp)
+    }
+
+    /// A vfat USB stick image with `packet` where lifeline looks:
+    /// `lifeline/<client-id>/<volume-uuid>.recovery`.
+    pub fn usb_stick(&self, name: &str, packet: &Path) -> PathBuf {
+        let stick = self.sb.path(name);
+        std::fs::File::create(&stick)
+            .unwrap()
+            .set_len(8 << 20)
+            .unwrap();
+        run(Command::new("mkfs.vfat")
+            .args(["-n", "RECOVERY"])
+            .arg(&stick));
+        let dir = format!("::lifeline/{}", self.client_id);
+        let image = stick.to_str().unwrap();
+        run(Command::new("mmd").args(["-i", image, "::lifeline", &dir]));
+        run(Command::new("mcopy")
+            .args(["-i", image])
+            .arg(packet)
+            .arg(format!("{dir}/{}.recovery", self.root.uuid)));
+        stick
     }
 }
 

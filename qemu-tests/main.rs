@@ -9,6 +9,12 @@ mod support;
 
 mod harness;
 
+/// `make demo`: the narrated story (ignored by `make test`).
+mod demo;
+
+/// Initramfs sizes and boot times, by hand (ignored by `make test`).
+mod benchmark;
+
 #[path = "unattended-tpm-unlock/test.rs"]
 mod unattended_tpm_unlock;
 

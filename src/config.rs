@@ -209,13 +209,18 @@ impl Config {
                     None => continue,
                 },
             };
-            let value = match value {
-                "1" | "yes" | "true" if key != "server" => Value::Bool(true),
-                "0" | "no" | "false" if key != "server" => Value::Bool(false),
-                v => v
+            // The command line has no types: the setting says what its text means.
+            let value = match (key.replace('-', "_").as_str(), value) {
+                ("enabled" | "poll" | "usb" | "reseal" | "offer_new_passphrase", v) => match v {
+                    "1" | "yes" | "true" => Value::Bool(true),
+                    "0" | "no" | "false" => Value::Bool(false),
+                    v => Value::Str(v.to_string()),
+                },
+                ("poll_interval" | "tpm_wait" | "timeout", v) => v
                     .parse()
                     .map(Value::Int)
                     .unwrap_or_else(|_| Value::Str(v.to_string())),
+                (_, v) => Value::Str(v.to_string()),
             };
             self.set(key, value)
                 .map_err(|e| ConfigError(format!("kernel command line {word}: {e}")))?;
@@ -403,6 +408,13 @@ device = "/dev/vdb"
             e.0.contains("rd.lifeline.colour=red: unknown setting"),
             "{e}"
         );
+        c.apply_cmdline("rd.lifeline.tpm_wait=1 rd.lifeline.timeout=0 rd.lifeline.usb_label=1")
+            .unwrap();
+        assert_eq!(c.tpm_wait, Duration::from_secs(1));
+        assert_eq!(c.timeout, Duration::ZERO);
+        assert_eq!(c.usb_label.as_deref(), Some("1"));
+        let e = c.apply_cmdline("rd.lifeline.usb=maybe").unwrap_err();
+        assert!(e.to_string().contains("usb must be true or false"), "{e}");
         let e = c.apply_cmdline("rd.lifeline.timeout=soon").unwrap_err();
         assert!(e.0.contains("must be a number of seconds"), "{e}");
     }

@@ -219,5 +219,9 @@ fn mkinitcpio_runtime_hook_runs_under_busybox_and_never_stops_the_boot() {
 
     let run = run_hook(&sb, 1, false);
     run.ok();
-    assert!(run.stdout.contains("msg: lifeline failed"), "{}", run.all());
+    assert!(
+        run.stdout.contains("msg: lifeline failed (exit 1)"),
+        "{}",
+        run.all()
+    );
 }

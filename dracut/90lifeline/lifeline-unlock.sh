@@ -2,24 +2,35 @@
 # dracut without systemd: sourced by the initqueue each time udev has settled, before the
 # crypt module's cryptroot-ask jobs (00- sorts first). Runs `lifeline unlock` once; whatever it
 # exits with, cryptroot-ask then asks for any volume still closed. Sourced: no `exit` here.
+#
+# With an escrow server, the network is brought up here (`ifup -m`, network-legacy's manual
+# mode: DHCP, or ip=) and taken down again afterwards, rather than with rd.neednet=1, which
+# would make a boot without network wait for one.
 
 if [ ! -e /run/lifeline/ran ] && [ -x /usr/sbin/lifeline ]; then
     mkdir -p /run/lifeline
     : > /run/lifeline/ran
-    if /usr/sbin/lifeline unlock --needs-network 2> /dev/null; then
-        # dracut brings interfaces up from the main initqueue; wait for a global IPv4
-        # address, at most 30 s.
-        lifeline_wait=0
-        while [ "$lifeline_wait" -lt 60 ] && ! ip -4 -o addr show scope global 2> /dev/null | grep -q inet; do
-            sleep 0.5
-            lifeline_wait=$((lifeline_wait + 1))
+    lifeline_up=
+    if command -v ifup > /dev/null && /usr/sbin/lifeline unlock --needs-network 2> /dev/null; then
+        for lifeline_if in /sys/class/net/*; do
+            lifeline_if=${lifeline_if##*/}
+            [ "$lifeline_if" = lo ] && continue
+            [ -e "/tmp/net.$lifeline_if.did-setup" ] && continue
+            ifup "$lifeline_if" -m > /dev/null 2>&1 && lifeline_up="$lifeline_up $lifeline_if"
         done
-        unset lifeline_wait
     fi
     /usr/sbin/lifeline unlock
-    case $? in
+    lifeline_status=$?
+    case $lifeline_status in
         0) ;;
         9) warn "lifeline stepped aside; the passphrase prompt follows" ;;
-        *) warn "lifeline failed; the passphrase prompt follows" ;;
+        *) warn "lifeline failed (exit $lifeline_status); the passphrase prompt follows" ;;
     esac
+    for lifeline_if in $lifeline_up; do
+        [ -e "/tmp/dhclient.$lifeline_if.pid" ] && kill "$(cat "/tmp/dhclient.$lifeline_if.pid")" 2> /dev/null
+        ip addr flush dev "$lifeline_if" 2> /dev/null
+        ip link set "$lifeline_if" down 2> /dev/null
+        rm -f "/tmp/net.$lifeline_if".* "/tmp/dhclient.$lifeline_if".* "/tmp/leaseinfo.$lifeline_if".*
+    done
+    unset lifeline_status lifeline_up lifeline_if
 fi

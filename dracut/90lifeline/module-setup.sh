@@ -58,9 +58,6 @@ install() {
     local network=no
     if "$lifeline" unlock --config "$(lifeline_config)" --cmdline /dev/null --needs-network 2> /dev/null; then
         network=yes
-        # Without rd.neednet, dracut brings no interface up when the root is local.
-        mkdir -p "$initdir/etc/cmdline.d"
-        echo "rd.neednet=1" > "$initdir/etc/cmdline.d/50lifeline.conf"
     fi
 
     if dracut_module_included "systemd"; then

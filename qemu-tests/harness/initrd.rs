@@ -94,11 +94,12 @@ fn in_namespace(binds: &[(&Path, &str)], script: &str, env: &[(&str, &Path)]) ->
     log
 }
 
-/// Builds an image of `flavour` with `lifeline` (the binary to put in) and `etc_lifeline` as
+/// Builds an image of `flavour` with `lifeline` (the binary to put in; `None`: the image
+/// without lifeline's glue, as the distribution makes it) and `etc_lifeline` as
 /// `/etc/lifeline`, for the root on `root`, into `out`. Returns the tool's output.
 pub fn build(
     flavour: Flavour,
-    lifeline: &Path,
+    lifeline: Option<&Path>,
     etc_lifeline: &Path,
     root: &RootDisk,
     work: &Path,
@@ -112,17 +113,19 @@ pub fn build(
         Flavour::InitramfsTools => {
             let conf = work.join("initramfs-tools");
             copy_tree(Path::new("/etc/initramfs-tools"), &conf);
-            std::fs::create_dir_all(conf.join("scripts/init-premount")).unwrap();
-            std::fs::copy(
-                repo("initramfs-tools/hooks/lifeline"),
-                conf.join("hooks/lifeline"),
-            )
-            .unwrap();
-            std::fs::copy(
-                repo("initramfs-tools/scripts/init-premount/lifeline"),
-                conf.join("scripts/init-premount/lifeline"),
-            )
-            .unwrap();
+            if lifeline.is_some() {
+                std::fs::create_dir_all(conf.join("scripts/init-premount")).unwrap();
+                std::fs::copy(
+                    repo("initramfs-tools/hooks/lifeline"),
+                    conf.join("hooks/lifeline"),
+                )
+                .unwrap();
+                std::fs::copy(
+                    repo("initramfs-tools/scripts/init-premount/lifeline"),
+                    conf.join("scripts/init-premount/lifeline"),
+                )
+                .unwrap();
+            }
             let crypttab = work.join("crypttab");
             std::fs::write(
                 &crypttab,
@@ -142,7 +145,7 @@ pub fn build(
                     out.display(),
                     k.version
                 ),
-                &[("LIFELINE", lifeline)],
+                &[("LIFELINE", lifeline.unwrap_or(Path::new("/nonexistent")))],
             )
         }
         Flavour::Dracut => {
@@ -161,7 +164,7 @@ pub fn build(
                     "dracut --force --no-hostonly --no-hostonly-cmdline --no-early-microcode \
                      --conf /dev/null --confdir '{c}' \
                      --kver {v} --kmoddir '{m}/{v}' \
-                     --modules 'base udev-rules kernel-modules rootfs-block dm crypt network-legacy network lifeline' \
+                     --modules 'base udev-rules kernel-modules rootfs-block dm crypt {glue}' \
                      --omit 'systemd plymouth' \
                      --add-drivers 'virtio_pci virtio_blk virtio_net ext4' \
                      '{o}'\n",
@@ -169,8 +172,13 @@ pub fn build(
                     m = modules.display(),
                     o = out.display(),
                     c = confdir.display(),
+                    glue = if lifeline.is_some() {
+                        "network-legacy network lifeline"
+                    } else {
+                        ""
+                    },
                 ),
-                &[("LIFELINE", lifeline)],
+                &[("LIFELINE", lifeline.unwrap_or(Path::new("/nonexistent")))],
             )
         }
     }

@@ -114,6 +114,8 @@ pub struct World {
     pub machine_id: String,
     pub client_id: String,
     boots: usize,
+    /// Show the consoles (and keep the kernel quiet): `make demo`.
+    pub echo: bool,
     /// Each boot's console, sockets and marker: `target/tmp/qemu/logs/<test>/boot-<n>/`.
     logs: PathBuf,
     _one: MutexGuard<'static, ()>,
@@ -147,6 +149,7 @@ impl World {
             machine_id: hex(&id),
             client_id: String::new(),
             boots: 0,
+            echo: false,
             logs,
             _one: one,
         }
@@ -232,14 +235,20 @@ impl World {
 
     /// An initramfs of this world's flavour with lifeline in it.
     pub fn initrd(&self) -> PathBuf {
-        let out = self.sb.path(&format!("initrd-{}.img", self.flavour.name()));
+        self.initrd_with("initrd.img", Some(initrd::lifeline_binary()))
+    }
+
+    /// An initramfs of this world's flavour named `name`, with `lifeline` in it (`None`: as
+    /// the distribution makes it, without lifeline).
+    pub fn initrd_with(&self, name: &str, lifeline: Option<&Path>) -> PathBuf {
+        let out = self.sb.path(name);
         if !out.exists() {
             initrd::build(
                 self.flavour,
-                initrd::lifeline_binary(),
+                lifeline,
                 &self.etc_lifeline(),
                 &self.root,
-                &self.sb.path("build"),
+                &self.sb.path(&format!("build-{name}")),
                 &out,
             );
         }
@@ -263,15 +272,18 @@ impl World {
             kernel: &k.vmlinuz(),
             initrd,
             cmdline: format!(
-                "root=/dev/mapper/cryptroot rootfstype=ext4 {} rd.lifeline.machine_id={} {extra}",
+                "root=/dev/mapper/cryptroot rootfstype=ext4 {} rd.lifeline.machine_id={} {}{extra}",
                 self.flavour.cmdline(&self.root),
-                self.machine_id
+                self.machine_id,
+                if self.echo { "quiet " } else { "" },
             ),
             root: &self.root.path,
             tpm,
             server_port: network.then_some(self.srv.port),
             usb,
             dir: &dir,
+            sockets: &self.sb.path(""),
+            echo: self.echo,
         })
     }
 

@@ -29,8 +29,12 @@ pub struct BootOptions<'a> {
     pub server_port: Option<u16>,
     /// A USB stick image.
     pub usb: Option<&'a Path>,
-    /// Where the console, sockets and marker go.
+    /// Where the console log and the marker go.
     pub dir: &'a Path,
+    /// Where the sockets go (a short path: a socket's path has at most 107 bytes).
+    pub sockets: &'a Path,
+    /// Show the console on standard output as it comes (`make demo`).
+    pub echo: bool,
 }
 
 pub struct Boot {
@@ -67,8 +71,8 @@ impl Boot {
     pub fn start(o: BootOptions) -> Boot {
         let marker = o.dir.join("marker.img");
         std::fs::write(&marker, vec![0u8; 1 << 20]).unwrap();
-        let serial_path = o.dir.join("serial.sock");
-        let tpm_path = o.dir.join("tpm.sock");
+        let serial_path = o.sockets.join("serial.sock");
+        let tpm_path = o.sockets.join("tpm.sock");
         for p in [&serial_path, &tpm_path] {
             let _ = std::fs::remove_file(p);
         }
@@ -125,12 +129,21 @@ impl Boot {
                 ))
                 .args(["-device", "usb-storage,bus=xhci.0,drive=stick,removable=on"]);
         }
-        let qemu = q
+        let mut qemu = q
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
             .expect("qemu-system-x86_64");
-        wait_for_path(&serial_path);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !serial_path.exists() {
+            if qemu.try_wait().unwrap().is_some() || Instant::now() > deadline {
+                let _ = qemu.kill();
+                let mut why = String::new();
+                let _ = qemu.stderr.take().unwrap().read_to_string(&mut why);
+                panic!("QEMU did not start: {why}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let serial = loop {
             match UnixStream::connect(&serial_path) {
                 Ok(s) => break s,
@@ -141,6 +154,7 @@ impl Boot {
         let output = Arc::new(Mutex::new(String::new()));
         let root_at = Arc::new(Mutex::new(None));
         let log = o.dir.join("console.log");
+        let echo = o.echo;
         let (mut reader, sink, at, log_path) = (
             serial.try_clone().unwrap(),
             output.clone(),
@@ -156,6 +170,11 @@ impl Boot {
                 }
                 if let Some(f) = file.as_mut() {
                     let _ = f.write_all(&buf[..n]);
+                }
+                if echo {
+                    let mut out = std::io::stdout();
+                    let _ = out.write_all(&buf[..n]);
+                    let _ = out.flush();
                 }
                 let mut text = sink.lock().unwrap();
                 text.push_str(&String::from_utf8_lossy(&buf[..n]));

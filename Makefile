@@ -1,12 +1,12 @@
 # The two commands of the README's quick start.
-#   make demo   the recovery story, end to end, narrated
+#   make demo   the recovery story, end to end, narrated, booting a laptop in QEMU
 #   make test   every test
 # Both install what they need (Debian 12, as root).
 
 CARGO ?= cargo
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: all deps build release test demo clean
+.PHONY: all deps build release test demo demo-offline clean
 
 all: build
 
@@ -22,8 +22,11 @@ release: deps
 test: deps
 	$(CARGO) test --all-features
 
-demo: release
+demo: deps
 	./scripts/demo.sh
+
+demo-offline: release
+	./scripts/demo-offline.sh
 
 clean:
 	$(CARGO) clean

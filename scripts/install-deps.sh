@@ -10,7 +10,7 @@ packages="
   age minisign
   bsdutils e2fsprogs mount
   shellcheck busybox
-  dracut-core dracut-network initramfs-tools cryptsetup-initramfs kmod cpio dosfstools mtools socat
+  dracut-core dracut-network initramfs-tools cryptsetup-initramfs kmod cpio zstd dmsetup dosfstools mtools socat
 "
 # From bookworm-backports: bookworm's own qemu-system-x86 conflicts with the preinstalled
 # qemu-utils 10.

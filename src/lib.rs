@@ -23,6 +23,8 @@
 //! approved, then recovery: it shows a recovery ID, files a request, and at one prompt takes
 //! the passphrase or the OTP while it polls the server and removable media for the packet.
 //! Whatever fails, it steps aside with an exit code and the distribution's own prompt runs.
+//! The shell glue in `dracut/`, `initramfs-tools/` and `mkinitcpio/` runs it before the
+//! distribution's unlock step; `qemu-tests/` boots it (docs/INITRAMFS.md).
 //!
 //! # Threat model
 //!
@@ -45,7 +47,7 @@
 //! - [`unlock`]: the boot flow behind narrow traits, with fakes for its scenario tests;
 //!   [`config`]: its `lifeline.toml` and `rd.lifeline.*` settings.
 //! - [`tpm`]: tss-esapi adapter, policy digests, the `lifeline-tpm2` token, DRSK files.
-//! - [`prompt`]: asking a person for secrets.
+//! - [`prompt`]: asking a person for secrets (console, systemd's agents, plymouth).
 //! - [`cmd`]: the subcommands of both binaries and their exit codes.
 //! - [`atomic_file`], [`hex`]: files written whole or not at all; hex for the text formats.
 //! - `server` (feature `server`): the recovery authority, DRSK custody, and the HTTPS

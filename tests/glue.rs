@@ -170,45 +170,48 @@ fn mkinitcpio_install_hook_refuses_a_bad_configuration() {
     );
 }
 
-/// The runtime hook under busybox sh, with a stand-in lifeline that exits with `$CODE`.
-fn run_hook(sb: &Sandbox, code: u8, server: bool) -> Run {
+/// The runtime hook under busybox sh, with a stand-in lifeline: `--tpm-only` exits with
+/// `tpm`, the full run with `code`; a server is configured when `server`. Returns the run and
+/// the calls made (lifeline's and ipconfig's).
+fn run_hook(sb: &Sandbox, tpm: u8, code: u8, server: bool) -> (Run, String) {
+    let calls = sb.path("hook.calls");
+    let _ = std::fs::remove_file(&calls);
     let fake = sb.write(
         "fake-lifeline",
         format!(
-            "#!/bin/sh\necho \"lifeline $*\" >> \"{}\"\ncase \"$*\" in *--needs-network*) exit {} ;; esac\nexit {code}\n",
-            sb.path("hook.calls").display(),
+            "#!/bin/sh\necho \"lifeline $*\" >> \"{}\"\ncase \"$*\" in\n*--needs-network*) exit {} ;;\n*--tpm-only*) exit {tpm} ;;\nesac\nexit {code}\n",
+            calls.display(),
             if server { 0 } else { 9 }
         ),
     );
     std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    sh(
+    let run = sh(
         "busybox",
         &["sh"],
         &format!(
             "msg() {{ echo \"msg: $*\"; }}\nmodprobe() {{ :; }}\nipconfig() {{ echo \"ipconfig $*\" >> \"$CALLS\"; }}\nip() {{ echo \"ip $*\"; }}\n. '{}'\nrun_hook\nrun_cleanuphook",
             repo("mkinitcpio/hooks/lifeline").display()
         ),
-        &[("LIFELINE", &fake), ("CALLS", &sb.path("hook.calls"))],
-    )
+        &[("LIFELINE", &fake), ("CALLS", &calls)],
+    );
+    (run, std::fs::read_to_string(calls).unwrap_or_default())
 }
 
 #[test]
 fn mkinitcpio_runtime_hook_runs_under_busybox_and_never_stops_the_boot() {
     let sb = Sandbox::new();
-    let run = run_hook(&sb, 0, false);
+    // The TPM opens everything: no network, nothing else.
+    let (run, calls) = run_hook(&sb, 0, 0, true);
     run.ok();
     assert_eq!(run.stdout, "", "{}", run.all());
-    let calls = std::fs::read_to_string(sb.path("hook.calls")).unwrap();
-    assert_eq!(calls, "lifeline unlock --needs-network\nlifeline unlock\n");
+    assert_eq!(calls, "lifeline unlock --tpm-only\n");
 
-    let run = run_hook(&sb, 9, true);
+    // Recovery with a server: the network first.
+    let (run, calls) = run_hook(&sb, 9, 9, true);
     run.ok();
-    let calls = std::fs::read_to_string(sb.path("hook.calls")).unwrap();
-    assert!(
-        calls.ends_with(
-            "lifeline unlock --needs-network\nipconfig -t 20 ip=dhcp\nlifeline unlock\n"
-        ),
-        "{calls}"
+    assert_eq!(
+        calls,
+        "lifeline unlock --tpm-only\nlifeline unlock --needs-network\nipconfig -t 20 ip=dhcp\nlifeline unlock\n"
     );
     assert!(
         run.stdout
@@ -217,10 +220,25 @@ fn mkinitcpio_runtime_hook_runs_under_busybox_and_never_stops_the_boot() {
         run.all()
     );
 
-    let run = run_hook(&sb, 1, false);
+    // Recovery without a server: no network.
+    let (run, calls) = run_hook(&sb, 9, 1, false);
     run.ok();
+    assert_eq!(
+        calls,
+        "lifeline unlock --tpm-only\nlifeline unlock --needs-network\nlifeline unlock\n"
+    );
     assert!(
         run.stdout.contains("msg: lifeline failed (exit 1)"),
+        "{}",
+        run.all()
+    );
+
+    // A bad configuration: said once, then the distribution's prompt.
+    let (run, calls) = run_hook(&sb, 2, 0, true);
+    run.ok();
+    assert_eq!(calls, "lifeline unlock --tpm-only\n");
+    assert!(
+        run.stdout.contains("msg: lifeline: bad configuration"),
         "{}",
         run.all()
     );

@@ -179,10 +179,31 @@ fn tpm_then_pcr_change_over_https_with_otp_and_reseal_then_usb_without_network()
         run.all()
     );
     assert!(!run.all().contains("Passphrase or one-time password"));
+    let tpm_only = |sb: &Sandbox| {
+        let config = config.to_str().unwrap();
+        sb.lifeline(&[
+            "unlock",
+            "--check-only",
+            "--tpm-only",
+            "--config",
+            config,
+            "--cmdline",
+            "/dev/null",
+        ])
+    };
+    assert!(tpm_only(&sb)
+        .ok()
+        .stderr
+        .contains("unlocked (check only) (TPM)"));
 
     // 2. PCR 16 changes: recovery request, approval on the server, a mistyped and a wrong
     //    OTP, the right one, no new passphrase; the key is re-sealed to the new PCR value.
     pcr16(&t, "reset");
+    // The glue's first run: the TPM alone says why and exits 9, asking nothing.
+    let first = tpm_only(&sb);
+    first.fails(9, "not unlocked by the TPM; recovery follows");
+    assert!(first.stderr.contains("PCR 16 changed"), "{}", first.all());
+    assert!(!first.all().contains("Passphrase or one-time password"));
     let mut tty = Tty::start(&sb.path(""), &config);
     tty.wait_for("Passphrase or one-time password:", 1);
     assert!(tty.text().contains("PCR 16 changed"), "{}", tty.text());

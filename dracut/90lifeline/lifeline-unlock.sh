@@ -11,16 +11,24 @@ if [ ! -e /run/lifeline/ran ] && [ -x /usr/sbin/lifeline ]; then
     mkdir -p /run/lifeline
     : > /run/lifeline/ran
     lifeline_up=
-    if command -v ifup > /dev/null && /usr/sbin/lifeline unlock --needs-network 2> /dev/null; then
-        for lifeline_if in /sys/class/net/*; do
-            lifeline_if=${lifeline_if##*/}
-            [ "$lifeline_if" = lo ] && continue
-            [ -e "/tmp/net.$lifeline_if.did-setup" ] && continue
-            ifup "$lifeline_if" -m > /dev/null 2>&1 && lifeline_up="$lifeline_up $lifeline_if"
-        done
-    fi
-    /usr/sbin/lifeline unlock
+    # First the TPM alone: an unattended boot needs no network. Then recovery.
+    /usr/sbin/lifeline unlock --tpm-only
     lifeline_status=$?
+    case $lifeline_status in
+        0 | 2) ;;
+        *)
+            if command -v ifup > /dev/null && /usr/sbin/lifeline unlock --needs-network 2> /dev/null; then
+                for lifeline_if in /sys/class/net/*; do
+                    lifeline_if=${lifeline_if##*/}
+                    [ "$lifeline_if" = lo ] && continue
+                    [ -e "/tmp/net.$lifeline_if.did-setup" ] && continue
+                    ifup "$lifeline_if" -m > /dev/null 2>&1 && lifeline_up="$lifeline_up $lifeline_if"
+                done
+            fi
+            /usr/sbin/lifeline unlock
+            lifeline_status=$?
+            ;;
+    esac
     case $lifeline_status in
         0) ;;
         9) warn "lifeline stepped aside; the passphrase prompt follows" ;;

@@ -34,6 +34,10 @@ pub struct Args {
     /// prove the key opens each volume without creating the device-mapper mapping
     #[argh(switch)]
     pub check_only: bool,
+    /// try only the TPM, without recovery: exit 0 when it opened every volume, 9 when not (the
+    /// glue then brings the network up and runs lifeline unlock again)
+    #[argh(switch)]
+    pub tpm_only: bool,
     /// for initramfs hooks: exit 0 when lifeline is enabled with an escrow server (so the
     /// network is needed), 9 when not, 2 on a configuration error; nothing is unlocked
     #[argh(switch)]
@@ -123,6 +127,20 @@ pub fn run(args: Args, g: &super::Globals, started: Instant) -> CmdResult {
     for v in &config.volumes {
         match open_volume(v, args.check_only, &g.state_dir) {
             Ok(None) => say(format!("volume {} is open already ({}).", v.uuid, v.name)),
+            Ok(Some(mut volume)) if args.tpm_only => {
+                match unlock::tpm_only(&mut volume, tpm.as_mut()) {
+                    Ok(()) => say(format!(
+                        "volume {} unlocked{} (TPM) after {} ms.",
+                        v.uuid,
+                        if args.check_only { " (check only)" } else { "" },
+                        started.elapsed().as_millis()
+                    )),
+                    Err(why) => {
+                        say(format!("volume {}: {why}; recovery follows.", v.uuid));
+                        closed += 1;
+                    }
+                }
+            }
             Ok(Some(mut volume)) => {
                 match unlock::unlock(
                     &v.uuid,
@@ -157,11 +175,13 @@ pub fn run(args: Args, g: &super::Globals, started: Instant) -> CmdResult {
         }
     }
     if closed > 0 {
+        let what = match args.tpm_only {
+            true => "not unlocked by the TPM; recovery follows",
+            false => "not unlocked; the distribution's own unlock step takes over",
+        };
         return Err(Failure::new(
             Exit::StepAside,
-            format!(
-                "{closed} volume(s) not unlocked; the distribution's own unlock step takes over"
-            ),
+            format!("{closed} volume(s) {what}"),
         ));
     }
     Ok(())

@@ -223,6 +223,16 @@ pub fn unlock(
     Ok(opened)
 }
 
+/// Step 1 alone, without recovery: for `lifeline unlock --tpm-only`, so that the initramfs
+/// glue brings the network up only when the TPM cannot open the volume.
+pub fn tpm_only(volume: &mut dyn Volume, tpm: &mut dyn Tpm) -> Result<(), String> {
+    match volume.token() {
+        Some(Ok(t)) => unseal_and_open(volume, tpm, &t).map_err(|e| e.to_string()),
+        Some(Err(damaged)) => Err(damaged),
+        None => Err("it has no lifeline TPM key".into()),
+    }
+}
+
 fn unseal_and_open(
     volume: &mut dyn Volume,
     tpm: &mut dyn Tpm,

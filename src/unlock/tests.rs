@@ -123,6 +123,23 @@ fn tpm_unseals_and_nothing_is_asked() {
 }
 
 #[test]
+fn tpm_only_opens_with_the_tpm_or_says_why_without_asking_anything() {
+    let mut w = World::new();
+    assert_eq!(crate::unlock::tpm_only(&mut w.volume, &mut w.tpm), Ok(()));
+    w.tpm.failure = Some(TpmError::PcrMismatch("PCR 7 changed".into()));
+    let why = crate::unlock::tpm_only(&mut w.volume, &mut w.tpm).unwrap_err();
+    assert!(why.contains("PCR 7 changed"), "{why}");
+    w.volume.token = None;
+    let why = crate::unlock::tpm_only(&mut w.volume, &mut w.tpm).unwrap_err();
+    assert!(why.contains("no lifeline TPM key"), "{why}");
+    assert_eq!(
+        *w.log.borrow(),
+        ["tpm unseal", "activated", "tpm unseal"],
+        "the TPM and nothing else"
+    );
+}
+
+#[test]
 fn pcr_change_falls_back_to_https_packet_wrong_otp_then_right_otp_then_reseals() {
     let mut w = World::new();
     w.tpm.failure = Some(TpmError::PcrMismatch("PCR 7 changed".into()));

@@ -4,7 +4,6 @@
 use std::io::BufRead;
 
 use crate::harness::*;
-use crate::support::swtpm::Swtpm;
 
 fn say(text: &str) {
     println!("\n\x1b[1m== {text}\x1b[0m\n");
@@ -63,21 +62,7 @@ fn demo() {
          administrator approves (lifeline-server admin approve-restore).",
     );
     let new_board = w.sb.path("tpm-new-board");
-    {
-        let t = Swtpm::start(&new_board);
-        let root = w.root.path.to_str().unwrap();
-        let asked =
-            w.sb.lifeline_on(&t, &["restore", "--server", &w.srv.url, "--device", root]);
-        print!("{}", asked.stderr);
-    }
-    let rows = w.srv.admin(&w.sb, &["restores"]).ok().stdout.clone();
-    let row: serde_json::Value = serde_json::from_str(rows.lines().next().unwrap()).unwrap();
-    w.srv
-        .admin(
-            &w.sb,
-            &["approve-restore", row["request"].as_str().unwrap()],
-        )
-        .ok();
+    print!("{}", w.approve_restore(&new_board));
     say(
         "The new board boots: lifeline finds its DRSK missing, fetches the approved restore, \
          and the old sealed key opens the disk — nobody types anything.",

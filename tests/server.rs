@@ -65,18 +65,7 @@ fn request_and_approve(sb: &Sandbox, srv: &Server, state: &str, img: &Image) -> 
         None,
     )
     .ok();
-    let requests = srv.admin(sb, &["requests"]).ok().stdout.clone();
-    let request: serde_json::Value =
-        serde_json::from_str(requests.lines().next().unwrap()).unwrap();
-    let id = request["request"].as_str().unwrap();
-    srv.admin(
-        sb,
-        &["approve-recovery", id, "--passphrase-file", "admin.pass"],
-    )
-    .ok()
-    .stdout
-    .trim()
-    .to_string()
+    srv.approve_newest_request(sb).1
 }
 
 fn client(srv: &Server, sb: &Sandbox) -> Https {

@@ -213,24 +213,8 @@ fn tpm_then_pcr_change_over_https_with_otp_and_reseal_then_usb_without_network()
         "{}",
         tty.text()
     );
-    let requests = srv.admin(&sb, &["requests"]).ok().stdout.clone();
-    let request: serde_json::Value =
-        serde_json::from_str(requests.lines().last().unwrap()).unwrap();
-    assert_eq!(request["recovery_id"], recovery_id.as_str());
-    let otp = srv
-        .admin(
-            &sb,
-            &[
-                "approve-recovery",
-                request["request"].as_str().unwrap(),
-                "--passphrase-file",
-                "admin.pass",
-            ],
-        )
-        .ok()
-        .stdout
-        .trim()
-        .to_string();
+    let (filed, otp) = srv.approve_newest_request(&sb);
+    assert_eq!(filed, recovery_id);
     tty.wait_for("recovery packet from the escrow server", 1);
     let mut typo = otp.clone().into_bytes();
     typo[1] = if typo[1] == b'9' { b'0' } else { typo[1] + 1 };

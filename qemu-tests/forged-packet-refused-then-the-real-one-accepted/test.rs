@@ -10,14 +10,7 @@ fn scenario(flavour: Flavour) {
     w.sb.authority("mallory");
     let (forged, forged_otp) = w.offline_packet("mallory");
     let stick = w.usb_stick("forged.img", &forged);
-    let (initrd, tpm) = (w.initrd(), w.tpm.clone());
-    let mut boot = w.boot_with(
-        &initrd,
-        Some(&tpm),
-        true,
-        Some(&stick),
-        "usb-storage.delay_use=0",
-    );
+    let mut boot = w.boot_with_stick(&stick, true);
     boot.wait_for("refused a recovery packet from removable media", 1);
     boot.wait_for(
         &format!("recovery request filed with the escrow server {GUEST_SERVER}."),
@@ -42,12 +35,4 @@ fn scenario(flavour: Flavour) {
     );
 }
 
-#[test]
-fn dracut() {
-    scenario(Flavour::Dracut);
-}
-
-#[test]
-fn initramfs_tools() {
-    scenario(Flavour::InitramfsTools);
-}
+for_each_flavour!(scenario);

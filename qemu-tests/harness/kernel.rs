@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
+use super::run;
+
 /// Modules the boots load (their dependencies come along): virtio disks and network, dm-crypt,
 /// ext4 for the root, and a USB stick with vfat/ext4/iso9660 on xHCI.
 const WANTED: &[&str] = &[
@@ -53,16 +55,6 @@ pub fn cache() -> PathBuf {
 pub fn kernel() -> &'static Kernel {
     static KERNEL: OnceLock<Kernel> = OnceLock::new();
     KERNEL.get_or_init(prepare)
-}
-
-fn run(c: &mut Command) -> String {
-    let out = c.output().unwrap_or_else(|e| panic!("{c:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{c:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 fn prepare() -> Kernel {

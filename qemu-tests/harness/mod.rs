@@ -17,6 +17,22 @@ use crate::support::*;
 pub use initrd::Flavour;
 pub use qemu::{Boot, Finished, GUEST_SERVER};
 
+/// A scenario's two tests, one per initramfs flavour: `dracut` and `initramfs_tools`.
+macro_rules! for_each_flavour {
+    ($scenario:ident) => {
+        #[test]
+        fn dracut() {
+            $scenario($crate::harness::Flavour::Dracut);
+        }
+
+        #[test]
+        fn initramfs_tools() {
+            $scenario($crate::harness::Flavour::InitramfsTools);
+        }
+    };
+}
+pub(crate) use for_each_flavour;
+
 /// One boot at a time: two cores, and TCG wants one of them.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
@@ -38,7 +54,8 @@ echo root-mounted | /bin/busybox dd of=/dev/vdb bs=512 count=1 conv=sync 2>/dev/
 /bin/busybox poweroff -f
 "#;
 
-fn run(c: &mut Command) -> String {
+/// Runs a host command that must succeed; returns its output.
+pub fn run(c: &mut Command) -> String {
     let out = c.output().unwrap_or_else(|e| panic!("{c:?}: {e}"));
     assert!(
         out.status.success(),
@@ -298,32 +315,12 @@ impl World {
     /// The administrator approves the machine's pending recovery request; returns the OTP the
     /// helpdesk reads out.
     pub fn approve_recovery(&self) -> String {
-        let requests = self.srv.admin(&self.sb, &["requests"]).ok().stdout.clone();
-        let request: serde_json::Value = serde_json::from_str(
-            requests
-                .lines()
-                .last()
-                .expect("a recovery request on the server"),
-        )
-        .unwrap();
+        let (recovery_id, otp) = self.srv.approve_newest_request(&self.sb);
         assert_eq!(
-            request["recovery_id"],
-            format!("{}-{}", &self.client_id[..4], &self.root.uuid[..4]).as_str()
+            recovery_id,
+            format!("{}-{}", &self.client_id[..4], &self.root.uuid[..4])
         );
-        self.srv
-            .admin(
-                &self.sb,
-                &[
-                    "approve-recovery",
-                    request["request"].as_str().unwrap(),
-                    "--passphrase-file",
-                    "admin.pass",
-                ],
-            )
-            .ok()
-            .stdout
-            .trim()
-            .to_string()
+        otp
     }
 
     /// A recovery packet for the root made off-line by the authority in `authority` (the
@@ -381,6 +378,45 @@ impl World {
             .arg(packet)
             .arg(format!("{dir}/{}.recovery", self.root.uuid)));
         stick
+    }
+}
+
+impl World {
+    /// The motherboard is replaced by one whose TPM state is in `new_board` (fresh): its
+    /// restore request goes to the server (`lifeline restore --server`, as from a live system)
+    /// and the administrator approves it. Returns what `lifeline restore` said.
+    pub fn approve_restore(&self, new_board: &Path) -> String {
+        let asked = {
+            let t = Swtpm::start(new_board);
+            let root = self.root.path.to_str().unwrap();
+            self.sb.lifeline_on(
+                &t,
+                &["restore", "--server", &self.srv.url, "--device", root],
+            )
+        };
+        asked.fails(5, "is not approved yet");
+        let rows = self.srv.admin(&self.sb, &["restores"]).ok().stdout.clone();
+        let row: serde_json::Value = serde_json::from_str(rows.lines().next().unwrap()).unwrap();
+        assert_eq!(row["client_id"], self.client_id.as_str());
+        self.srv
+            .admin(
+                &self.sb,
+                &["approve-restore", row["request"].as_str().unwrap()],
+            )
+            .ok();
+        asked.stderr.clone()
+    }
+
+    /// A boot with the machine's TPM and `stick` plugged in, with or without the network.
+    pub fn boot_with_stick(&mut self, stick: &Path, network: bool) -> Boot {
+        let (initrd, tpm) = (self.initrd(), self.tpm.clone());
+        self.boot_with(
+            &initrd,
+            Some(&tpm),
+            network,
+            Some(stick),
+            "usb-storage.delay_use=0",
+        )
     }
 }
 

@@ -46,12 +46,4 @@ fn scenario(flavour: Flavour) {
     assert!(console.contains("stepping aside"), "{console}");
 }
 
-#[test]
-fn dracut() {
-    scenario(Flavour::Dracut);
-}
-
-#[test]
-fn initramfs_tools() {
-    scenario(Flavour::InitramfsTools);
-}
+for_each_flavour!(scenario);

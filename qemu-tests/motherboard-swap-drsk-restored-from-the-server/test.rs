@@ -4,27 +4,12 @@
 //! unseals the old token: no prompt at all.
 
 use crate::harness::*;
-use crate::support::swtpm::Swtpm;
 
 fn scenario(flavour: Flavour) {
     let mut w = World::new(flavour);
     w.provision(false);
     let new_board = w.sb.path("tpm-new-board");
-    {
-        let t = Swtpm::start(&new_board);
-        let root = w.root.path.to_str().unwrap();
-        w.sb.lifeline_on(&t, &["restore", "--server", &w.srv.url, "--device", root])
-            .fails(5, "is not approved yet");
-    }
-    let rows = w.srv.admin(&w.sb, &["restores"]).ok().stdout.clone();
-    let row: serde_json::Value = serde_json::from_str(rows.lines().next().unwrap()).unwrap();
-    assert_eq!(row["client_id"], w.client_id.as_str());
-    w.srv
-        .admin(
-            &w.sb,
-            &["approve-restore", row["request"].as_str().unwrap()],
-        )
-        .ok();
+    w.approve_restore(&new_board);
 
     let initrd = w.initrd();
     let f = w
@@ -45,12 +30,4 @@ fn scenario(flavour: Flavour) {
     );
 }
 
-#[test]
-fn dracut() {
-    scenario(Flavour::Dracut);
-}
-
-#[test]
-fn initramfs_tools() {
-    scenario(Flavour::InitramfsTools);
-}
+for_each_flavour!(scenario);

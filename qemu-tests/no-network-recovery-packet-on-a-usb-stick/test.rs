@@ -9,14 +9,7 @@ fn scenario(flavour: Flavour) {
     w.provision(true);
     let (packet, otp) = w.offline_packet("srv");
     let stick = w.usb_stick("stick.img", &packet);
-    let (initrd, tpm) = (w.initrd(), w.tpm.clone());
-    let mut boot = w.boot_with(
-        &initrd,
-        Some(&tpm),
-        false,
-        Some(&stick),
-        "usb-storage.delay_use=0",
-    );
+    let mut boot = w.boot_with_stick(&stick, false);
     boot.wait_for("recovery packet from removable media verified", 1);
     boot.type_line(&otp);
     let f = boot.finish();
@@ -25,12 +18,4 @@ fn scenario(flavour: Flavour) {
     assert!(!console.contains(flavour.passphrase_prompt()), "{console}");
 }
 
-#[test]
-fn dracut() {
-    scenario(Flavour::Dracut);
-}
-
-#[test]
-fn initramfs_tools() {
-    scenario(Flavour::InitramfsTools);
-}
+for_each_flavour!(scenario);

@@ -17,12 +17,4 @@ fn scenario(flavour: Flavour) {
     assert!(!console.contains(flavour.passphrase_prompt()), "{console}");
 }
 
-#[test]
-fn dracut() {
-    scenario(Flavour::Dracut);
-}
-
-#[test]
-fn initramfs_tools() {
-    scenario(Flavour::InitramfsTools);
-}
+for_each_flavour!(scenario);

@@ -138,6 +138,25 @@ impl Server {
         sb.server(&all)
     }
 
+    /// alice approves the newest recovery request; returns its recovery ID and the OTP the
+    /// helpdesk reads out.
+    pub fn approve_newest_request(&self, sb: &Sandbox) -> (String, String) {
+        let requests = self.admin(sb, &["requests"]).ok().stdout.clone();
+        let newest = requests.lines().last().expect("a recovery request");
+        let request: serde_json::Value = serde_json::from_str(newest).unwrap();
+        let id = request["request"].as_str().unwrap();
+        let otp = self
+            .admin(
+                sb,
+                &["approve-recovery", id, "--passphrase-file", "admin.pass"],
+            )
+            .ok()
+            .stdout
+            .trim()
+            .to_string();
+        (request["recovery_id"].as_str().unwrap().to_string(), otp)
+    }
+
     /// A new enrollment token.
     pub fn token(&self, sb: &Sandbox) -> String {
         self.admin(sb, &["enrollment-token"])

@@ -1,5 +1,5 @@
 #!/bin/sh
-# make demo: the whole story on one laptop booted in QEMU, narrated (about five minutes):
+# make demo: the whole story on one laptop booted in QEMU, narrated (two minutes once built):
 # a forgotten passphrase recovered through the escrow server with a one-time password (typed
 # for you, or by you with INTERACTIVE=1), unattended boots with the TPM, and a motherboard swap.
 # Everything runs in scratch directories and on 127.0.0.1; the consoles are kept in

@@ -201,7 +201,7 @@ fn tpm_then_pcr_change_over_https_with_otp_and_reseal_then_usb_without_network()
     pcr16(&t, "reset");
     // The glue's first run: the TPM alone says why and exits 9, asking nothing.
     let first = tpm_only(&sb);
-    first.fails(9, "not unlocked by the TPM; recovery follows");
+    first.fails(9, "recovery follows");
     assert!(first.stderr.contains("PCR 16 changed"), "{}", first.all());
     assert!(!first.all().contains("Passphrase or one-time password"));
     let mut tty = Tty::start(&sb.path(""), &config);

@@ -211,7 +211,10 @@ pub fn finish(program: &str, result: CmdResult) -> i32 {
     match result {
         Ok(()) => Exit::Ok as i32,
         Err(f) => {
-            eprintln!("{program}: {f}");
+            // An empty message: the command has said why already.
+            if !f.what.is_empty() {
+                eprintln!("{program}: {f}");
+            }
             f.code as i32
         }
     }

@@ -175,14 +175,14 @@ pub fn run(args: Args, g: &super::Globals, started: Instant) -> CmdResult {
         }
     }
     if closed > 0 {
+        // With --tpm-only, each closed volume's line said "recovery follows": nothing to add.
         let what = match args.tpm_only {
-            true => "not unlocked by the TPM; recovery follows",
-            false => "not unlocked; the distribution's own unlock step takes over",
+            true => String::new(),
+            false => format!(
+                "{closed} volume(s) not unlocked; the distribution's own unlock step takes over"
+            ),
         };
-        return Err(Failure::new(
-            Exit::StepAside,
-            format!("{closed} volume(s) {what}"),
-        ));
+        return Err(Failure::new(Exit::StepAside, what));
     }
     Ok(())
 }

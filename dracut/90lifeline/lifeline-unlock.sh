@@ -1,7 +1,8 @@
 #!/bin/sh
 # dracut without systemd: sourced by the initqueue each time udev has settled, before the
-# crypt module's cryptroot-ask jobs (00- sorts first). Runs `lifeline unlock` once; whatever it
-# exits with, cryptroot-ask then asks for any volume still closed. Sourced: no `exit` here.
+# crypt module's cryptroot-ask jobs (00- sorts first); with systemd: sourced once by
+# lifeline-unlock.service, before cryptsetup-pre.target. Runs `lifeline unlock` once; whatever
+# it exits with, the distribution then asks for any volume still closed. Sourced: no `exit`.
 #
 # With an escrow server, the network is brought up here (`ifup -m`, network-legacy's manual
 # mode: DHCP, or ip=) and taken down again afterwards, rather than with rd.neednet=1, which

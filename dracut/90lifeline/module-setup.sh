@@ -55,18 +55,10 @@ install() {
     [[ $(lifeline_config) == /etc/lifeline/lifeline.toml ]] ||
         inst_simple "$(lifeline_config)" /etc/lifeline/lifeline.toml
 
-    local network=no
-    if "$lifeline" unlock --config "$(lifeline_config)" --cmdline /dev/null --needs-network 2> /dev/null; then
-        network=yes
-    fi
-
     if dracut_module_included "systemd"; then
+        # The same script as the initqueue job, run once by a unit.
+        inst_simple "$moddir/lifeline-unlock.sh" /usr/lib/lifeline/lifeline-unlock.sh
         inst_simple "$moddir/lifeline-unlock.service" "$systemdsystemunitdir/lifeline-unlock.service"
-        if [[ $network == yes ]]; then
-            mkdir -p "$initdir$systemdsystemunitdir/lifeline-unlock.service.d"
-            printf '[Unit]\nWants=network-online.target\nAfter=network-online.target\n' \
-                > "$initdir$systemdsystemunitdir/lifeline-unlock.service.d/network.conf"
-        fi
         $SYSTEMCTL -q --root "$initdir" add-wants sysinit.target lifeline-unlock.service
     else
         # 00 sorts before the crypt module's cryptroot-ask-* jobs in initqueue/settled.

@@ -15,6 +15,8 @@ use super::RootDisk;
 pub enum Flavour {
     /// dracut without systemd: lifeline runs as an initqueue job before cryptroot-ask.
     Dracut,
+    /// dracut with systemd: lifeline-unlock.service before cryptsetup-pre.target.
+    DracutSystemd,
     /// initramfs-tools: lifeline runs in init-premount, before cryptroot in local-top.
     InitramfsTools,
 }
@@ -23,6 +25,7 @@ impl Flavour {
     pub fn name(self) -> &'static str {
         match self {
             Flavour::Dracut => "dracut",
+            Flavour::DracutSystemd => "dracut-systemd",
             Flavour::InitramfsTools => "initramfs-tools",
         }
     }
@@ -31,6 +34,7 @@ impl Flavour {
     pub fn passphrase_prompt(self) -> &'static str {
         match self {
             Flavour::Dracut => "Enter passphrase for",
+            Flavour::DracutSystemd => "Please enter passphrase for disk",
             Flavour::InitramfsTools => "Please unlock disk cryptroot",
         }
     }
@@ -38,7 +42,7 @@ impl Flavour {
     /// The kernel command line that tells this flavour which volume holds the root.
     pub fn cmdline(self, root: &RootDisk) -> String {
         match self {
-            Flavour::Dracut => format!(
+            Flavour::Dracut | Flavour::DracutSystemd => format!(
                 "rd.luks.uuid={0} rd.luks.name={0}=cryptroot rd.retry=300",
                 root.uuid
             ),
@@ -148,7 +152,8 @@ pub fn build(
                 &[("LIFELINE", lifeline.unwrap_or(Path::new("/nonexistent")))],
             )
         }
-        Flavour::Dracut => {
+        Flavour::Dracut | Flavour::DracutSystemd => {
+            let systemd = flavour == Flavour::DracutSystemd;
             let modules_d = work.join("dracut-modules.d");
             copy_tree(Path::new("/usr/lib/dracut/modules.d"), &modules_d);
             copy_tree(&repo("dracut/90lifeline"), &modules_d.join("90lifeline"));
@@ -164,14 +169,20 @@ pub fn build(
                     "dracut --force --no-hostonly --no-hostonly-cmdline --no-early-microcode \
                      --conf /dev/null --confdir '{c}' \
                      --kver {v} --kmoddir '{m}/{v}' \
-                     --modules 'base udev-rules kernel-modules rootfs-block dm crypt {glue}' \
-                     --omit 'systemd plymouth' \
+                     --modules '{init} base udev-rules kernel-modules rootfs-block dm crypt {glue}' \
+                     --omit '{omit}' \
                      --add-drivers 'virtio_pci virtio_blk virtio_net ext4' \
                      '{o}'\n",
                     v = k.version,
                     m = modules.display(),
                     o = out.display(),
                     c = confdir.display(),
+                    init = if systemd {
+                        "systemd systemd-initrd systemd-udevd systemd-ask-password dracut-systemd"
+                    } else {
+                        ""
+                    },
+                    omit = if systemd { "plymouth" } else { "systemd plymouth" },
                     glue = if lifeline.is_some() {
                         "network-legacy network lifeline"
                     } else {

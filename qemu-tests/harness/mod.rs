@@ -26,6 +26,11 @@ macro_rules! for_each_flavour {
         }
 
         #[test]
+        fn dracut_systemd() {
+            $scenario($crate::harness::Flavour::DracutSystemd);
+        }
+
+        #[test]
         fn initramfs_tools() {
             $scenario($crate::harness::Flavour::InitramfsTools);
         }
@@ -89,6 +94,13 @@ fn root_disk(sb: &Sandbox) -> RootDisk {
     ] {
         std::fs::copy(f, tree.join(&f[1..])).unwrap();
     }
+    // systemd switches only into an OS tree: one with an os-release.
+    std::fs::create_dir_all(tree.join("etc")).unwrap();
+    std::fs::write(
+        tree.join("etc/os-release"),
+        "ID=lifeline-test\nNAME=\"lifeline test root\"\n",
+    )
+    .unwrap();
     let init = tree.join("sbin/init");
     std::fs::write(&init, INIT).unwrap();
     std::fs::set_permissions(&init, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();

@@ -20,7 +20,7 @@ fn scenario(flavour: Flavour) {
     // The binary is gone from the image (the glue is still there).
     let broken = w.sb.path("initrd-without-lifeline.img");
     let binary = match flavour {
-        Flavour::Dracut => "usr/sbin/lifeline",
+        Flavour::Dracut | Flavour::DracutSystemd => "usr/sbin/lifeline",
         Flavour::InitramfsTools => "sbin/lifeline",
     };
     initrd::without(&initrd, binary, &w.sb.path("repack"), &broken);

@@ -122,7 +122,7 @@ pub fn run(args: Args, g: &super::Globals, started: Instant) -> CmdResult {
         offer_new_passphrase: config.offer_new_passphrase,
         now: SystemTime::now(),
     };
-    let mut console = prompt(&config.prompt);
+    let (mut console, _withdraw) = prompt(&config.prompt);
     let mut closed = 0;
     for v in &config.volumes {
         match open_volume(v, args.check_only, &g.state_dir) {
@@ -206,8 +206,14 @@ fn initramfs_files(config: &Config, path: &Path, state_dir: &Path) -> Vec<PathBu
 }
 
 /// systemd's password agents (console, plymouth) when systemd runs the boot; else plymouth's
-/// client when its splash is up; else the console.
-fn prompt(setting: &str) -> crate::prompt::Waiting {
+/// client when its splash is up; else the console. With the agents, also the guard that
+/// withdraws a question still open when lifeline exits.
+fn prompt(
+    setting: &str,
+) -> (
+    crate::prompt::Waiting,
+    Option<crate::prompt::ask_password::Withdraw>,
+) {
     use crate::prompt::{AskPassword, Console, Plymouth, Waiting};
     let plymouth = || Plymouth::new(crate::prompt::plymouth::SOCKET);
     let chosen = match setting {
@@ -216,9 +222,13 @@ fn prompt(setting: &str) -> crate::prompt::Waiting {
         other => other,
     };
     match chosen {
-        "ask-password" => Waiting::new(AskPassword::new(crate::prompt::ask_password::DEFAULT_DIR)),
-        "plymouth" => Waiting::new(plymouth()).on_splash(plymouth()),
-        _ => Waiting::new(Console::new()),
+        "ask-password" => {
+            let agents = AskPassword::new(crate::prompt::ask_password::DEFAULT_DIR);
+            let withdraw = agents.withdraw_on_drop();
+            (Waiting::new(agents), Some(withdraw))
+        }
+        "plymouth" => (Waiting::new(plymouth()).on_splash(plymouth()), None),
+        _ => (Waiting::new(Console::new()), None),
     }
 }
 

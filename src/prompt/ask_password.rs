@@ -5,6 +5,7 @@
 use std::io::Write;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use zeroize::Zeroizing;
 
@@ -14,11 +15,35 @@ pub const DEFAULT_DIR: &str = "/run/systemd/ask-password";
 
 pub struct AskPassword {
     dir: PathBuf,
+    /// The question now open (its ask file and socket), for [`Withdraw`].
+    open: Arc<Mutex<Option<(PathBuf, PathBuf)>>>,
+}
+
+/// Withdraws the open question when dropped: a process that exits while its question waits
+/// on a thread would leave the ask file behind, and the agent would go on asking it instead of
+/// the next program's question. Removing the file makes the agents drop it.
+pub struct Withdraw(Arc<Mutex<Option<(PathBuf, PathBuf)>>>);
+
+impl Drop for Withdraw {
+    fn drop(&mut self) {
+        if let Some((ask, socket)) = self.0.lock().ok().and_then(|mut o| o.take()) {
+            let _ = std::fs::remove_file(ask);
+            let _ = std::fs::remove_file(socket);
+        }
+    }
 }
 
 impl AskPassword {
     pub fn new(dir: impl Into<PathBuf>) -> AskPassword {
-        AskPassword { dir: dir.into() }
+        AskPassword {
+            dir: dir.into(),
+            open: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    /// A guard that withdraws whatever question is open when it is dropped.
+    pub fn withdraw_on_drop(&self) -> Withdraw {
+        Withdraw(self.open.clone())
     }
 
     /// Whether systemd runs this boot (its password agents watch the directory then).
@@ -63,8 +88,15 @@ impl Prompt for AskPassword {
             .and_then(|mut f| f.write_all(text.as_bytes()))
             .and_then(|()| std::fs::rename(&staged, &asked.ask))
             .map_err(PromptError::Io)?;
+        if let Ok(mut open) = self.open.lock() {
+            *open = Some((asked.ask.clone(), asked.socket.clone()));
+        }
         let mut reply = Zeroizing::new(vec![0u8; 4096]);
-        let n = socket.recv(&mut reply).map_err(PromptError::Io)?;
+        let received = socket.recv(&mut reply);
+        if let Ok(mut open) = self.open.lock() {
+            *open = None;
+        }
+        let n = received.map_err(PromptError::Io)?;
         match reply[..n].split_first() {
             Some((b'+', answer)) => std::str::from_utf8(answer)
                 .map(|a| Zeroizing::new(a.trim_end_matches('\0').to_string()))
@@ -123,6 +155,29 @@ mod tests {
             std::fs::read_dir(&dir).unwrap().count(),
             0,
             "question and socket removed"
+        );
+
+        // A question still open when the program ends is withdrawn.
+        let mut asking = AskPassword::new(&dir);
+        let withdraw = asking.withdraw_on_drop();
+        std::thread::spawn(move || asking.ask_secret("left open:"));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::fs::read_dir(&dir).unwrap().count() < 2 {
+            assert!(std::time::Instant::now() < deadline, "no question asked");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        drop(withdraw);
+        let left: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("ask."))
+            .collect();
+        assert!(left.is_empty(), "the ask file is withdrawn: {left:?}");
+        assert_eq!(
+            std::fs::read_dir(&dir).unwrap().count(),
+            0,
+            "and its socket"
         );
 
         let cancelling = agent(dir.clone(), b"-");

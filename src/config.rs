@@ -64,7 +64,7 @@ pub struct Config {
     /// Offer to set a new passphrase after a recovery.
     pub offer_new_passphrase: bool,
     /// Where questions go: `auto` (systemd's password agents when systemd runs the boot, else
-    /// plymouth's client when its splash is up, else the console), `console`, `ask-password` or
+    /// plymouthd when its splash is up, else the console), `console`, `ask-password` or
     /// `plymouth`.
     pub prompt: String,
 }

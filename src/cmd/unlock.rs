@@ -205,8 +205,8 @@ fn initramfs_files(config: &Config, path: &Path, state_dir: &Path) -> Vec<PathBu
     files
 }
 
-/// systemd's password agents (console, plymouth) when systemd runs the boot; else plymouth's
-/// client when its splash is up; else the console. With the agents, also the guard that
+/// systemd's password agents (console, plymouth) when systemd runs the boot; else plymouthd
+/// when its splash is up; else the console. With the agents, also the guard that
 /// withdraws a question still open when lifeline exits.
 fn prompt(
     setting: &str,

@@ -11,20 +11,8 @@ const MACHINE_B: &str = "b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0";
 
 /// Joins the machine with state dir `state` (and machine ID, if given) to `srv`.
 fn join(sb: &Sandbox, srv: &Server, state: &str, machine_id: Option<&str>) {
-    let token = srv.token(sb);
-    let mut args = vec![
-        "join",
-        "--server",
-        &srv.url,
-        "--ca",
-        "srv/tls/ca.pem",
-        "--token",
-        &token,
-    ];
-    if let Some(m) = machine_id {
-        args.extend(["--machine-id", m]);
-    }
-    sb.lifeline_as(state, &args, None).ok();
+    let extra: Vec<&str> = machine_id.map_or(vec![], |m| vec!["--machine-id", m]);
+    srv.join(sb, &extra, |args| sb.lifeline_as(state, args, None));
 }
 
 fn escrow(sb: &Sandbox, srv: &Server, state: &str, img: &Image) -> Run {
@@ -41,20 +29,7 @@ fn escrow(sb: &Sandbox, srv: &Server, state: &str, img: &Image) -> Run {
 
 /// An escrow packet for `img` made off-line, as bytes to upload by hand.
 fn escrow_file(sb: &Sandbox, img: &Image) -> Vec<u8> {
-    let out = sb.fresh_path("packet");
-    let (image, key) = (img.path.to_str().unwrap(), img.key_file.to_str().unwrap());
-    sb.lifeline(&[
-        "escrow",
-        image,
-        "--recipient",
-        "srv/recipient.txt",
-        "--out",
-        out.to_str().unwrap(),
-        "--key-file",
-        key,
-    ])
-    .ok();
-    std::fs::read(out).unwrap()
+    std::fs::read(sb.escrow_to("srv", &img.path, &img.key_file, &[])).unwrap()
 }
 
 /// The machine `state` asks for recovery of `img`; alice approves. Returns the OTP.

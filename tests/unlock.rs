@@ -147,17 +147,7 @@ fn tpm_then_pcr_change_over_https_with_otp_and_reseal_then_usb_without_network()
     let key = img.key_file.to_str().unwrap();
     sb.lifeline_on(&t, &["enroll", image, "--key-file", key, "--pcrs", "16"])
         .ok();
-    let token = srv.token(&sb);
-    let join = [
-        "join",
-        "--server",
-        &srv.url,
-        "--ca",
-        "srv/tls/ca.pem",
-        "--token",
-        &token,
-    ];
-    sb.lifeline_on(&t, &join).ok();
+    srv.join(&sb, &[], |args| sb.lifeline_on(&t, args));
     sb.lifeline_on(
         &t,
         &["escrow", image, "--server", &srv.url, "--key-file", key],
@@ -259,27 +249,8 @@ fn tpm_then_pcr_change_over_https_with_otp_and_reseal_then_usb_without_network()
 
     // 3. No network: the PCR changes again, the packet comes on an ext4 stick image.
     pcr16(&t, "extend");
-    let escrow = sb.fresh_path("escrow");
-    sb.lifeline(&[
-        "escrow",
-        image,
-        "--recipient",
-        "srv/recipient.txt",
-        "--out",
-        escrow.to_str().unwrap(),
-        "--key-file",
-        key,
-    ])
-    .ok();
-    let packet = sb.fresh_path("recovery");
-    let issued = sb.issue_run(
-        "srv",
-        escrow.to_str().unwrap(),
-        packet.to_str().unwrap(),
-        "admin.pass",
-        &[],
-    );
-    let otp = issued.ok().stdout.trim().to_string();
+    let escrow = sb.escrow_to("srv", &img.path, &img.key_file, &[]);
+    let (packet, otp) = sb.issue_from("srv", &escrow, &[]);
     let stick = sb.path("stick");
     let dir = stick.join(format!("lifeline/{client_id}"));
     std::fs::create_dir_all(&dir).unwrap();

@@ -210,22 +210,10 @@ impl World {
         );
         sb.lifeline_on(&t, &["enroll", root, "--key-file", key, "--pcrs", "16"])
             .ok();
-        let token = self.srv.token(sb);
-        sb.lifeline_on(
-            &t,
-            &[
-                "join",
-                "--server",
-                &self.srv.url,
-                "--ca",
-                "srv/tls/ca.pem",
-                "--token",
-                &token,
-                "--machine-id",
-                &self.machine_id,
-            ],
-        )
-        .ok();
+        self.srv
+            .join(sb, &["--machine-id", &self.machine_id], |args| {
+                sb.lifeline_on(&t, args)
+            });
         sb.lifeline_on(
             &t,
             &[
@@ -338,37 +326,11 @@ impl World {
     /// A recovery packet for the root made off-line by the authority in `authority` (the
     /// server's own, `srv`, or another); returns the packet file and its OTP.
     pub fn offline_packet(&self, authority: &str) -> (PathBuf, String) {
-        let escrow = self.sb.fresh_path("escrow");
-        let recipient = format!("{authority}/recipient.txt");
-        self.sb
-            .lifeline(&[
-                "escrow",
-                self.root.path.to_str().unwrap(),
-                "--recipient",
-                &recipient,
-                "--out",
-                escrow.to_str().unwrap(),
-                "--key-file",
-                self.root.key_file.to_str().unwrap(),
-                "--machine-id",
-                &self.machine_id,
-            ])
-            .ok();
-        let packet = self.sb.fresh_path("recovery");
-        let otp = self
+        let machine = ["--machine-id", self.machine_id.as_str()];
+        let escrow = self
             .sb
-            .issue_run(
-                authority,
-                escrow.to_str().unwrap(),
-                packet.to_str().unwrap(),
-                "admin.pass",
-                &[],
-            )
-            .ok()
-            .stdout
-            .trim()
-            .to_string();
-        (packet, otp)
+            .escrow_to(authority, &self.root.path, &self.root.key_file, &machine);
+        self.sb.issue_from(authority, &escrow, &[])
     }
 
     /// A vfat USB stick image with `packet` where lifeline looks:

@@ -279,11 +279,43 @@ impl Sandbox {
         self.issue(&escrow, extra_issue)
     }
 
+    /// `lifeline escrow` off-line of the volume `image` (its passphrase in `key_file`) to the
+    /// authority in `authority/`; returns the escrow packet's path.
+    pub fn escrow_to(
+        &self,
+        authority: &str,
+        image: &Path,
+        key_file: &Path,
+        extra: &[&str],
+    ) -> PathBuf {
+        let out = self.fresh_path("escrow");
+        let recipient = format!("{authority}/recipient.txt");
+        let mut args = vec![
+            "escrow",
+            image.to_str().unwrap(),
+            "--recipient",
+            &recipient,
+            "--out",
+            out.to_str().unwrap(),
+            "--key-file",
+            key_file.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        self.lifeline(&args).ok();
+        out
+    }
+
     /// Issues a recovery packet from `escrow` with the authority in `auth/`.
     pub fn issue(&self, escrow: &Path, extra: &[&str]) -> (PathBuf, String) {
+        self.issue_from("auth", escrow, extra)
+    }
+
+    /// Issues a recovery packet from `escrow` with the authority in `authority/`; returns
+    /// the recovery packet's path and the OTP.
+    pub fn issue_from(&self, authority: &str, escrow: &Path, extra: &[&str]) -> (PathBuf, String) {
         let recovery = self.fresh_path("recovery");
         let run = self.issue_run(
-            "auth",
+            authority,
             escrow.to_str().unwrap(),
             recovery.to_str().unwrap(),
             "admin.pass",

@@ -157,6 +157,23 @@ impl Server {
         (request["recovery_id"].as_str().unwrap().to_string(), otp)
     }
 
+    /// Joins a machine to this server with a new enrollment token; `run` runs `lifeline` as
+    /// that machine (its state directory, its TPM if it has one).
+    pub fn join(&self, sb: &Sandbox, extra: &[&str], run: impl FnOnce(&[&str]) -> super::Run) {
+        let token = self.token(sb);
+        let mut args = vec![
+            "join",
+            "--server",
+            &self.url,
+            "--ca",
+            "srv/tls/ca.pem",
+            "--token",
+            &token,
+        ];
+        args.extend_from_slice(extra);
+        run(&args).ok();
+    }
+
     /// A new enrollment token.
     pub fn token(&self, sb: &Sandbox) -> String {
         self.admin(sb, &["enrollment-token"])

@@ -242,20 +242,18 @@ impl Config {
             "ca" => self.ca = string(&key, value)?.into(),
             "trust" => self.trust = string(&key, value)?.into(),
             "machine_id" => {
-                let id = string(&key, value)?.to_ascii_lowercase();
-                if id.len() != 32 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
-                    return Err(format!("machine_id: '{id}' is not 32 hex digits"));
-                }
+                let id = crate::id::machine_id(&string(&key, value)?)
+                    .map_err(|e| format!("machine_id: {e}"))?;
                 self.machine_id = Some(id);
             }
             "poll" => self.poll = boolean(&key, value)?,
-            "poll_interval" => self.poll_interval = seconds(&key, value)?,
+            "poll_interval" => self.poll_interval = seconds(&key, value, 1, 3600)?,
             "usb" => self.usb = boolean(&key, value)?,
             "usb_label" => self.usb_label = Some(string(&key, value)?),
             "usb_device" => self.usb_devices.push(string(&key, value)?.into()),
-            "tpm_wait" => self.tpm_wait = seconds(&key, value)?,
+            "tpm_wait" => self.tpm_wait = seconds(&key, value, 0, 600)?,
             "tcti" => self.tcti = string(&key, value)?,
-            "timeout" => self.timeout = seconds(&key, value)?,
+            "timeout" => self.timeout = seconds(&key, value, 0, 86_400)?,
             "reseal" => self.reseal = boolean(&key, value)?,
             "offer_new_passphrase" => self.offer_new_passphrase = boolean(&key, value)?,
             "prompt" => {
@@ -287,9 +285,14 @@ fn boolean(key: &str, v: Value) -> Result<bool, String> {
     }
 }
 
-fn seconds(key: &str, v: Value) -> Result<Duration, String> {
+/// A number of seconds from `least` to `most`: a poll interval of 0 would spin, and a wait of
+/// years is a typo (and would overflow the clock arithmetic).
+fn seconds(key: &str, v: Value, least: u64, most: u64) -> Result<Duration, String> {
     match v {
-        Value::Int(n) => Ok(Duration::from_secs(n)),
+        Value::Int(n) if (least..=most).contains(&n) => Ok(Duration::from_secs(n)),
+        Value::Int(n) => Err(format!(
+            "{key} = {n}: it must be from {least} to {most} seconds"
+        )),
         _ => Err(format!("{key} must be a number of seconds")),
     }
 }
@@ -298,20 +301,14 @@ fn volume_from(fields: Vec<(String, Value)>) -> Result<Volume, String> {
     let (mut uuid, mut name, mut device) = (None, None, None);
     for (key, value) in fields {
         match key.as_str() {
-            "uuid" => uuid = Some(string(&key, value)?.to_ascii_lowercase()),
+            "uuid" => uuid = Some(string(&key, value)?),
             "name" => name = Some(string(&key, value)?),
             "device" => device = Some(PathBuf::from(string(&key, value)?)),
             _ => return Err(format!("unknown setting '{key}'")),
         }
     }
-    let uuid = uuid.ok_or("uuid is missing")?;
-    let valid_uuid = uuid.len() == 36
-        && uuid.bytes().enumerate().all(|(i, b)| {
-            matches!(i, 8 | 13 | 18 | 23) == (b == b'-') && (b == b'-' || b.is_ascii_hexdigit())
-        });
-    if !valid_uuid {
-        return Err(format!("uuid '{uuid}' is not a UUID"));
-    }
+    let uuid = crate::id::volume_uuid(&uuid.ok_or("uuid is missing")?)
+        .map_err(|e| format!("uuid: {e}"))?;
     let name = name.ok_or("name (the device-mapper name) is missing")?;
     if name.is_empty()
         || name.len() > 127
@@ -381,12 +378,18 @@ device = "/dev/vdb"
                 "[[volume]]\nname = \"root\"",
                 "[[volume]] at line 1: uuid is missing",
             ),
-            ("[[volume]]\nuuid = \"nope\"\nname = \"r\"", "is not a UUID"),
+            (
+                "[[volume]]\nuuid = \"nope\"\nname = \"r\"",
+                "is not a volume UUID",
+            ),
             (
                 "[[volume]]\nuuid = \"12345678-1234-1234-1234-123456789abc\"\nname = \"a/b\"",
                 "not a device-mapper name",
             ),
-            ("machine_id = \"abc\"", "not 32 hex digits"),
+            (
+                "machine_id = \"abc\"",
+                "is not a machine ID (32 hex digits)",
+            ),
         ] {
             let e = Config::parse(text, "t").unwrap_err();
             assert!(e.0.contains(expected), "{text:?}: {e}");
@@ -417,5 +420,28 @@ device = "/dev/vdb"
         assert!(e.to_string().contains("usb must be true or false"), "{e}");
         let e = c.apply_cmdline("rd.lifeline.timeout=soon").unwrap_err();
         assert!(e.0.contains("must be a number of seconds"), "{e}");
+        for (word, said) in [
+            (
+                "rd.lifeline.timeout=18446744073709551615",
+                "timeout = 18446744073709551615: it must be from 0 to 86400 seconds",
+            ),
+            (
+                "rd.lifeline.tpm_wait=100000000000",
+                "it must be from 0 to 600 seconds",
+            ),
+            (
+                "rd.lifeline.poll_interval=0",
+                "poll_interval = 0: it must be from 1 to 3600 seconds",
+            ),
+            (
+                "rd.lifeline.poll_interval=99999999999999999999999",
+                "must be a number of seconds",
+            ),
+        ] {
+            let e = c.apply_cmdline(word).unwrap_err();
+            assert!(e.0.contains(said), "{word}: {e}");
+        }
+        let e = Config::parse("timeout = 999999999999", "t").unwrap_err();
+        assert!(e.0.contains("t line 1: timeout = 999999999999"), "{e}");
     }
 }

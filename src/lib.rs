@@ -49,7 +49,10 @@
 //! - [`tpm`]: tss-esapi adapter, policy digests, the `lifeline-tpm2` token, DRSK files.
 //! - [`prompt`]: asking a person for secrets (console, systemd's agents, plymouth).
 //! - [`cmd`]: the subcommands of both binaries and their exit codes.
-//! - [`atomic_file`], [`hex`]: files written whole or not at all; hex for the text formats.
+//! - [`id`]: client IDs, machine IDs, volume UUIDs and packet IDs, each checked once where it
+//!   is read (they end up in URLs, paths on removable media and on the boot screen).
+//! - [`atomic_file`], [`input`], [`hex`]: files written whole or not at all; files read only
+//!   when regular and small; hex for the text formats.
 //! - `server` (feature `server`): the recovery authority, DRSK custody, and the HTTPS
 //!   escrow server (axum + rustls, SQLite with group commit and a hash-chained audit log).
 
@@ -60,6 +63,8 @@ pub mod cmd;
 pub mod config;
 pub mod escrow;
 pub mod hex;
+pub mod id;
+pub mod input;
 pub mod luks;
 pub mod prompt;
 pub mod secret;

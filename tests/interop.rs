@@ -196,4 +196,28 @@ fn lifeline_recovers_with_a_packet_stock_age_encrypted_and_stock_minisign_signed
     ])
     .ok();
     assert!(cryptsetup_accepts(&img.path, "made by minisign"));
+
+    // The same packet with minisign's legacy (not pre-hashed) signature is refused as such,
+    // not called altered.
+    sh(
+        &dir,
+        &format!(
+            "minisign -S -l -s k.key -m payload.age -x legacy.minisig -c 'lifeline recovery packet' \
+             -t '{comment}' && cat legacy.minisig payload.age > legacy.recovery"
+        ),
+    );
+    sb.lifeline(&[
+        "recover",
+        img.path.to_str().unwrap(),
+        "--packet",
+        "legacy.recovery",
+        "--trust",
+        "k.pub",
+        "--otp-file",
+        "otp.txt",
+    ])
+    .fails(
+        4,
+        "legacy minisign signature; only pre-hashed signatures are accepted",
+    );
 }

@@ -35,8 +35,8 @@ fn transient_restore_unseals_in_the_same_process_as_the_initramfs_will() {
     );
     let key = VolumeKey::from_slice(&[42; 64]);
     let (blob, _) = a.seal(&key, &[]).unwrap();
-    assert!(a.unseal(&blob, None).unwrap().ct_eq(&key));
     let client_id = tpm::client_id(&a.drsk_public().unwrap());
+    assert!(a.unseal(&client_id, &blob, None).unwrap().ct_eq(&key));
     let dup = a
         .duplicate_drsk(&server_key.public, std::slice::from_ref(&server_name))
         .unwrap();
@@ -47,7 +47,10 @@ fn transient_restore_unseals_in_the_same_process_as_the_initramfs_will() {
     // New motherboard: a fresh TPM.
     let new_tpm = Swtpm::start(&sb.path("tpm-c"));
     let mut c = open(&new_tpm);
-    assert!(matches!(c.unseal(&blob, None), Err(TpmError::DrskMissing)));
+    assert!(matches!(
+        c.unseal(&client_id, &blob, None),
+        Err(TpmError::DrskMissing)
+    ));
     let srk = c.srk_public(None).unwrap();
     let restore = server
         .reduplicate_client(
@@ -61,7 +64,7 @@ fn transient_restore_unseals_in_the_same_process_as_the_initramfs_will() {
         .unwrap();
     assert_eq!(c.restore_drsk(&restore, false, None).unwrap(), client_id);
     assert!(
-        c.unseal(&blob, None).unwrap().ct_eq(&key),
+        c.unseal(&client_id, &blob, None).unwrap().ct_eq(&key),
         "transient DRSK unseals"
     );
     let mut c2 = open(&new_tpm);
@@ -69,7 +72,7 @@ fn transient_restore_unseals_in_the_same_process_as_the_initramfs_will() {
     drop(c2);
     let mut c3 = open(&new_tpm);
     assert!(
-        c3.unseal(&blob, None).unwrap().ct_eq(&key),
+        c3.unseal(&client_id, &blob, None).unwrap().ct_eq(&key),
         "persisted DRSK unseals"
     );
 }

@@ -79,6 +79,7 @@ fn kind(e: &PacketError) -> &'static str {
         PacketError::UnknownVersion(_) => "unknown version",
         PacketError::OtherSigner => "other signer",
         PacketError::BadSignature => "bad signature",
+        PacketError::LegacySignature => "legacy signature",
         PacketError::OtherVolume { .. } => "other volume",
         PacketError::OtherMachine { .. } => "other machine",
         PacketError::Expired(_) => "expired",

@@ -62,7 +62,7 @@ pub fn run(args: Args, g: &Globals) -> CmdResult {
         pcrs: binding,
     };
     // Prove the sealed key comes back and opens the volume before anything is stored.
-    let unsealed = tpm.unseal(&token.blob, token.pcrs.as_ref())?;
+    let unsealed = tpm.unseal(&token.client_id, &token.blob, token.pcrs.as_ref())?;
     volume.check_key(&unsealed)?;
     let json = token.to_json();
     if volume.is_luks2() {
@@ -144,7 +144,7 @@ pub fn run_check(args: CheckArgs, g: &Globals) -> CmdResult {
         .open_tpm()
         .map_err(|f| f.context("step 2, open the TPM"))?;
     let key = tpm
-        .unseal(&token.blob, token.pcrs.as_ref())
+        .unseal(&token.client_id, &token.blob, token.pcrs.as_ref())
         .map_err(|e| Failure::from(e).context("step 3, unseal"))?;
     volume
         .check_key(&key)

@@ -5,7 +5,7 @@ use std::time::SystemTime;
 
 use argh::FromArgs;
 
-use super::{local_machine_id, CmdResult, Exit, Failure, Globals};
+use super::{machine_id, CmdResult, Exit, Failure, Globals};
 use crate::atomic_file;
 use crate::escrow::{EscrowPacket, Record, VolumeInfo};
 use crate::luks::LuksVolume;
@@ -76,10 +76,7 @@ pub fn run(args: Args, g: &Globals) -> CmdResult {
     }
     let mut volume = LuksVolume::open(&args.device)?;
     let luks = volume.info()?;
-    let machine_id = match &args.machine_id {
-        Some(id) => id.to_ascii_lowercase(),
-        None => local_machine_id()?,
-    };
+    let machine_id = machine_id(args.machine_id.as_deref())?;
     let key = super::volume_key_from_user(&mut volume, &args.device, args.key_file.as_deref())?;
 
     let recovery_passphrase = if args.random_passphrase {

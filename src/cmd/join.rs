@@ -9,7 +9,7 @@ use std::time::Duration;
 use argh::FromArgs;
 use serde_json::json;
 
-use super::{local_machine_id, read_small, CmdResult, Exit, Failure, Globals};
+use super::{machine_id, read_small, CmdResult, Exit, Failure, Globals};
 use crate::atomic_file;
 use crate::escrow::https::{FetchError, Https};
 
@@ -18,17 +18,15 @@ const TIMEOUT: Duration = Duration::from_secs(30);
 
 impl From<FetchError> for Failure {
     fn from(e: FetchError) -> Self {
-        let what = e.to_string();
-        match e {
-            FetchError::Unreachable(_) => Failure::new(Exit::Failure, what).todo(
-                "check the server URL, the network, and that --ca is the server's CA certificate",
-            ),
-            FetchError::NotFound(_) => Failure::new(Exit::NotApplicable, what),
+        let code = match e {
+            FetchError::NotFound(_) => Exit::NotApplicable,
             FetchError::Refused {
                 status: 401 | 403, ..
-            } => Failure::new(Exit::Denied, what),
-            FetchError::Refused { .. } | FetchError::Bad(_) => Failure::new(Exit::Failure, what),
-        }
+            } => Exit::Denied,
+            _ => Exit::Failure,
+        };
+        let todo = e.what_to_do();
+        Failure::new(code, e.to_string()).todo(todo)
     }
 }
 
@@ -108,7 +106,7 @@ pub fn run(args: Args, g: &Globals) -> CmdResult {
         .unwrap_or_else(|| "unknown".into());
     let answer = https.post_json(
         "/v1/join",
-        &json!({ "token": args.token, "machine_id": match &args.machine_id { Some(m) => m.to_ascii_lowercase(), None => local_machine_id()? }, "client_id": client_id, "host": host }),
+        &json!({ "token": args.token, "machine_id": machine_id(args.machine_id.as_deref())?, "client_id": client_id, "host": host }),
     )?;
     let credential = zeroize::Zeroizing::new(
         answer["credential"]

@@ -112,6 +112,10 @@ impl From<PacketError> for Failure {
                 "check that --trust names your organisation's key, and get the packet from your helpdesk",
             ),
             PacketError::BadSignature => (Exit::BadPacket, "do not use this packet; ask the helpdesk for a new one"),
+            PacketError::LegacySignature => (
+                Exit::BadPacket,
+                "sign it again without -l (minisign -S signs pre-hashed), or have lifeline-server issue it",
+            ),
             PacketError::OtherVolume { .. } | PacketError::OtherMachine { .. } => (
                 Exit::NotApplicable,
                 "ask the helpdesk for the packet of this volume; read them the volume UUID",
@@ -252,22 +256,10 @@ pub fn read_passphrase_file(path: &Path) -> Result<Passphrase, Failure> {
     Ok(Passphrase::from_slice(line))
 }
 
-/// Reads a small file, refusing anything larger than `limit`.
+/// Reads a small regular file, refusing anything larger than `limit` (and FIFOs, devices).
 pub fn read_small(path: &Path, limit: u64) -> Result<Vec<u8>, Failure> {
-    use std::io::Read;
-    let file = std::fs::File::open(path)
-        .map_err(|e| Failure::usage(format!("cannot read {}: {e}", path.display())))?;
-    let mut buf = Vec::with_capacity(limit as usize + 1);
-    file.take(limit + 1)
-        .read_to_end(&mut buf)
-        .map_err(|e| Failure::usage(format!("cannot read {}: {e}", path.display())))?;
-    if buf.len() as u64 > limit {
-        return Err(Failure::usage(format!(
-            "{} is larger than {limit} bytes",
-            path.display()
-        )));
-    }
-    Ok(buf)
+    crate::input::read_regular(path, limit)
+        .map_err(|e| Failure::usage(format!("cannot read {}: {e}", path.display())))
 }
 
 /// Passphrase attempts at the prompt, as cryptsetup allows.
@@ -343,16 +335,21 @@ pub fn owner_auth(tpm: &mut TssTpm, file: Option<&Path>) -> Result<Option<Passph
     Ok(Some(Passphrase::from_slice(answer.as_bytes())))
 }
 
-/// This machine's ID (`/etc/machine-id`), which packets are bound to.
-pub fn local_machine_id() -> Result<String, Failure> {
+/// The machine ID packets are bound to: `given` (a `--machine-id` option), else this machine's
+/// own (`/etc/machine-id`); checked either way.
+pub fn machine_id(given: Option<&str>) -> Result<String, Failure> {
     const PATH: &str = "/etc/machine-id";
-    let text = std::fs::read_to_string(PATH).unwrap_or_default();
-    let id = text.trim().to_ascii_lowercase();
-    if id.is_empty() || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(Failure::usage(format!("{PATH} does not hold a machine ID"))
-            .todo("give the ID of the machine this volume belongs to with --machine-id"));
+    if let Some(id) = given {
+        return crate::id::machine_id(id).map_err(|e| {
+            Failure::usage(format!("--machine-id: {e}"))
+                .todo("give the 32 hex digits of the machine's /etc/machine-id")
+        });
     }
-    Ok(id)
+    let text = std::fs::read_to_string(PATH).unwrap_or_default();
+    crate::id::machine_id(text.trim()).map_err(|_| {
+        Failure::usage(format!("{PATH} does not hold a machine ID"))
+            .todo("give the ID of the machine this volume belongs to with --machine-id")
+    })
 }
 
 /// Parses the command line like `argh::from_env`, but exits with [`Exit::Usage`] on bad

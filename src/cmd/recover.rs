@@ -5,7 +5,8 @@ use std::time::SystemTime;
 
 use argh::FromArgs;
 
-use super::{local_machine_id, read_passphrase_file, CmdResult, Exit, Failure};
+use super::{read_passphrase_file, CmdResult, Exit, Failure};
+use crate::escrow::https::FetchError;
 use crate::escrow::otp;
 use crate::escrow::{read_packet_file, PacketError, Record, RecoveryPacket};
 use crate::luks::LuksVolume;
@@ -25,8 +26,8 @@ pub struct Args {
     /// the recovery packet file
     #[argh(option)]
     pub packet: Option<PathBuf>,
-    /// fetch the recovery packet from this escrow server instead (see lifeline join); it is
-    /// reported used afterwards
+    /// fetch the recovery packet from this escrow server instead (see lifeline join); once a
+    /// new passphrase is added, it is reported used (and deleted there)
     #[argh(option)]
     pub server: Option<String>,
     /// the authority's minisign public key that must have signed the packet (default with
@@ -75,20 +76,18 @@ pub fn run(args: Args, g: &super::Globals) -> CmdResult {
     };
     let mut volume = LuksVolume::open(&args.device)?;
     let luks = volume.info()?;
-    let machine_id = match &args.machine_id {
-        Some(id) => id.to_ascii_lowercase(),
-        None => local_machine_id()?,
-    };
+    let machine_id = super::machine_id(args.machine_id.as_deref())?;
     let bytes = match (&args.packet, &server) {
         (Some(path), _) => {
             read_packet_file(path).map_err(|e| Failure::from(e).context(path.display()))?
         }
         (None, Some(s)) => s
-            .get(&format!("/v1/recovery/{machine_id}/{}", luks.uuid))
-            .map_err(|e| {
-                Failure::from(e).todo(
+            .get_packet(&format!("/v1/recovery/{machine_id}/{}", luks.uuid))
+            .map_err(|e| match e {
+                FetchError::NotFound(_) => Failure::from(e).todo(
                     "ask the helpdesk to approve your recovery request (lifeline recovery request)",
-                )
+                ),
+                e => Failure::from(e),
             })?,
         (None, None) => {
             return Err(Failure::usage(
@@ -116,25 +115,20 @@ pub fn run(args: Args, g: &super::Globals) -> CmdResult {
 
     let record = open_with_otp(&packet, &args)?;
     volume.check_key(&record.volume_key)?;
-    if let Some(s) = &mut server {
-        // One-time use: the server deletes the packet. Failing to say so costs nothing here.
-        // The use token proves this machine opened the packet.
-        let reported = match &record.use_token {
-            Some(t) => crate::unlock::EscrowSource::report_used(s, &packet.binding.packet_id, t),
-            None => Err("the packet carries no use token".into()),
-        };
-        if let Err(e) = reported {
-            eprintln!("warning: could not tell the server the packet was used: {e}");
-        }
-    }
     eprintln!(
         "The one-time password is correct and the escrowed key opens {}.",
         args.device.display()
     );
 
     let Some(new_passphrase) = new_passphrase else {
+        // A dry run changes nothing, so the packet stays usable: it is not reported used.
         eprintln!(
-            "Nothing was changed. To set a new passphrase, run again with --new-passphrase-file."
+            "Nothing was changed. To set a new passphrase, run again with --new-passphrase-file{}.",
+            if server.is_some() {
+                " (the packet stays on the server until it is used or expires)"
+            } else {
+                ""
+            }
         );
         return Ok(());
     };
@@ -145,6 +139,17 @@ pub fn run(args: Args, g: &super::Globals) -> CmdResult {
     // Prove the new passphrase works before anything is removed.
     volume.unlock(&new_passphrase)?;
     eprintln!("New passphrase added in keyslot {slot}.");
+    if let Some(s) = &mut server {
+        // One-time use: now that it changed something, the server deletes the packet. Failing
+        // to say so costs nothing here. The use token proves this machine opened the packet.
+        let reported = match &record.use_token {
+            Some(t) => crate::unlock::EscrowSource::report_used(s, &packet.binding.packet_id, t),
+            None => Err("the packet carries no use token".into()),
+        };
+        if let Err(e) = reported {
+            eprintln!("warning: could not tell the server the packet was used: {e}");
+        }
+    }
     if let Some(old) = args.replace_slot {
         if old == slot {
             return Err(Failure::new(

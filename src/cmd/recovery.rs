@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use argh::FromArgs;
 use serde_json::json;
 
-use super::{local_machine_id, CmdResult, Globals};
+use super::{machine_id, CmdResult, Globals};
 use crate::luks::LuksVolume;
 
 #[derive(FromArgs, Debug)]
@@ -41,10 +41,7 @@ pub struct RequestArgs {
 pub fn run(args: Args, g: &Globals) -> CmdResult {
     let Command::Request(args) = args.command;
     let uuid = LuksVolume::open(&args.device)?.info()?.uuid;
-    let machine = match args.machine_id {
-        Some(m) => m.to_ascii_lowercase(),
-        None => local_machine_id()?,
-    };
+    let machine = machine_id(args.machine_id.as_deref())?;
     let server = super::join::joined_server(g, args.server.as_deref(), false)?;
     let answer = server.post_json(
         "/v1/recovery-requests",

@@ -78,7 +78,7 @@ pub fn run(args: Args, g: &super::Globals, started: Instant) -> CmdResult {
     }
     let machine_id = match &config.machine_id {
         Some(id) => id.clone(),
-        None => super::local_machine_id().map_err(|f| f.context("machine_id is not configured"))?,
+        None => super::machine_id(None).map_err(|f| f.context("machine_id is not configured"))?,
     };
     let say = |line: String| eprintln!("lifeline: {line}");
     let trust = match super::recover::read_trust_key(&config.trust) {
@@ -163,7 +163,7 @@ pub fn run(args: Args, g: &super::Globals, started: Instant) -> CmdResult {
                         started.elapsed().as_millis()
                     )),
                     Err(why) => {
-                        say(format!("stepping aside for volume {}: {why:?}.", v.uuid));
+                        say(format!("stepping aside for volume {}: {why}.", v.uuid));
                         closed += 1;
                     }
                 }

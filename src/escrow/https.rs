@@ -13,25 +13,123 @@ const MAX_RESPONSE: u64 = 256 * 1024;
 
 #[derive(Debug)]
 pub enum FetchError {
-    /// The server could not be reached or the connection failed (TLS included).
+    /// The server could not be reached: connection refused, no route, no such host.
     Unreachable(String),
+    /// The server's certificate was refused.
+    Certificate(CertProblem),
+    /// No whole answer within the time allowed (connecting, TLS, or a slow answer).
+    TimedOut(Duration),
     /// The server answered with an error status and its reason.
     Refused { status: u16, reason: String },
     /// Not found: no such packet, request or machine.
     NotFound(String),
-    /// The answer was not what the protocol says.
+    /// The answer was not what the protocol says: not HTTP, a redirect, too large, not JSON,
+    /// not a packet.
     Bad(String),
+}
+
+/// Why the server's certificate was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CertProblem {
+    /// Not signed by the configured CA.
+    UnknownIssuer,
+    Expired,
+    NotYetValid,
+    /// Valid, but for another name than the one in the URL.
+    WrongName,
+    Other(String),
 }
 
 impl std::fmt::Display for FetchError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             FetchError::Unreachable(why) => write!(f, "cannot reach the escrow server: {why}"),
+            FetchError::Certificate(p) => {
+                f.write_str("the escrow server's certificate was refused: ")?;
+                match p {
+                    CertProblem::UnknownIssuer => {
+                        f.write_str("it is not signed by the configured CA")
+                    }
+                    CertProblem::Expired => f.write_str("it has expired"),
+                    CertProblem::NotYetValid => f.write_str("it is not valid yet"),
+                    CertProblem::WrongName => {
+                        f.write_str("it is for another name than the one in the server URL")
+                    }
+                    CertProblem::Other(why) => f.write_str(why),
+                }
+            }
+            FetchError::TimedOut(t) => write!(
+                f,
+                "the escrow server did not answer within {} s",
+                t.as_secs().max(1)
+            ),
             FetchError::Refused { status, reason } => {
                 write!(f, "the escrow server refused ({status}): {reason}")
             }
             FetchError::NotFound(why) => write!(f, "{why}"),
             FetchError::Bad(why) => write!(f, "unexpected answer from the escrow server: {why}"),
+        }
+    }
+}
+
+impl FetchError {
+    /// What the person should do about it, for the messages formed at the edge.
+    pub fn what_to_do(&self) -> &'static str {
+        match self {
+            FetchError::Unreachable(_) => "check the server URL and the network",
+            FetchError::Certificate(CertProblem::UnknownIssuer) => {
+                "check that the CA file (--ca, or server-ca.pem from lifeline join) is the escrow server's CA"
+            }
+            FetchError::Certificate(CertProblem::Expired | CertProblem::NotYetValid) => {
+                "check this machine's clock; if it is right, the server's certificate must be renewed"
+            }
+            FetchError::Certificate(CertProblem::WrongName) => {
+                "use the server's name as its certificate gives it (the name given at lifeline-server init --tls-name)"
+            }
+            FetchError::Certificate(CertProblem::Other(_)) => {
+                "check the server's TLS certificate and the CA file"
+            }
+            FetchError::TimedOut(_) => "try again; if it persists, check the server and the network",
+            FetchError::Refused { status: 429, .. } => "wait a minute and try again",
+            FetchError::Refused { status: 500.., .. } => {
+                "the server is busy or failing: try again in a minute, or tell its administrator"
+            }
+            FetchError::Refused { status: 401 | 403, .. } => {
+                "check the credential (lifeline join) and that this request is allowed from here"
+            }
+            FetchError::Refused { .. } => "check the command's arguments",
+            FetchError::NotFound(_) => "check the name or ID given",
+            FetchError::Bad(_) => {
+                "check that the URL is the escrow server's (https://host:port, no path)"
+            }
+        }
+    }
+
+    /// Reads a ureq failure: a certificate problem, a timeout, or no connection.
+    fn from_ureq(e: ureq::Error, timeout: Duration) -> FetchError {
+        use rustls::CertificateError as C;
+        match e {
+            ureq::Error::Rustls(rustls::Error::InvalidCertificate(c)) => {
+                FetchError::Certificate(match c {
+                    C::UnknownIssuer | C::BadSignature => CertProblem::UnknownIssuer,
+                    C::Expired | C::ExpiredContext { .. } => CertProblem::Expired,
+                    C::NotValidYet | C::NotValidYetContext { .. } => CertProblem::NotYetValid,
+                    C::NotValidForName | C::NotValidForNameContext { .. } => CertProblem::WrongName,
+                    other => CertProblem::Other(format!("{other:?}")),
+                })
+            }
+            ureq::Error::Timeout(_) => FetchError::TimedOut(timeout),
+            ureq::Error::Io(io) if io.kind() == std::io::ErrorKind::TimedOut => {
+                FetchError::TimedOut(timeout)
+            }
+            ureq::Error::Protocol(p) => FetchError::Bad(format!(
+                "the answer is not HTTP ({p}): is this the escrow server?"
+            )),
+            ureq::Error::Rustls(other) => {
+                FetchError::Bad(format!("TLS failed ({other}): is this the escrow server?"))
+            }
+            ureq::Error::HostNotFound => FetchError::Unreachable("no such host".into()),
+            other => FetchError::Unreachable(other.to_string()),
         }
     }
 }
@@ -43,12 +141,18 @@ pub struct Https {
     agent: ureq::Agent,
     base: String,
     credential: Option<zeroize::Zeroizing<String>>,
+    /// How long one call may take at most.
+    timeout: Duration,
+    /// At boot: when the current call must be over, whatever `timeout` says.
+    until: std::cell::Cell<Option<Instant>>,
     backoff: Backoff,
 }
 
-/// At boot, after the server could not be reached (or failed with a 5xx), calls wait before
-/// trying again: 1 s, doubling up to 30 s, so a network that is still coming up is not
-/// hammered and each poll of the prompt stays quick. Until then the last failure is repeated.
+/// At boot, after a call failed (the server unreachable, an error status, an answer that is
+/// not what it should be), calls wait before trying again: 1 s, doubling up to 30 s, so a
+/// network that is still coming up, or a server that answers nonsense, is not hammered and
+/// each poll of the prompt stays quick. Until then the last failure is repeated. "Not found"
+/// is an answer (no packet yet), not a failure.
 #[derive(Default)]
 struct Backoff {
     delay: Duration,
@@ -70,15 +174,19 @@ impl Backoff {
             }
         }
         match call() {
-            Err(e @ (FetchError::Unreachable(_) | FetchError::Refused { status: 500.., .. })) => {
+            Ok(v) => {
+                *self = Backoff::default();
+                Ok(v)
+            }
+            Err(e @ FetchError::NotFound(_)) => {
+                *self = Backoff::default();
+                Err(e.to_string())
+            }
+            Err(e) => {
                 self.delay = (self.delay * 2).clamp(Self::FIRST, Self::MOST);
                 let why = e.to_string();
                 self.waiting = Some((now + self.delay, why.clone()));
                 Err(why)
-            }
-            other => {
-                *self = Backoff::default();
-                other.map_err(|e| e.to_string())
             }
         }
     }
@@ -89,6 +197,9 @@ impl std::fmt::Debug for Https {
         write!(f, "Https({})", self.base)
     }
 }
+
+/// A recovery packet starts like this (a minisign signature): anything else is not one.
+const PACKET_START: &[u8] = b"untrusted comment:";
 
 impl Https {
     /// `ca_pem` holds the CA certificate(s) the server's certificate must chain to.
@@ -125,6 +236,8 @@ impl Https {
             agent,
             base: base_url.trim_end_matches('/').to_string(),
             credential: None,
+            timeout,
+            until: std::cell::Cell::new(None),
             backoff: Backoff::default(),
         })
     }
@@ -135,26 +248,80 @@ impl Https {
         self
     }
 
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
+    /// The time this call may take: `timeout`, or less when a deadline is nearer.
+    fn call_timeout(&self) -> Result<Duration, FetchError> {
+        match self.until.get() {
+            None => Ok(self.timeout),
+            Some(until) => match until.checked_duration_since(Instant::now()) {
+                Some(left) if !left.is_zero() => Ok(left.min(self.timeout)),
+                _ => Err(FetchError::TimedOut(Duration::ZERO)),
+            },
+        }
     }
 
-    fn finish(
-        &self,
-        result: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
-    ) -> Result<(u16, Vec<u8>), FetchError> {
-        let mut response = result.map_err(|e| FetchError::Unreachable(e.to_string()))?;
+    /// One request: GET without a body, POST with `(content type, bytes)`. Returns the status
+    /// and the body of a 2xx answer; everything else is an error that names what came.
+    fn call(&self, path: &str, post: Option<(&str, &[u8])>) -> Result<(u16, Vec<u8>), FetchError> {
+        let timeout = self.call_timeout()?;
+        let url = format!("{}{path}", self.base);
+        // expose: the credential goes into the Authorization header of this one request.
+        let auth = self
+            .credential
+            .as_ref()
+            .map(|c| zeroize::Zeroizing::new(format!("Bearer {}", c.as_str())));
+        let result = match post {
+            None => {
+                let mut req = self
+                    .agent
+                    .get(url)
+                    .config()
+                    .timeout_global(Some(timeout))
+                    .build();
+                if let Some(a) = &auth {
+                    req = req.header("authorization", a.as_str());
+                }
+                req.call()
+            }
+            Some((content_type, body)) => {
+                let mut req = self
+                    .agent
+                    .post(url)
+                    .config()
+                    .timeout_global(Some(timeout))
+                    .build()
+                    .header("content-type", content_type);
+                if let Some(a) = &auth {
+                    req = req.header("authorization", a.as_str());
+                }
+                req.send(body)
+            }
+        };
+        let mut response = result.map_err(|e| FetchError::from_ureq(e, timeout))?;
         let status = response.status().as_u16();
         let body = response
             .body_mut()
             .with_config()
             .limit(MAX_RESPONSE)
             .read_to_vec()
-            .map_err(|e| FetchError::Bad(e.to_string()))?;
-        if status >= 400 {
-            let reason = serde_json::from_slice::<Value>(&body)
-                .ok()
-                .and_then(|v| v["error"].as_str().map(str::to_string))
+            .map_err(|e| match e {
+                ureq::Error::BodyExceedsLimit(_) => {
+                    FetchError::Bad(format!("the answer is larger than {MAX_RESPONSE} bytes"))
+                }
+                e => FetchError::from_ureq(e, timeout),
+            })?;
+        if (300..400).contains(&status) {
+            let to = response
+                .headers()
+                .get("location")
+                .and_then(|l| l.to_str().ok())
+                .unwrap_or("?");
+            return Err(FetchError::Bad(format!(
+                "a redirect ({status}) to {}; lifeline does not follow redirects",
+                to.chars().take(200).collect::<String>()
+            )));
+        }
+        if status >= 400 || !(200..300).contains(&status) {
+            let reason = error_of(&body)
                 .unwrap_or_else(|| String::from_utf8_lossy(&body).chars().take(200).collect());
             return Err(if status == 404 {
                 FetchError::NotFound(reason)
@@ -165,61 +332,64 @@ impl Https {
         Ok((status, body))
     }
 
-    fn auth(&self) -> Option<String> {
-        // expose: the credential goes into the Authorization header of this one request.
-        self.credential
-            .as_ref()
-            .map(|c| format!("Bearer {}", c.as_str()))
+    pub fn get(&self, path: &str) -> Result<Vec<u8>, FetchError> {
+        self.call(path, None).map(|(_, body)| body)
     }
 
-    pub fn get(&self, path: &str) -> Result<Vec<u8>, FetchError> {
-        let mut req = self.agent.get(self.url(path));
-        if let Some(a) = self.auth() {
-            req = req.header("authorization", a);
+    /// GETs a recovery packet: refuses an answer that is not one (an error object, a web page)
+    /// with what it is, before anything tries to verify it.
+    pub fn get_packet(&self, path: &str) -> Result<Vec<u8>, FetchError> {
+        let body = self.get(path)?;
+        if body.starts_with(PACKET_START) {
+            return Ok(body);
         }
-        self.finish(req.call()).map(|(_, body)| body)
+        Err(FetchError::Bad(match error_of(&body) {
+            Some(e) => format!("an error instead of a recovery packet: {e}"),
+            None => "the answer is not a recovery packet".into(),
+        }))
     }
 
     pub fn get_json(&self, path: &str) -> Result<Value, FetchError> {
         let body = self.get(path)?;
-        serde_json::from_slice(&body).map_err(|e| FetchError::Bad(e.to_string()))
+        json_of(&body)
     }
 
     /// POSTs raw bytes; returns the status and the JSON answer.
     pub fn post_bytes(&self, path: &str, body: &[u8]) -> Result<(u16, Value), FetchError> {
-        let mut req = self
-            .agent
-            .post(self.url(path))
-            .header("content-type", "text/plain");
-        if let Some(a) = self.auth() {
-            req = req.header("authorization", a);
-        }
-        let (status, body) = self.finish(req.send(body))?;
-        let json = serde_json::from_slice(&body).map_err(|e| FetchError::Bad(e.to_string()))?;
-        Ok((status, json))
+        let (status, body) = self.call(path, Some(("text/plain", body)))?;
+        Ok((status, json_of(&body)?))
     }
 
     pub fn post_json(&self, path: &str, body: &Value) -> Result<Value, FetchError> {
-        let mut req = self
-            .agent
-            .post(self.url(path))
-            .header("content-type", "application/json");
-        if let Some(a) = self.auth() {
-            req = req.header("authorization", a);
-        }
-        let (_, body) = self.finish(req.send(body.to_string().as_bytes()))?;
-        serde_json::from_slice(&body).map_err(|e| FetchError::Bad(e.to_string()))
+        let text = zeroize::Zeroizing::new(body.to_string());
+        let (_, body) = self.call(path, Some(("application/json", text.as_bytes())))?;
+        json_of(&body)
     }
 }
 
+/// The `{"error": …}` the server answers failures with.
+fn error_of(body: &[u8]) -> Option<String> {
+    serde_json::from_slice::<Value>(body)
+        .ok()
+        .and_then(|v| v["error"].as_str().map(|e| e.chars().take(300).collect()))
+}
+
+fn json_of(body: &[u8]) -> Result<Value, FetchError> {
+    serde_json::from_slice(body)
+        .map_err(|e| FetchError::Bad(format!("the answer is not the JSON expected ({e})")))
+}
+
 impl Https {
-    /// A boot-time call, under the backoff.
+    /// A boot-time call, under the backoff, over by `until`.
     fn at_boot<T>(
         &mut self,
+        until: Instant,
         call: impl FnOnce(&Https) -> Result<T, FetchError>,
     ) -> Result<T, String> {
         let mut backoff = std::mem::take(&mut self.backoff);
+        self.until.set(Some(until));
         let result = backoff.call(Instant::now(), || call(self));
+        self.until.set(None);
         self.backoff = backoff;
         result
     }
@@ -232,19 +402,27 @@ impl crate::unlock::EscrowSource for Https {
         format!("the escrow server {}", self.base)
     }
 
-    fn request_recovery(&mut self, who: &str, volume_uuid: &str) -> Result<bool, String> {
+    fn request_recovery(
+        &mut self,
+        who: &str,
+        volume_uuid: &str,
+        until: Instant,
+    ) -> Result<bool, String> {
         let body = serde_json::json!({ "machine": who, "volume_uuid": volume_uuid });
-        self.at_boot(|h| h.post_json("/v1/recovery-requests", &body).map(|_| true))
+        self.at_boot(until, |h| {
+            h.post_json("/v1/recovery-requests", &body).map(|_| true)
+        })
     }
 
     fn recovery_packet(
         &mut self,
         who: &[String],
         volume_uuid: &str,
+        until: Instant,
     ) -> Result<Option<Vec<u8>>, String> {
-        self.at_boot(|h| {
+        self.at_boot(until, |h| {
             for name in who {
-                match h.get(&format!("/v1/recovery/{name}/{volume_uuid}")) {
+                match h.get_packet(&format!("/v1/recovery/{name}/{volume_uuid}")) {
                     Ok(body) => return Ok(Some(body)),
                     Err(FetchError::NotFound(_)) => continue,
                     Err(e) => return Err(e),
@@ -269,13 +447,14 @@ impl crate::unlock::EscrowSource for Https {
     }
 
     fn restore_file(&mut self, client_id: &str, srk_name: &str) -> Result<Option<Vec<u8>>, String> {
-        self.at_boot(
-            |h| match h.get(&format!("/v1/drsk/restores/{client_id}/{srk_name}")) {
+        let until = Instant::now() + self.timeout;
+        self.at_boot(until, |h| {
+            match h.get(&format!("/v1/drsk/restores/{client_id}/{srk_name}")) {
                 Ok(body) => Ok(Some(body)),
                 Err(FetchError::NotFound(_)) => Ok(None),
                 Err(e) => Err(e),
-            },
-        )
+            }
+        })
     }
 }
 

@@ -36,6 +36,8 @@ pub enum PacketError {
     OtherSigner,
     /// The signature does not match the content: the packet was altered.
     BadSignature,
+    /// A legacy (not pre-hashed) minisign signature: only pre-hashed ones are accepted.
+    LegacySignature,
     /// The packet is for another volume.
     OtherVolume {
         packet: String,
@@ -70,6 +72,10 @@ impl fmt::Display for PacketError {
             PacketError::BadSignature => {
                 write!(f, "the packet's signature does not match its content: it was altered")
             }
+            PacketError::LegacySignature => write!(
+                f,
+                "the packet has a legacy minisign signature; only pre-hashed signatures are accepted"
+            ),
             PacketError::OtherVolume { packet, device } => write!(
                 f,
                 "the packet is for volume {packet}, but this volume is {device}"
@@ -108,22 +114,15 @@ impl From<std::io::Error> for PacketError {
     }
 }
 
-/// Reads a packet file with the size bound applied.
+/// Reads a packet file: a regular file of at most `MAX_PACKET_BYTES`.
 pub fn read_packet_file(path: &std::path::Path) -> Result<Vec<u8>, PacketError> {
-    use std::io::Read;
-    let file = std::fs::File::open(path).map_err(|e| {
-        PacketError::Io(std::io::Error::new(
-            e.kind(),
+    crate::input::read_regular(path, MAX_PACKET_BYTES).map_err(|e| match e.kind() {
+        std::io::ErrorKind::InvalidData => {
+            PacketError::Malformed(format!("{}: {e}", path.display()))
+        }
+        kind => PacketError::Io(std::io::Error::new(
+            kind,
             format!("{}: {e}", path.display()),
-        ))
-    })?;
-    let mut buf = Vec::new();
-    file.take(MAX_PACKET_BYTES + 1).read_to_end(&mut buf)?;
-    if buf.len() as u64 > MAX_PACKET_BYTES {
-        return Err(PacketError::Malformed(format!(
-            "{} is larger than {MAX_PACKET_BYTES} bytes",
-            path.display()
-        )));
-    }
-    Ok(buf)
+        )),
+    })
 }

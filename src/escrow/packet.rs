@@ -160,6 +160,10 @@ impl RecoveryPacket {
         if sig.keynum() != trusted.keynum() {
             return Err(PacketError::OtherSigner);
         }
+        // lifeline signs pre-hashed (minisign's default); a legacy signature is not "altered".
+        if !sig.is_prehashed() {
+            return Err(PacketError::LegacySignature);
+        }
         minisign::verify(trusted, &sig, Cursor::new(armored), true, false, false)
             .map_err(|_| PacketError::BadSignature)?;
         let comment = sig
@@ -253,9 +257,13 @@ fn parse_trusted_comment(comment: &str) -> Result<Binding, PacketError> {
             .map(str::to_string)
             .ok_or_else(|| PacketError::Malformed(format!("trusted comment: '{key}' is missing")))
     };
-    let packet_id = get("packet")?;
-    let machine_id = get("machine")?;
-    let volume_uuid = get("volume")?;
+    use crate::id::exactly;
+    let id = |checked: Result<String, crate::id::IdError>| {
+        checked.map_err(|e| PacketError::Malformed(format!("trusted comment: {e}")))
+    };
+    let packet_id = id(exactly(&get("packet")?, crate::id::packet_id))?;
+    let machine_id = id(exactly(&get("machine")?, crate::id::machine_id))?;
+    let volume_uuid = id(exactly(&get("volume")?, crate::id::volume_uuid))?;
     let expires = record::parse_time(&get("expires")?, "expires")?;
     let otp_groups = record::parse_num(&get("otp-groups")?, "otp-groups")?;
     Ok(Binding {

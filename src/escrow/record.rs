@@ -237,11 +237,24 @@ impl<'a> Fields<'a> {
 }
 
 pub(crate) fn info_from_fields(f: &Fields<'_>) -> Result<VolumeInfo, PacketError> {
+    use crate::id::exactly;
+    let id = |key: &str, checked: Result<String, crate::id::IdError>| {
+        checked.map_err(|e| PacketError::Malformed(format!("'{key}': {e}")))
+    };
     Ok(VolumeInfo {
         host: f.require("host")?.to_string(),
-        machine_id: f.require("machine-id")?.to_string(),
-        client_id: f.get("client-id").map(str::to_string),
-        volume_uuid: f.require("volume-uuid")?.to_string(),
+        machine_id: id(
+            "machine-id",
+            exactly(f.require("machine-id")?, crate::id::machine_id),
+        )?,
+        client_id: match f.get("client-id") {
+            Some(c) => Some(id("client-id", exactly(c, crate::id::client_id))?),
+            None => None,
+        },
+        volume_uuid: id(
+            "volume-uuid",
+            exactly(f.require("volume-uuid")?, crate::id::volume_uuid),
+        )?,
         volume_label: f.get("volume-label").map(str::to_string),
         luks_version: parse_num(f.require("luks-version")?, "luks-version")?,
         cipher: f.require("cipher")?.to_string(),

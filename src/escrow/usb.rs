@@ -1,29 +1,44 @@
 //! Recovery packets on removable media: a USB stick (or any configured device) carrying
 //! `lifeline/<client-id or machine-id>/<volume-uuid>.recovery`.
 //!
-//! Each look mounts every candidate read-only, nosuid, nodev, noexec under a private directory,
-//! reads at most one bounded regular file reached without symlinks, and unmounts at once.
-//! Media that are not what they should be (symlinks, huge or non-regular files) are refused
-//! with a message; garbage inside a file is refused by the packet's signature check.
+//! Each look mounts every candidate read-only, nosuid, nodev, noexec under a fresh private
+//! directory, reads at most one bounded regular file reached without symlinks, and unmounts at
+//! once. ext4 is mounted with `noload`, so a journal that needs recovery is not replayed (a
+//! read-only mount would otherwise write to the stick); vfat and iso9660 write nothing when
+//! mounted read-only. The block device itself is not set read-only: that takes an ioctl,
+//! which safe Rust cannot make. Mounting and reading happen on a thread of their own that
+//! the boot flow waits for a bounded time: a stick that never answers (or is pulled out mid-read)
+//! costs one wait, is named once, and is not touched again. Media that are not what they
+//! should be (no file system, symlinks, huge or non-regular files) are refused with a message;
+//! garbage inside a file is refused by the packet's signature check.
 
-use std::io::Read;
-use std::os::unix::fs::OpenOptionsExt;
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
+use std::sync::mpsc::{channel, RecvTimeoutError};
+use std::time::{Duration, Instant};
 
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 
 use super::MAX_PACKET_BYTES;
 
-/// File systems tried, in order.
-const FILESYSTEMS: [&str; 3] = ["vfat", "ext4", "iso9660"];
+/// File systems tried, in order, with their mount options.
+const FILESYSTEMS: [(&str, Option<&str>); 3] =
+    [("vfat", None), ("ext4", Some("noload")), ("iso9660", None)];
+
+/// The longest one device may take to mount, be read and unmounted.
+pub const MEDIA_WAIT: Duration = Duration::from_secs(10);
 
 pub struct Usb {
     /// Devices to look at; empty: the removable ones the kernel lists.
     devices: Vec<PathBuf>,
     /// Only the file system with this label (`/dev/disk/by-label/<label>`).
     label: Option<String>,
-    /// Where media are mounted while read (created private, removed after).
+    /// Where media are mounted while read: a fresh numbered directory below it each time.
     mount_dir: PathBuf,
+    mounts: u32,
+    /// Devices that did not answer in time. Their reader may still be stuck in the kernel, so
+    /// they are left alone from then on.
+    stuck: HashSet<PathBuf>,
 }
 
 impl Usb {
@@ -32,6 +47,8 @@ impl Usb {
             devices,
             label,
             mount_dir,
+            mounts: 0,
+            stuck: HashSet::new(),
         }
     }
 
@@ -46,32 +63,61 @@ impl Usb {
         removable_partitions(Path::new("/sys/block"))
     }
 
-    /// Mounts `device`, reads the packet at `relative` if there is one, unmounts.
-    fn read_from(&self, device: &Path, relative: &[PathBuf]) -> Result<Option<Vec<u8>>, String> {
-        std::fs::create_dir_all(&self.mount_dir)
-            .map_err(|e| format!("cannot make {}: {e}", self.mount_dir.display()))?;
-        let flags =
-            MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
-        let mounted = FILESYSTEMS.iter().any(|fs| {
-            mount(
-                Some(device),
-                &self.mount_dir,
-                Some(*fs),
-                flags,
-                None::<&str>,
-            )
-            .is_ok()
+    /// Mounts `device`, reads the packet at one of `relative` if there is one, unmounts — on
+    /// a thread, waited for until `until` (at most `MEDIA_WAIT`).
+    fn read_from(
+        &mut self,
+        device: &Path,
+        relative: &[PathBuf],
+        until: Instant,
+    ) -> Result<Option<Vec<u8>>, String> {
+        let wait = MEDIA_WAIT.min(until.saturating_duration_since(Instant::now()));
+        self.mounts += 1;
+        let dir = self.mount_dir.join(self.mounts.to_string());
+        let (done, result) = channel();
+        let (dev, rel) = (device.to_path_buf(), relative.to_vec());
+        std::thread::spawn(move || {
+            let _ = done.send(mount_and_read(&dev, &dir, &rel));
         });
-        if !mounted {
-            return Ok(None);
+        match result.recv_timeout(wait) {
+            Ok(r) => r.map_err(|e| format!("{}: {e}", device.display())),
+            Err(RecvTimeoutError::Timeout) => {
+                self.stuck.insert(device.to_path_buf());
+                Err(format!(
+                    "{} did not answer within {} s; it is not read again",
+                    device.display(),
+                    wait.as_secs()
+                ))
+            }
+            Err(RecvTimeoutError::Disconnected) => {
+                Err(format!("{}: the reader stopped", device.display()))
+            }
         }
-        let result = relative
-            .iter()
-            .find_map(|r| read_bounded(&self.mount_dir, r).transpose())
-            .transpose();
-        let _ = umount2(&self.mount_dir, MntFlags::MNT_DETACH);
-        result.map_err(|e| format!("{}: {e}", device.display()))
     }
+}
+
+/// The reader thread's work: mount `device` at `dir`, read, unmount, remove `dir`.
+fn mount_and_read(
+    device: &Path,
+    dir: &Path,
+    relative: &[PathBuf],
+) -> Result<Option<Vec<u8>>, String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot make {}: {e}", dir.display()))?;
+    let flags = MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    let mounted = FILESYSTEMS
+        .iter()
+        .any(|(fs, data)| mount(Some(device), dir, Some(*fs), flags, *data).is_ok());
+    if !mounted {
+        let _ = std::fs::remove_dir(dir);
+        return Err("no vfat, ext4 or iso9660 file system on it".into());
+    }
+    let result = relative
+        .iter()
+        .find_map(|r| read_bounded(dir, r).transpose())
+        .transpose();
+    let _ = umount2(dir, MntFlags::MNT_DETACH);
+    let _ = std::fs::remove_dir(dir);
+    result
 }
 
 /// Partitions (or whole disks without partitions) of block devices the kernel marks removable.
@@ -137,19 +183,9 @@ pub fn read_bounded(root: &Path, relative: &Path) -> Result<Option<Vec<u8>>, Str
             ));
         }
     }
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(nix::libc::O_NOFOLLOW)
-        .open(&path)
-        .map_err(|e| format!("{}: {e}", relative.display()))?;
-    let mut bytes = Vec::new();
-    file.take(MAX_PACKET_BYTES + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| format!("{}: {e}", relative.display()))?;
-    if bytes.len() as u64 > MAX_PACKET_BYTES {
-        return Err(format!("{} grew while read; refused", relative.display()));
-    }
-    Ok(Some(bytes))
+    crate::input::read_regular_nofollow(&path, MAX_PACKET_BYTES)
+        .map(Some)
+        .map_err(|e| format!("{}: {e}", relative.display()))
 }
 
 impl crate::unlock::EscrowSource for Usb {
@@ -157,7 +193,7 @@ impl crate::unlock::EscrowSource for Usb {
         "removable media".into()
     }
 
-    fn request_recovery(&mut self, _: &str, _: &str) -> Result<bool, String> {
+    fn request_recovery(&mut self, _: &str, _: &str, _: Instant) -> Result<bool, String> {
         Ok(false)
     }
 
@@ -165,6 +201,7 @@ impl crate::unlock::EscrowSource for Usb {
         &mut self,
         who: &[String],
         volume_uuid: &str,
+        until: Instant,
     ) -> Result<Option<Vec<u8>>, String> {
         let relative: Vec<PathBuf> = who
             .iter()
@@ -174,12 +211,21 @@ impl crate::unlock::EscrowSource for Usb {
                     .join(format!("{volume_uuid}.recovery"))
             })
             .collect();
+        // A device that fails does not hide the next one; the first failure is told.
+        let mut failed = None;
         for device in self.candidates() {
-            if let Some(bytes) = self.read_from(&device, &relative)? {
-                return Ok(Some(bytes));
+            if self.stuck.contains(&device) {
+                continue;
+            }
+            match self.read_from(&device, &relative, until) {
+                Ok(Some(bytes)) => return Ok(Some(bytes)),
+                Ok(None) => {}
+                Err(e) => {
+                    failed.get_or_insert(e);
+                }
             }
         }
-        Ok(None)
+        failed.map_or(Ok(None), Err)
     }
 
     fn report_used(&mut self, _: &str, _: &crate::secret::UseToken) -> Result<(), String> {

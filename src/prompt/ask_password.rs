@@ -185,4 +185,22 @@ mod tests {
         cancelling.join().unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
     }
+
+    #[test]
+    fn an_agent_that_never_answers_leaves_the_boot_flow_polling() {
+        use crate::unlock::{Answer, Console};
+        let dir = std::env::temp_dir().join(format!("lifeline-ask-silent-{}", std::process::id()));
+        let mut waiting = crate::prompt::Waiting::new(AskPassword::new(&dir));
+        // Nobody answers the question: each wait ends on time, again and again.
+        for _ in 0..3 {
+            assert!(matches!(
+                waiting.answer(
+                    "Passphrase or one-time password:",
+                    std::time::Duration::from_millis(200)
+                ),
+                Answer::Nothing
+            ));
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -19,6 +19,8 @@ const ACK: u8 = 0x06;
 const ANSWER: u8 = 0x02;
 /// Longest answer taken; a passphrase is far shorter.
 const MAX_ANSWER: usize = 4096;
+/// How long plymouthd may take to acknowledge a request that is not a question.
+const REPLY_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 pub struct Plymouth {
     name: String,
@@ -42,9 +44,15 @@ impl Plymouth {
     }
 
     /// Sends one request; returns the connection, for an answer to follow, and the reply type.
+    /// Every request but a question must be acknowledged within `REPLY_WAIT`: a daemon that
+    /// takes the connection and never answers must not stall the boot flow. A question waits
+    /// for the person (on the prompt's own thread).
     fn send(&self, command: u8, argument: Option<&str>) -> std::io::Result<(UnixStream, u8)> {
         let addr = SocketAddr::from_abstract_name(self.name.as_bytes())?;
         let mut stream = UnixStream::connect_addr(&addr)?;
+        let wait = (command != b'*').then_some(REPLY_WAIT);
+        stream.set_read_timeout(wait)?;
+        stream.set_write_timeout(Some(REPLY_WAIT))?;
         let mut request = vec![command];
         if let Some(arg) = argument {
             // The length is one byte: longer text is cut (at a character boundary).
@@ -157,5 +165,29 @@ mod tests {
         assert!(matches!(p.ask_secret("q:"), Err(PromptError::Closed)));
         d.join().unwrap();
         assert!(!Plymouth::new("lifeline-test-no-such-daemon").available());
+    }
+
+    #[test]
+    fn a_daemon_that_takes_the_connection_and_never_answers_does_not_stall() {
+        let name = format!("lifeline-test-plymouth-silent-{}", std::process::id());
+        let addr = SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+        let listener = UnixListener::bind_addr(&addr).unwrap();
+        // Accepts, reads, keeps every connection open, answers nothing.
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            for s in listener.incoming().flatten() {
+                held.push(s);
+            }
+        });
+        let p = Plymouth::new(&name);
+        let started = std::time::Instant::now();
+        assert!(!p.available());
+        assert!(!p.show("Recovery ID 1a2b-3c4d"));
+        // Each gave up after REPLY_WAIT instead of waiting for ever.
+        assert!(
+            started.elapsed() < REPLY_WAIT * 4,
+            "{:?}",
+            started.elapsed()
+        );
     }
 }

@@ -60,12 +60,7 @@ type Result<T> = std::result::Result<T, CustodyError>;
 
 /// A client ID is the SHA-256 of its DRSK's name: 64 hex digits.
 pub fn check_client_id(client: &str) -> Result<String> {
-    if client.len() != 64 || !client.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(CustodyError::Bad(format!(
-            "'{client}' is not a client ID (64 hex digits)"
-        )));
-    }
-    Ok(client.to_ascii_lowercase())
+    crate::id::client_id(client).map_err(|e| CustodyError::Bad(e.to_string()))
 }
 
 fn sha256(bytes: &[u8]) -> Vec<u8> {

@@ -98,7 +98,8 @@ impl SealedToken {
             }
         };
         Ok(SealedToken {
-            client_id: field(v, "client-id")?.to_string(),
+            client_id: crate::id::client_id(field(v, "client-id")?)
+                .map_err(|e| TokenError(format!("'client-id': {e}")))?,
             blob: SealedBlob {
                 public: unhex(field(v, "public")?, "public")?,
                 private: unhex(field(v, "private")?, "private")?,
@@ -136,5 +137,38 @@ mod tests {
             .unwrap_err()
             .0
             .contains("newer"));
+    }
+
+    #[test]
+    fn a_client_id_that_is_not_one_is_refused_at_parse() {
+        let t = SealedToken {
+            client_id: "ab".repeat(32),
+            blob: SealedBlob {
+                public: vec![0, 2, 1, 2],
+                private: vec![0, 1, 9],
+            },
+            pcrs: None,
+        };
+        for bad in [
+            "é",
+            "ab",
+            "../../etc",
+            &"ab".repeat(33),
+            &format!("../{}", "a".repeat(61)),
+        ] {
+            let mut v = t.to_json();
+            v["client-id"] = json!(bad);
+            let e = SealedToken::from_json(&v).unwrap_err().to_string();
+            assert!(
+                e.contains("'client-id'") && e.contains("is not a client ID"),
+                "{e}"
+            );
+        }
+        let mut v = t.to_json();
+        v["client-id"] = json!("AB".repeat(32));
+        assert_eq!(
+            SealedToken::from_json(&v).unwrap().client_id,
+            "ab".repeat(32)
+        );
     }
 }

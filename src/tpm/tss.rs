@@ -73,6 +73,41 @@ fn kind(e: &tss_esapi::Error) -> Option<Rc> {
     }
 }
 
+/// The raw TSS2_RC of an error from the TSS itself (not the TPM), which tss-esapi only shows
+/// in its text ("Response code value: 0x…").
+fn raw_code(e: &tss_esapi::Error) -> Option<u32> {
+    use tss_esapi::constants::response_code::Tss2ResponseCode;
+    let tss_esapi::Error::Tss2Error(Tss2ResponseCode::FormatZero(rc)) = e else {
+        return None;
+    };
+    let text = rc.to_string();
+    u32::from_str_radix(text.rsplit("0x").next()?, 16).ok()
+}
+
+/// TSS2_RC layer of the TCTI (the transport: device file, socket) and of its loader.
+const TCTI_LAYER: u32 = 10;
+
+/// What a TCTI-layer failure means, in words; `None` when it is not one.
+fn tcti_failure(e: &tss_esapi::Error) -> Option<String> {
+    let code = raw_code(e)?;
+    if (code >> 16) & 0xff != TCTI_LAYER {
+        return None;
+    }
+    Some(match code & 0xffff {
+        // TSS2_BASE_RC_NO_CONNECTION, _IO_ERROR
+        8 | 10 => format!("the connection failed: refused, or no such device (TCTI error {code:#x})"),
+        // _NOT_IMPLEMENTED, _ABI_MISMATCH, _NOT_SUPPORTED
+        2 | 4 | 21 => format!(
+            "the TCTI library is missing or unusable, e.g. libtss2-tcti-device.so.0 (TCTI error {code:#x})"
+        ),
+        // _BAD_VALUE, _BAD_REFERENCE
+        5 | 11 => format!("the TCTI configuration is not valid (TCTI error {code:#x})"),
+        // _TRY_AGAIN
+        9 => format!("the TPM did not answer in time (TCTI error {code:#x})"),
+        _ => format!("TCTI error {code:#x}"),
+    })
+}
+
 /// The failures every call shares; call sites map the kinds that mean something there first.
 fn classify(e: tss_esapi::Error, doing: &str) -> TpmError {
     match kind(&e) {
@@ -80,15 +115,11 @@ fn classify(e: tss_esapi::Error, doing: &str) -> TpmError {
         Some(Rc::Retry | Rc::Yielded | Rc::Testing) => {
             TpmError::Other(format!("{doing}: the TPM is busy ({e})"))
         }
-        _ => {
-            let text = e.to_string();
-            // TCTI-layer errors (device gone, connection refused) carry no TPM response kind.
-            if kind(&e).is_none() && text.to_ascii_lowercase().contains("tcti") {
-                TpmError::NoDevice(format!("{doing}: {text}"))
-            } else {
-                TpmError::Other(format!("{doing}: {text}"))
-            }
-        }
+        _ => match tcti_failure(&e) {
+            // The transport failed (device gone, connection refused): there is no TPM to ask.
+            Some(why) => TpmError::NoDevice(format!("{doing}: {why}")),
+            None => TpmError::Other(format!("{doing}: {e}")),
+        },
     }
 }
 
@@ -234,7 +265,8 @@ impl TssTpm {
                     })
                 }
                 Err(e) if Instant::now() >= deadline => {
-                    return Err(TpmError::NoDevice(format!("{tcti}: {e}")))
+                    let why = tcti_failure(&e).unwrap_or_else(|| e.to_string());
+                    return Err(TpmError::NoDevice(format!("{tcti}: {why}")));
                 }
                 Err(_) => std::thread::sleep(Duration::from_millis(100)),
             }
@@ -584,13 +616,35 @@ impl TssTpm {
         Ok(result?.value().to_vec())
     }
 
-    /// Unseals a blob made by `seal`, through an encrypted session.
+    /// The DRSK in use, once it is shown to be the key with `client_id`: the public area the
+    /// TSS will salt sessions to must hash to it. Another key at 0x81000004 (a replaced or
+    /// interposed TPM object) is never used to carry a secret.
+    fn drsk_of(&mut self, client_id: &str) -> Result<KeyHandle, TpmError> {
+        let drsk = self.drsk()?;
+        let public = public_bytes(&self.read_public(drsk.into())?)?;
+        let esys_name = self.ctx.tr_get_name(drsk.into()).map_err(wrapper)?;
+        let here = super::client_id(&public);
+        if here != client_id || name_of_public(&public)? != esys_name.value() {
+            let short = |id: &str| id.chars().take(8).collect::<String>();
+            return Err(TpmError::OtherKey(format!(
+                "the TPM's storage key at 0x81000004 is not the one this key was sealed under \
+                 (it has client ID {}…, the sealed key needs {}…); it was not used",
+                short(&here),
+                short(client_id)
+            )));
+        }
+        Ok(drsk)
+    }
+
+    /// Unseals a blob made by `seal` under the DRSK with `client_id`, through a session salted
+    /// to that DRSK.
     pub fn unseal(
         &mut self,
+        client_id: &str,
         blob: &SealedBlob,
         pcrs: Option<&PcrBinding>,
     ) -> Result<VolumeKey, TpmError> {
-        let drsk = self.drsk()?;
+        let drsk = self.drsk_of(client_id)?;
         let public = public_from(&blob.public, "the sealed object's public part")?;
         let private = from_tpm2b::<Private>(
             &blob.private,
@@ -1111,7 +1165,7 @@ impl TssTpm {
 /// The boot flow's view of the TPM.
 impl crate::unlock::Tpm for TssTpm {
     fn unseal(&mut self, token: &SealedToken) -> Result<VolumeKey, TpmError> {
-        TssTpm::unseal(self, &token.blob, token.pcrs.as_ref())
+        TssTpm::unseal(self, &token.client_id, &token.blob, token.pcrs.as_ref())
     }
 
     fn srk_public(&mut self) -> Result<Vec<u8>, TpmError> {

@@ -4,7 +4,7 @@
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use zeroize::Zeroizing;
 
@@ -120,6 +120,8 @@ pub struct FakeSource {
     pub packets: VecDeque<Option<Vec<u8>>>,
     pub restore: Option<Vec<u8>>,
     pub log: Log,
+    /// The time each call was told to be over by.
+    pub untils: Rc<RefCell<Vec<Instant>>>,
 }
 
 impl FakeSource {
@@ -130,6 +132,7 @@ impl FakeSource {
             packets: VecDeque::new(),
             restore: None,
             log: log.clone(),
+            untils: Rc::default(),
         }
     }
 }
@@ -149,7 +152,13 @@ impl EscrowSource for FakeSource {
         self.name.to_string()
     }
 
-    fn request_recovery(&mut self, who: &str, volume_uuid: &str) -> Result<bool, String> {
+    fn request_recovery(
+        &mut self,
+        who: &str,
+        volume_uuid: &str,
+        until: Instant,
+    ) -> Result<bool, String> {
+        self.untils.borrow_mut().push(until);
         self.answers()?;
         self.log
             .borrow_mut()
@@ -157,7 +166,13 @@ impl EscrowSource for FakeSource {
         Ok(true)
     }
 
-    fn recovery_packet(&mut self, _: &[String], _: &str) -> Result<Option<Vec<u8>>, String> {
+    fn recovery_packet(
+        &mut self,
+        _: &[String],
+        _: &str,
+        until: Instant,
+    ) -> Result<Option<Vec<u8>>, String> {
+        self.untils.borrow_mut().push(until);
         self.answers()?;
         Ok(self.packets.pop_front().flatten())
     }

@@ -58,13 +58,20 @@ pub trait Volume {
 pub trait EscrowSource {
     /// "the escrow server", "removable media": for messages.
     fn describe(&self) -> String;
-    /// Files a recovery request; `Ok(false)` if this source takes none.
-    fn request_recovery(&mut self, who: &str, volume_uuid: &str) -> Result<bool, String>;
-    /// A recovery packet for `volume_uuid` of the machine known by any of `who`, if one is there.
+    /// Files a recovery request; `Ok(false)` if this source takes none. Over by `until`.
+    fn request_recovery(
+        &mut self,
+        who: &str,
+        volume_uuid: &str,
+        until: Instant,
+    ) -> Result<bool, String>;
+    /// A recovery packet for `volume_uuid` of the machine known by any of `who`, if one is
+    /// there. Over by `until`: a source that cannot answer by then says so.
     fn recovery_packet(
         &mut self,
         who: &[String],
         volume_uuid: &str,
+        until: Instant,
     ) -> Result<Option<Vec<u8>>, String>;
     /// Tells the source the packet was used (the server deletes it).
     fn report_used(&mut self, packet_id: &str, use_token: &UseToken) -> Result<(), String>;
@@ -118,21 +125,39 @@ pub enum Opened {
 /// Why lifeline stepped aside for a volume.
 #[derive(Debug, PartialEq, Eq)]
 pub enum GaveUp {
-    TimedOut,
+    /// Nobody answered, and no packet came, within the timeout.
+    TimedOut(Duration),
     TooManyAttempts,
     InputClosed,
     /// The volume cannot be opened with a key that should open it.
     Volume(String),
 }
 
+impl std::fmt::Display for GaveUp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            GaveUp::TimedOut(t) => write!(
+                f,
+                "nothing was typed and no recovery packet came within {} s",
+                t.as_secs()
+            ),
+            GaveUp::TooManyAttempts => write!(f, "all {MAX_ATTEMPTS} attempts were used"),
+            GaveUp::InputClosed => f.write_str("there is no console to type at"),
+            GaveUp::Volume(why) => f.write_str(why),
+        }
+    }
+}
+
+/// How long one call to a source may take once someone is at the prompt (before that, the
+/// timeout bounds every call).
+const CALL_LIMIT: Duration = Duration::from_secs(10);
+
 /// The short ID the user reads over the phone: the first four digits of the client ID (or the
-/// machine ID, when the volume has no TPM token) and of the volume UUID.
+/// machine ID, when the volume has no TPM token) and of the volume UUID. Both were checked
+/// where they were read (`crate::id`); even so, nothing here can panic on odd text.
 pub fn recovery_id(who: &str, volume_uuid: &str) -> String {
-    format!(
-        "{}-{}",
-        &who[..4.min(who.len())],
-        &volume_uuid[..4.min(volume_uuid.len())]
-    )
+    let first4 = |s: &str| s.chars().take(4).collect::<String>();
+    format!("{}-{}", first4(who), first4(volume_uuid))
 }
 
 /// The boot flow for one volume.
@@ -183,18 +208,8 @@ pub fn unlock(
         "lifeline: volume {uuid}: {reason}. Recovery ID {} — call your helpdesk with it, or type the passphrase.",
         recovery_id(&who, uuid)
     ));
-    let mut unfiled: Vec<usize> = (0..sources.len()).collect();
-    file_requests(uuid, sources, &mut unfiled, console, &who, true);
     let names = [who.clone(), settings.machine_id.clone()];
-    let (opened, key, used) = recover(
-        uuid,
-        volume,
-        sources,
-        &mut unfiled,
-        console,
-        settings,
-        &names,
-    )?;
+    let (opened, key, used) = recover(uuid, volume, sources, console, settings, &names)?;
     // 4. After a recovery.
     if let Some((source, packet_id, use_token)) = used {
         if let Err(e) = sources[source].report_used(&packet_id, &use_token) {
@@ -288,8 +303,9 @@ fn file_requests(
     console: &mut dyn Console,
     who: &str,
     first: bool,
+    until: Instant,
 ) {
-    unfiled.retain(|&i| match sources[i].request_recovery(who, uuid) {
+    unfiled.retain(|&i| match sources[i].request_recovery(who, uuid, until) {
         Ok(filed) => {
             if filed {
                 console.say(&format!(
@@ -315,38 +331,65 @@ fn file_requests(
 type Used = Option<(usize, String, UseToken)>;
 
 /// Step 3: packets from the sources and answers from the console, until the volume opens.
+/// Until someone answers, the timeout bounds everything, the calls to the sources included;
+/// once someone has, it waits as long as they need.
 fn recover(
     uuid: &str,
     volume: &mut dyn Volume,
     sources: &mut [Box<dyn EscrowSource>],
-    unfiled: &mut Vec<usize>,
     console: &mut dyn Console,
     settings: &Settings,
     names: &[String],
 ) -> Result<(Opened, VolumeKey, Used), GaveUp> {
-    let deadline = Instant::now() + settings.timeout;
+    let started = Instant::now();
+    // The configuration caps the timeout; a larger one still cannot overflow here.
+    let deadline = started
+        .checked_add(settings.timeout)
+        .unwrap_or(started + Duration::from_secs(86_400));
+    let mut unfiled: Vec<usize> = (0..sources.len()).collect();
     let mut attended = false;
     let mut packet: Option<(usize, RecoveryPacket)> = None;
     let mut refused = HashSet::new();
     let mut waiting_otp: Option<Zeroizing<String>> = None;
     let mut attempts = 0;
+    let mut first = true;
     loop {
-        file_requests(uuid, sources, unfiled, console, &names[0], false);
+        let now = Instant::now();
+        let until = match attended {
+            true => now + CALL_LIMIT,
+            false => deadline,
+        };
+        file_requests(
+            uuid,
+            sources,
+            &mut unfiled,
+            console,
+            &names[0],
+            first,
+            until,
+        );
+        first = false;
         if packet.is_none() {
-            packet = find_packet(uuid, sources, console, settings, names, &mut refused);
+            packet = find_packet(uuid, sources, console, settings, names, &mut refused, until);
         }
+        let wait = match attended {
+            true => settings.poll_interval,
+            false => settings
+                .poll_interval
+                .min(deadline.saturating_duration_since(Instant::now())),
+        };
         let answer = match (&packet, waiting_otp.take()) {
             (Some(_), Some(otp)) => Answer::Line(otp),
             (None, Some(otp)) => {
                 waiting_otp = Some(otp);
-                console.answer(QUESTION, settings.poll_interval)
+                console.answer(QUESTION, wait)
             }
-            (_, None) => console.answer(QUESTION, settings.poll_interval),
+            (_, None) => console.answer(QUESTION, wait),
         };
         let text = match answer {
             Answer::Line(text) => text,
             Answer::Nothing if !attended && Instant::now() >= deadline => {
-                return Err(GaveUp::TimedOut)
+                return Err(GaveUp::TimedOut(settings.timeout))
             }
             Answer::Nothing => continue,
             Answer::Closed => return Err(GaveUp::InputClosed),
@@ -412,10 +455,11 @@ fn find_packet(
     settings: &Settings,
     names: &[String],
     refused: &mut HashSet<Vec<u8>>,
+    until: Instant,
 ) -> Option<(usize, RecoveryPacket)> {
     let trust = settings.trust.as_ref()?;
     for (i, s) in sources.iter_mut().enumerate() {
-        let bytes = match s.recovery_packet(names, uuid) {
+        let bytes = match s.recovery_packet(names, uuid, until) {
             Ok(Some(bytes)) => bytes,
             Ok(None) => continue,
             Err(e) => {

@@ -192,8 +192,8 @@ fn no_network_packet_on_usb() {
 fn a_server_that_comes_up_late_gets_the_request_and_sends_the_packet() {
     let mut w = World::new();
     w.tpm.failure = Some(TpmError::PcrMismatch("PCR 7 changed".into()));
-    // Down for the first request and the whole first poll (request again, packet).
-    w.server.down = 3;
+    // Down for the whole first poll: its request and its look for a packet.
+    w.server.down = 2;
     w.server.packets = VecDeque::from([packet(GOOD)]);
     w.console = vec![Step::Wait, Step::Wait, Step::Type(otp())];
     let (result, log) = w.run();
@@ -321,7 +321,7 @@ fn nobody_there_times_out_but_someone_typing_is_not_cut_off() {
     w.tpm.failure = Some(TpmError::PcrMismatch("PCR 7 changed".into()));
     w.settings.timeout = Duration::ZERO;
     w.console = vec![Step::Wait, Step::Type("correct horse")];
-    assert_eq!(w.run().0, Err(GaveUp::TimedOut));
+    assert_eq!(w.run().0, Err(GaveUp::TimedOut(Duration::ZERO)));
 
     let mut w = World::new();
     w.tpm.failure = Some(TpmError::PcrMismatch("PCR 7 changed".into()));
@@ -350,4 +350,49 @@ fn after_a_packet_recovery_a_new_passphrase_can_be_set() {
     assert_eq!(result, Ok(Opened::RecoveryPacket));
     assert!(has(&log, "passphrase added new horse"));
     assert!(has(&log, "new passphrase added in keyslot 1"));
+}
+
+#[test]
+fn until_someone_answers_the_timeout_bounds_every_call_to_a_source() {
+    let mut w = World::new();
+    w.tpm.failure = Some(TpmError::PcrMismatch("PCR 7 changed".into()));
+    w.settings.timeout = Duration::from_secs(1);
+    w.console = vec![
+        Step::Wait,
+        Step::Wait,
+        Step::Type("correct horse"),
+        Step::Wait,
+    ];
+    let untils = w.server.untils.clone();
+    let started = std::time::Instant::now();
+    assert_eq!(w.run().0, Ok(Opened::Passphrase));
+    let untils = untils.borrow();
+    // Two polls before anyone typed (each files and looks), then none: the passphrase opened it.
+    assert!(untils.len() >= 4, "{}", untils.len());
+    for until in untils.iter() {
+        // A call's own limit (10 s) would end later than the 1 s timeout.
+        assert!(
+            *until <= started + Duration::from_millis(1100),
+            "a call may run past the timeout"
+        );
+    }
+}
+
+#[test]
+fn the_reason_for_stepping_aside_is_said_in_words() {
+    for (why, words) in [
+        (
+            GaveUp::TimedOut(Duration::from_secs(300)),
+            "no recovery packet came within 300 s",
+        ),
+        (GaveUp::TooManyAttempts, "all 5 attempts were used"),
+        (GaveUp::InputClosed, "there is no console to type at"),
+    ] {
+        let text = why.to_string();
+        assert!(text.contains(words), "{text}");
+        assert!(
+            !text.contains("TimedOut") && !text.contains("InputClosed"),
+            "{text}"
+        );
+    }
 }

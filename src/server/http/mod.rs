@@ -183,7 +183,34 @@ pub fn router(state: Shared) -> Router {
             state.clone(),
             limit_address,
         ))
+        .layer(axum::middleware::map_response(json_errors))
         .with_state(state)
+}
+
+/// axum answers a request it rejects itself (JSON that does not parse, a body over the limit,
+/// an unknown path) in plain text, or with no body at all; every error leaves as the
+/// documented `{"error": …}`.
+async fn json_errors(response: Response) -> Response {
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if status.as_u16() < 400 || is_json {
+        return response;
+    }
+    let body = axum::body::to_bytes(response.into_body(), 4096)
+        .await
+        .unwrap_or_default();
+    let text = String::from_utf8_lossy(&body).trim().to_string();
+    let text = match text.is_empty() {
+        true => status
+            .canonical_reason()
+            .unwrap_or("refused")
+            .to_ascii_lowercase(),
+        false => text,
+    };
+    ApiError(status, text).into_response()
 }
 
 /// The public halves of the authority: what clients encrypt to and trust.
@@ -219,12 +246,12 @@ async fn join(
     State(s): State<Shared>,
     Json(req): Json<JoinRequest>,
 ) -> Result<Json<Value>, ApiError> {
-    if !is_hex_id(&req.machine_id, 32) {
-        return Err(bad("machine_id must be 32 hex digits (/etc/machine-id)"));
-    }
-    if req.client_id.as_deref().is_some_and(|c| !is_hex_id(c, 64)) {
-        return Err(bad("client_id must be 64 hex digits"));
-    }
+    let machine_id = crate::id::machine_id(&req.machine_id)
+        .map_err(|e| bad(format!("machine_id: {e} (/etc/machine-id)")))?;
+    let client_id = match req.client_id.as_deref() {
+        Some(c) => Some(crate::id::client_id(c).map_err(|e| bad(format!("client_id: {e}")))?),
+        None => None,
+    };
     if req.host.is_empty() || req.host.len() > 255 || req.host.chars().any(char::is_control) {
         return Err(bad("host must be a host name"));
     }
@@ -235,8 +262,8 @@ async fn join(
     let m = Machine {
         id: store::random_id()
             .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?,
-        machine_id: req.machine_id.to_ascii_lowercase(),
-        client_id: req.client_id.map(|c| c.to_ascii_lowercase()),
+        machine_id,
+        client_id,
         host: req.host,
     };
     let (id, cred) = (m.id.clone(), credential.clone());
@@ -314,9 +341,11 @@ async fn request_recovery(
     Json(req): Json<RecoveryRequest>,
 ) -> Result<Json<Value>, ApiError> {
     let who = format!("anonymous@{}", from.ip());
-    let volume = req.volume_uuid.clone();
+    let volume =
+        crate::id::volume_uuid(&req.volume_uuid).map_err(|e| bad(format!("volume_uuid: {e}")))?;
+    let asked = volume.clone();
     let (id, machine) = with_db(&s, move |db| {
-        store::request_recovery(db, &req.machine, &req.volume_uuid, &who).map_err(Into::into)
+        store::request_recovery(db, &req.machine, &asked, &who).map_err(Into::into)
     })
     .await?;
     Ok(Json(

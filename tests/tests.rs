@@ -21,5 +21,8 @@ mod server;
 /// `lifeline unlock` as the initramfs runs it: real swtpm, LUKS image, server, USB image, pty.
 mod unlock;
 
+/// Crafted tokens, a replaced TPM key, FIFOs, lying sticks, stalling and lying servers.
+mod hostile;
+
 /// The initramfs glue without booting: shellcheck, mkinitcpio's hooks against a harness.
 mod glue;

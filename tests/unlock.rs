@@ -281,25 +281,3 @@ fn tpm_then_pcr_change_over_https_with_otp_and_reseal_then_usb_without_network()
     assert_eq!(code, 0, "{text}");
     assert!(text.contains("(recovery packet)"), "{text}");
 }
-
-/// A loop device, detached when dropped.
-struct LoopDevice(String);
-
-impl LoopDevice {
-    fn attach(image: &Path) -> Option<LoopDevice> {
-        let out = Command::new("losetup")
-            .args(["-f", "--show"])
-            .arg(image)
-            .output()
-            .ok()?;
-        out.status
-            .success()
-            .then(|| LoopDevice(String::from_utf8_lossy(&out.stdout).trim().to_string()))
-    }
-}
-
-impl Drop for LoopDevice {
-    fn drop(&mut self) {
-        let _ = Command::new("losetup").args(["-d", &self.0]).status();
-    }
-}

@@ -108,28 +108,35 @@ impl FetchError {
     /// Reads a ureq failure: a certificate problem, a timeout, or no connection.
     fn from_ureq(e: ureq::Error, timeout: Duration) -> FetchError {
         use rustls::CertificateError as C;
-        match e {
-            ureq::Error::Rustls(rustls::Error::InvalidCertificate(c)) => {
-                FetchError::Certificate(match c {
-                    C::UnknownIssuer | C::BadSignature => CertProblem::UnknownIssuer,
-                    C::Expired | C::ExpiredContext { .. } => CertProblem::Expired,
-                    C::NotValidYet | C::NotValidYetContext { .. } => CertProblem::NotYetValid,
-                    C::NotValidForName | C::NotValidForNameContext { .. } => CertProblem::WrongName,
-                    other => CertProblem::Other(format!("{other:?}")),
-                })
-            }
-            ureq::Error::Timeout(_) => FetchError::TimedOut(timeout),
-            ureq::Error::Io(io) if io.kind() == std::io::ErrorKind::TimedOut => {
-                FetchError::TimedOut(timeout)
-            }
-            ureq::Error::Protocol(p) => FetchError::Bad(format!(
-                "the answer is not HTTP ({p}): is this the escrow server?"
-            )),
-            ureq::Error::Rustls(other) => {
+        // rustls's verdict comes either as it is or inside the I/O error of the handshake.
+        let tls = match &e {
+            ureq::Error::Rustls(r) => Some(r.clone()),
+            ureq::Error::Io(io) => io
+                .get_ref()
+                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+                .cloned(),
+            _ => None,
+        };
+        match (tls, e) {
+            (Some(rustls::Error::InvalidCertificate(c)), _) => FetchError::Certificate(match c {
+                C::UnknownIssuer | C::BadSignature => CertProblem::UnknownIssuer,
+                C::Expired | C::ExpiredContext { .. } => CertProblem::Expired,
+                C::NotValidYet | C::NotValidYetContext { .. } => CertProblem::NotYetValid,
+                C::NotValidForName | C::NotValidForNameContext { .. } => CertProblem::WrongName,
+                other => CertProblem::Other(format!("{other:?}")),
+            }),
+            (Some(other), _) => {
                 FetchError::Bad(format!("TLS failed ({other}): is this the escrow server?"))
             }
-            ureq::Error::HostNotFound => FetchError::Unreachable("no such host".into()),
-            other => FetchError::Unreachable(other.to_string()),
+            (None, ureq::Error::Timeout(_)) => FetchError::TimedOut(timeout),
+            (None, ureq::Error::Io(io)) if io.kind() == std::io::ErrorKind::TimedOut => {
+                FetchError::TimedOut(timeout)
+            }
+            (None, ureq::Error::Protocol(p)) => FetchError::Bad(format!(
+                "the answer is not HTTP ({p}): is this the escrow server?"
+            )),
+            (None, ureq::Error::HostNotFound) => FetchError::Unreachable("no such host".into()),
+            (None, other) => FetchError::Unreachable(other.to_string()),
         }
     }
 }

@@ -412,5 +412,28 @@ pub fn base64(bytes: &[u8]) -> String {
     out
 }
 
+/// A loop device, detached when dropped.
+pub struct LoopDevice(pub String);
+
+impl LoopDevice {
+    pub fn attach(image: &Path) -> Option<LoopDevice> {
+        let out = Command::new("losetup")
+            .args(["-f", "--show"])
+            .arg(image)
+            .output()
+            .ok()?;
+        out.status
+            .success()
+            .then(|| LoopDevice(String::from_utf8_lossy(&out.stdout).trim().to_string()))
+    }
+}
+
+impl Drop for LoopDevice {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").args(["-d", &self.0]).status();
+    }
+}
+
+pub mod hostile;
 pub mod server;
 pub mod swtpm;

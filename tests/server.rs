@@ -941,3 +941,140 @@ fn drsk_backup_and_board_swap_restore_over_https() {
     sb.lifeline_on(&c, &["unseal-check", image]).ok();
     sb.server(&["audit", "verify", "--dir", "srv"]).ok();
 }
+
+#[test]
+fn restore_requests_and_approvals_expire_and_can_be_deleted() {
+    use crate::support::swtpm::Swtpm;
+    let sb = Sandbox::new();
+    let b = Swtpm::start(&sb.path("tpm-b"));
+    let srv = Server::start_with_tpm(&sb, &[("restore_valid_for", "\"3s\"")], Some(&b));
+    sb.server_on(&b, &["drsk", "init", "--dir", "srv"]).ok();
+    let img = sb.luks_image("disk.img", 2);
+    let image = img.path.to_str().unwrap();
+    let a = Swtpm::start(&sb.path("tpm-a"));
+    sb.lifeline_on(&a, &["provision", "--backup-server-key", "srv/drsk.pub"])
+        .ok();
+    sb.lifeline_on(
+        &a,
+        &[
+            "enroll",
+            image,
+            "--key-file",
+            img.key_file.to_str().unwrap(),
+        ],
+    )
+    .ok();
+    join(&sb, &srv, "state", None);
+    sb.lifeline_on(&a, &["backup", "--server", &srv.url]).ok();
+    drop(a);
+
+    let c = Swtpm::start(&sb.path("tpm-c"));
+    let restore = ["restore", "--server", &srv.url, "--device", image];
+    let rows = |sb: &Sandbox| -> Vec<serde_json::Value> {
+        srv.admin(sb, &["restores"])
+            .ok()
+            .stdout
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    // Not approved in time: the request expires and cannot be approved any more.
+    sb.lifeline_on(&c, &restore).fails(5, "is not approved yet");
+    let row = rows(&sb).remove(0);
+    assert_eq!(row["state"], "pending");
+    assert!(row["expires"].as_i64().unwrap() > row["created"].as_i64().unwrap());
+    std::thread::sleep(Duration::from_secs(4));
+    let row = rows(&sb).remove(0);
+    assert_eq!(row["state"], "expired");
+    let request = row["request"].as_str().unwrap().to_string();
+    srv.admin(&sb, &["approve-restore", &request])
+        .fails(5, "expired at");
+    // An administrator withdraws it.
+    srv.admin(&sb, &["delete-restore", &request]).ok();
+    assert!(rows(&sb).is_empty());
+    srv.admin(&sb, &["delete-restore", &request])
+        .fails(5, "no restore request");
+
+    // Approved, but not fetched in time: the approval expires too; the next attempt asks anew.
+    sb.lifeline_on(&c, &restore).fails(5, "is not approved yet");
+    let request = rows(&sb).remove(0)["request"].as_str().unwrap().to_string();
+    srv.admin(&sb, &["approve-restore", &request]).ok();
+    std::thread::sleep(Duration::from_secs(4));
+    sb.lifeline_on(&c, &restore).fails(5, "is not approved yet");
+    let row = rows(&sb).remove(0);
+    assert_ne!(
+        row["request"],
+        request.as_str(),
+        "a new request replaced it"
+    );
+    assert_eq!(row["state"], "pending");
+    sb.server(&["audit", "verify", "--dir", "srv"]).ok();
+}
+
+#[test]
+fn deleting_the_newest_audit_entries_shows_against_the_audit_stream() {
+    let sb = Sandbox::new();
+    let mut srv = Server::start(&sb, &[("audit_stream", "\"audit.jsonl\"")]);
+    join(&sb, &srv, "a", None);
+    join(&sb, &srv, "b", Some(MACHINE_B));
+    let img = sb.luks_image("disk.img", 2);
+    escrow(&sb, &srv, "a", &img).ok();
+    srv.kill();
+    let verify = [
+        "audit",
+        "verify",
+        "--dir",
+        "srv",
+        "--stream",
+        "srv/audit.jsonl",
+    ];
+    assert!(sb
+        .server(&verify)
+        .ok()
+        .stderr
+        .contains("is in the database unchanged"));
+    let db = sb.path("srv/lifeline.db");
+    let pristine = sb.path("pristine.db");
+    std::fs::copy(&db, &pristine).unwrap();
+    let conn = || rusqlite::Connection::open(&db).unwrap();
+    let newest: i64 = conn()
+        .query_row("SELECT MAX(seq) FROM audit", [], |r| r.get(0))
+        .unwrap();
+    assert!(newest >= 4, "{newest} entries");
+    for (sql, said) in [
+        (
+            format!("DELETE FROM audit WHERE seq = {newest}"),
+            format!("entry {newest} is in the audit stream but not in the database"),
+        ),
+        (
+            format!("DELETE FROM audit WHERE seq > {}", newest - 3),
+            format!("3 entries ({} to {newest})", newest - 2),
+        ),
+        (
+            // Entry 1 (the administrator added before serving) was never streamed.
+            "DELETE FROM audit".to_string(),
+            format!("{} entries (2 to {newest})", newest - 1),
+        ),
+    ] {
+        std::fs::copy(&pristine, &db).unwrap();
+        let _ = std::fs::remove_file(sb.path("srv/lifeline.db-wal"));
+        conn().execute_batch(&sql).unwrap();
+        // The chain alone cannot tell: what is left is a whole chain.
+        sb.server(&["audit", "verify", "--dir", "srv"]).ok();
+        sb.server(&verify).fails(4, &said);
+    }
+    // The stream can be a journal export, with other lines around ours.
+    std::fs::copy(&pristine, &db).unwrap();
+    let _ = std::fs::remove_file(sb.path("srv/lifeline.db-wal"));
+    let lines = std::fs::read_to_string(sb.path("srv/audit.jsonl")).unwrap();
+    let journal: String = lines
+        .lines()
+        .map(|l| format!("lifeline-server: listening\nDec 01 lifeline-server[42]: {l}\n"))
+        .collect();
+    sb.write("journal.txt", journal);
+    sb.server(&["audit", "verify", "--dir", "srv", "--stream", "journal.txt"])
+        .ok();
+    sb.write("empty.txt", "nothing here\n");
+    sb.server(&["audit", "verify", "--dir", "srv", "--stream", "empty.txt"])
+        .fails(2, "holds no audit entries");
+}

@@ -29,6 +29,15 @@ pub struct Config {
     /// How long an enrollment token is valid, e.g. "24h".
     #[serde(default = "default_token_valid_for")]
     pub enrollment_token_valid_for: String,
+    /// How long a DRSK restore request waits for approval, and an approved restore can be
+    /// fetched, e.g. "72h".
+    #[serde(default = "default_recovery_valid_for")]
+    pub restore_valid_for: String,
+    /// Where every committed audit entry is also written as a JSON line: "stderr" (journald
+    /// under systemd), a file (appended to; relative paths are in the server directory), or
+    /// "none". `audit verify --stream` checks the database against it.
+    #[serde(default = "default_audit_stream")]
+    pub audit_stream: String,
     /// Requests per minute from one address (all endpoints), and per machine credential.
     #[serde(default = "default_per_address")]
     pub requests_per_minute_per_address: u32,
@@ -51,6 +60,9 @@ fn default_recovery_valid_for() -> String {
 fn default_token_valid_for() -> String {
     "24h".into()
 }
+fn default_audit_stream() -> String {
+    "stderr".into()
+}
 fn default_per_address() -> u32 {
     1200
 }
@@ -70,7 +82,15 @@ impl Config {
         }
         config.recovery_valid_for()?;
         config.token_valid_for()?;
+        config.restore_valid_for()?;
         Ok(config)
+    }
+
+    /// `restore_valid_for` in seconds.
+    pub fn restore_valid_for(&self) -> Result<i64, String> {
+        humantime::parse_duration(&self.restore_valid_for)
+            .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+            .map_err(|e| format!("restore_valid_for: {e}"))
     }
 
     pub fn recovery_valid_for(&self) -> Result<Duration, String> {
@@ -106,6 +126,11 @@ pub fn default_text(listen: &str) -> String {
          max_body_bytes = 65536\n\
          recovery_valid_for = \"72h\"\n\
          enrollment_token_valid_for = \"24h\"\n\
+         # DRSK restore requests wait this long for approval; approved ones can be fetched as long.\n\
+         restore_valid_for = \"72h\"\n\
+         # Every audit entry also goes here as a JSON line (stderr: the journal under systemd),\n\
+         # so that `audit verify --stream` can tell when entries were deleted from the database.\n\
+         audit_stream = \"stderr\"\n\
          # Rate limits (429 Too Many Requests beyond them).\n\
          requests_per_minute_per_address = 1200\n\
          requests_per_minute_per_machine = 300\n"

@@ -67,7 +67,7 @@ CREATE TABLE IF NOT EXISTS recovery_packets (
 CREATE INDEX IF NOT EXISTS recovery_by_volume ON recovery_packets(machine_id, volume_uuid);
 CREATE TABLE IF NOT EXISTS restore_requests (
     id TEXT PRIMARY KEY, client_id TEXT NOT NULL, srk_name TEXT NOT NULL, srk_public BLOB NOT NULL,
-    created INTEGER NOT NULL, state TEXT NOT NULL, secret_hash BLOB, body BLOB);
+    created INTEGER NOT NULL, state TEXT NOT NULL, secret_hash BLOB, body BLOB, approved INTEGER);
 CREATE INDEX IF NOT EXISTS restores_by_client ON restore_requests(client_id, srk_name);
 CREATE TABLE IF NOT EXISTS audit (
     seq INTEGER PRIMARY KEY, time INTEGER NOT NULL, actor TEXT NOT NULL, action TEXT NOT NULL,
@@ -171,6 +171,135 @@ pub fn verify_audit(conn: &Connection) -> Result<std::result::Result<usize, Stri
     Ok(Ok(count))
 }
 
+/// Where every committed audit entry is also written, as a JSON line: somewhere the operator
+/// keeps and whoever can write the database cannot rewrite — standard error (journald, under
+/// systemd) or an append-only file — so that `audit verify --stream` notices when the newest
+/// entries were deleted from the database, which the hash chain alone cannot show.
+pub enum AuditStream {
+    None,
+    Stderr,
+    File(std::fs::File),
+}
+
+impl AuditStream {
+    /// `none`, `stderr`, or a file path (relative to `dir`), opened for appending.
+    pub fn open(setting: &str, dir: &Path) -> std::io::Result<AuditStream> {
+        Ok(match setting {
+            "none" => AuditStream::None,
+            "stderr" => AuditStream::Stderr,
+            path => AuditStream::File(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(dir.join(path))?,
+            ),
+        })
+    }
+
+    fn write(&mut self, lines: &str) -> std::io::Result<()> {
+        use std::io::Write;
+        match self {
+            AuditStream::None => Ok(()),
+            AuditStream::Stderr => std::io::stderr().write_all(lines.as_bytes()),
+            AuditStream::File(f) => f.write_all(lines.as_bytes()).and_then(|()| f.sync_data()),
+        }
+    }
+}
+
+/// The key that marks a line of the audit stream (other log lines may be mixed in).
+const STREAM_TAG: &str = "lifeline_audit";
+
+/// The entries after `after`, as stream lines, and the newest entry's number.
+fn stream_lines(conn: &Connection, after: i64) -> Result<(String, i64)> {
+    let mut stmt = conn.prepare(
+        "SELECT seq, time, actor, action, subject, prev, hash FROM audit WHERE seq > ?1 ORDER BY seq",
+    )?;
+    let mut rows = stmt.query(params![after])?;
+    let (mut text, mut head) = (String::new(), after);
+    while let Some(r) = rows.next()? {
+        head = r.get(0)?;
+        let line = serde_json::json!({
+            STREAM_TAG: 1,
+            "seq": head,
+            "time": r.get::<_, i64>(1)?,
+            "actor": r.get::<_, String>(2)?,
+            "action": r.get::<_, String>(3)?,
+            "subject": r.get::<_, String>(4)?,
+            "prev": hex::encode(&r.get::<_, Vec<u8>>(5)?),
+            "hash": hex::encode(&r.get::<_, Vec<u8>>(6)?),
+        });
+        text.push_str(&format!("{line}\n"));
+    }
+    Ok((text, head))
+}
+
+/// Checks the database's audit log against a captured audit stream: every entry the stream
+/// holds must be in the database, unchanged. `Ok(Err(why))` names the first that is not;
+/// `Ok(Ok(None))`: the stream holds no entries at all.
+pub fn verify_against_stream(
+    conn: &Connection,
+    stream: &str,
+) -> Result<std::result::Result<Option<i64>, String>> {
+    let mut streamed: std::collections::BTreeMap<i64, String> = Default::default();
+    for line in stream.lines() {
+        // Only our lines count, wherever they are in a log (journalctl -o cat, a file).
+        let Some(v) = line
+            .find('{')
+            .and_then(|i| serde_json::from_str::<serde_json::Value>(&line[i..]).ok())
+            .filter(|v| v[STREAM_TAG] == 1)
+        else {
+            continue;
+        };
+        if let Some([from, to]) = v["rolled_back"].as_array().map(|r| {
+            [r.first(), r.get(1)].map(|n| n.and_then(serde_json::Value::as_i64).unwrap_or(0))
+        }) {
+            streamed.retain(|seq, _| !(from..=to).contains(seq));
+            continue;
+        }
+        if let (Some(seq), Some(hash)) = (v["seq"].as_i64(), v["hash"].as_str()) {
+            // The same number twice with other contents: the database went back and wrote on.
+            if streamed
+                .insert(seq, hash.to_string())
+                .is_some_and(|h| h != hash)
+            {
+                return Ok(Err(format!(
+                    "entry {seq} was streamed twice with different contents: the log was rolled back and written again from there"
+                )));
+            }
+        }
+    }
+    let Some((&newest, _)) = streamed.last_key_value() else {
+        return Ok(Ok(None));
+    };
+    let mut missing = Vec::new();
+    for (seq, hash) in &streamed {
+        let stored: Option<Vec<u8>> = conn
+            .query_row("SELECT hash FROM audit WHERE seq = ?1", params![seq], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        match stored {
+            None => missing.push(*seq),
+            Some(h) if hex::encode(&h) != *hash => {
+                return Ok(Err(format!(
+                    "entry {seq} differs from the audit stream: it was rewritten"
+                )))
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(match (missing.first(), missing.last()) {
+        (Some(a), Some(b)) if a == b => Err(format!(
+            "entry {a} is in the audit stream but not in the database: it was deleted"
+        )),
+        (Some(a), Some(b)) => Err(format!(
+            "{} entries ({a} to {b}) are in the audit stream but not in the database: they were deleted",
+            missing.len()
+        )),
+        _ => Ok(Some(newest)),
+    })
+}
+
 /// The writer thread's handle.
 #[derive(Clone)]
 pub struct Db {
@@ -185,7 +314,10 @@ type Job = Box<dyn FnOnce(&mut Connection) -> Box<dyn FnOnce(bool) + Send> + Sen
 const MAX_GROUP: usize = 512;
 
 impl Db {
-    pub fn start(mut conn: Connection) -> Db {
+    /// Starts the writer thread; each group's new audit entries also go to `stream`.
+    pub fn start(mut conn: Connection, mut stream: AuditStream) -> Result<Db> {
+        let mut streamed: i64 =
+            conn.query_row("SELECT COALESCE(MAX(seq), 0) FROM audit", [], |r| r.get(0))?;
         let (jobs, queue) = std::sync::mpsc::channel::<Job>();
         std::thread::spawn(move || {
             while let Ok(first) = queue.recv() {
@@ -193,16 +325,35 @@ impl Db {
                 group.extend(queue.try_iter().take(MAX_GROUP - 1));
                 let began = conn.execute_batch("BEGIN IMMEDIATE").is_ok();
                 let answers: Vec<_> = group.into_iter().map(|job| job(&mut conn)).collect();
-                let committed = began && conn.execute_batch("COMMIT").is_ok();
-                if !committed {
-                    let _ = conn.execute_batch("ROLLBACK");
+                // The stream gets the entries before they are committed: if it cannot take
+                // them, nothing is committed and every request of the group fails (closed).
+                let lines = match began {
+                    true => stream_lines(&conn, streamed).ok(),
+                    false => None,
+                };
+                let written = lines
+                    .as_ref()
+                    .is_some_and(|(text, _)| text.is_empty() || stream.write(text).is_ok());
+                let committed = written && conn.execute_batch("COMMIT").is_ok();
+                match (committed, lines) {
+                    (true, Some((_, head))) => streamed = head,
+                    (_, lines) => {
+                        let _ = conn.execute_batch("ROLLBACK");
+                        // Streamed, then not committed: the stream says so.
+                        if let Some((_, head)) = lines.filter(|(t, _)| written && !t.is_empty()) {
+                            let marker = serde_json::json!({
+                                STREAM_TAG: 1, "rolled_back": [streamed + 1, head],
+                            });
+                            let _ = stream.write(&format!("{marker}\n"));
+                        }
+                    }
                 }
                 for answer in answers {
                     answer(committed);
                 }
             }
         });
-        Db { jobs }
+        Ok(Db { jobs })
     }
 
     /// Runs `f` on the writer thread; its result arrives once it is durable.
@@ -241,7 +392,27 @@ pub fn open(path: &Path) -> Result<Connection> {
     conn.pragma_update(None, "foreign_keys", "ON")?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     conn.execute_batch(SCHEMA)?;
+    migrate(&conn)?;
     Ok(conn)
+}
+
+/// Brings a database made by an older server up to `SCHEMA`.
+fn migrate(conn: &Connection) -> Result<()> {
+    let has = |table: &str, column: &str| -> Result<bool> {
+        let mut stmt = conn.prepare(&format!("SELECT name FROM pragma_table_info('{table}')"))?;
+        let names = stmt.query_map([], |r| r.get::<_, String>(0))?;
+        for name in names {
+            if name? == column {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    };
+    // Restore approvals expire from the time they were approved.
+    if !has("restore_requests", "approved")? {
+        conn.execute_batch("ALTER TABLE restore_requests ADD COLUMN approved INTEGER")?;
+    }
+    Ok(())
 }
 
 /// A random identifier or credential: 32 hex digits.
@@ -738,11 +909,26 @@ pub struct RestoreRow {
     pub secret_hash: Option<Vec<u8>>,
     /// The host that backed the DRSK up, if it joined.
     pub host: Option<String>,
+    /// When it was approved.
+    pub approved: Option<i64>,
+}
+
+impl RestoreRow {
+    /// When it expires: `valid_for` seconds after it was filed, or after it was approved.
+    pub fn expires(&self, valid_for: i64) -> i64 {
+        self.approved
+            .unwrap_or(self.created)
+            .saturating_add(valid_for)
+    }
+
+    pub fn expired(&self, valid_for: i64) -> bool {
+        now() >= self.expires(valid_for)
+    }
 }
 
 const RESTORE_SELECT: &str =
     "SELECT r.id, r.client_id, r.srk_public, r.created, r.state, r.secret_hash,
-            (SELECT host FROM machines m WHERE m.client_id = r.client_id)
+            (SELECT host FROM machines m WHERE m.client_id = r.client_id), r.approved
      FROM restore_requests r";
 
 fn restore_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RestoreRow> {
@@ -754,12 +940,21 @@ fn restore_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RestoreRow> {
         state: r.get(4)?,
         secret_hash: r.get(5)?,
         host: r.get(6)?,
+        approved: r.get(7)?,
     })
 }
 
+fn expired(id: &str, at: i64) -> StoreError {
+    StoreError::NotFound(format!(
+        "restore request {id} expired at {}; the machine must ask again (lifeline restore --server)",
+        humantime::format_rfc3339_seconds(UNIX_EPOCH + std::time::Duration::from_secs(at.max(0) as u64))
+    ))
+}
+
 /// Files a restore request for `client_id` to the storage key named `srk_name` (hex), replacing
-/// any earlier unapproved one for the same pair. With `secret_hash` the request waits for the
-/// genuine-TPM proof first. An approved request for the same pair is returned as it is.
+/// any earlier unapproved (or expired) one for the same pair. With `secret_hash` the request
+/// waits for the genuine-TPM proof first. An approved request for the same pair that has not
+/// expired is returned as it is.
 pub fn file_restore_request(
     conn: &mut Connection,
     client_id: &str,
@@ -767,6 +962,7 @@ pub fn file_restore_request(
     srk_public: &[u8],
     secret_hash: Option<&[u8]>,
     from: &str,
+    valid_for: i64,
 ) -> Result<RestoreRow> {
     let tx = conn.savepoint()?;
     let approved = tx
@@ -776,7 +972,7 @@ pub fn file_restore_request(
             restore_row,
         )
         .optional()?;
-    if let Some(row) = approved {
+    if let Some(row) = approved.filter(|r| !r.expired(valid_for)) {
         return Ok(row);
     }
     tx.execute(
@@ -815,9 +1011,17 @@ pub fn list_restores(conn: &Connection) -> Result<Vec<RestoreRow>> {
     Ok(rows.collect::<std::result::Result<_, _>>()?)
 }
 
-/// Restore request `id`, refused unless it is in `state`.
-pub fn restore_in_state(conn: &Connection, id: &str, state: &str) -> Result<RestoreRow> {
+/// Restore request `id`, refused unless it is in `state` and has not expired.
+pub fn restore_in_state(
+    conn: &Connection,
+    id: &str,
+    state: &str,
+    valid_for: i64,
+) -> Result<RestoreRow> {
     let row = restore_request(conn, id)?;
+    if row.expired(valid_for) {
+        return Err(expired(id, row.expires(valid_for)));
+    }
     if row.state != state {
         return Err(StoreError::Refused(match row.state.as_str() {
             "challenged" => {
@@ -829,22 +1033,31 @@ pub fn restore_in_state(conn: &Connection, id: &str, state: &str) -> Result<Rest
     Ok(row)
 }
 
-/// Moves restore request `id` from state `from` to `to` (storing `body` when given), audited
-/// as `action` by `actor`. Refused if the request is not in state `from` (any more).
+/// How restore request `id` moves on: from state `from` to `to`, storing `body` when given.
+pub struct Advance<'a> {
+    pub from: &'a str,
+    pub to: &'a str,
+    pub body: Option<&'a [u8]>,
+}
+
+/// Moves restore request `id` as `step` says, audited as `action` by `actor` (an approval
+/// starts its validity anew). Refused if the request is not in state `from` (any more) or
+/// expired.
 pub fn advance_restore(
     conn: &mut Connection,
     id: &str,
-    from: &str,
-    to: &str,
-    body: Option<&[u8]>,
+    step: Advance<'_>,
+    valid_for: i64,
     actor: &str,
     action: &str,
 ) -> Result<()> {
     let tx = conn.savepoint()?;
-    let row = restore_in_state(&tx, id, from)?;
+    let row = restore_in_state(&tx, id, step.from, valid_for)?;
+    let approved = (step.to == "approved").then(now);
     tx.execute(
-        "UPDATE restore_requests SET state = ?1, body = COALESCE(?2, body) WHERE id = ?3",
-        params![to, body, id],
+        "UPDATE restore_requests SET state = ?1, body = COALESCE(?2, body),
+         approved = COALESCE(?3, approved) WHERE id = ?4",
+        params![step.to, step.body, approved, id],
     )?;
     audit(&tx, actor, action, &format!("{} {id}", row.client_id))?;
     tx.commit()?;
@@ -858,29 +1071,83 @@ pub fn fetch_restore(
     client_id: &str,
     srk_name: &str,
     from: &str,
+    valid_for: i64,
 ) -> Result<Vec<u8>> {
     let tx = conn.savepoint()?;
-    let found: Option<(String, String, Option<Vec<u8>>)> = tx
+    let row = tx
         .query_row(
-            "SELECT id, state, body FROM restore_requests WHERE client_id = ?1 AND srk_name = ?2",
+            &format!("{RESTORE_SELECT} WHERE r.client_id = ?1 AND r.srk_name = ?2"),
             params![client_id, srk_name],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            restore_row,
         )
-        .optional()?;
-    let (id, body) = match found {
-        Some((id, state, Some(body))) if state == "approved" => (id, body),
-        Some((id, state, _)) => {
+        .optional()?
+        .ok_or_else(|| StoreError::NotFound("no restore request for this client and TPM".into()))?;
+    if row.expired(valid_for) {
+        return Err(expired(&row.id, row.expires(valid_for)));
+    }
+    let body: Option<Vec<u8>> = tx.query_row(
+        "SELECT body FROM restore_requests WHERE id = ?1",
+        params![row.id],
+        |r| r.get(0),
+    )?;
+    let body = match body {
+        Some(body) if row.state == "approved" => body,
+        _ => {
             return Err(StoreError::NotFound(format!(
-                "restore request {id} is {state}, not approved yet"
+                "restore request {} is {}, not approved yet",
+                row.id, row.state
             )))
         }
-        None => {
-            return Err(StoreError::NotFound(
-                "no restore request for this client and TPM".into(),
-            ))
-        }
     };
-    audit(&tx, from, "fetch-restore", &format!("{client_id} {id}"))?;
+    audit(
+        &tx,
+        from,
+        "fetch-restore",
+        &format!("{client_id} {}", row.id),
+    )?;
     tx.commit()?;
     Ok(body)
+}
+
+/// Deletes restore request `id` (whatever its state), audited.
+pub fn delete_restore(conn: &mut Connection, id: &str, actor: &str) -> Result<()> {
+    let tx = conn.savepoint()?;
+    let row = restore_request(&tx, id)?;
+    tx.execute("DELETE FROM restore_requests WHERE id = ?1", params![id])?;
+    audit(
+        &tx,
+        actor,
+        "delete-restore",
+        &format!("{} {id}", row.client_id),
+    )?;
+    tx.commit()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_database_from_before_restore_expiry_is_migrated_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.db");
+        let old = Connection::open(&path).unwrap();
+        old.execute_batch(
+            "CREATE TABLE restore_requests (
+                id TEXT PRIMARY KEY, client_id TEXT NOT NULL, srk_name TEXT NOT NULL,
+                srk_public BLOB NOT NULL, created INTEGER NOT NULL, state TEXT NOT NULL,
+                secret_hash BLOB, body BLOB);
+             INSERT INTO restore_requests VALUES ('r1', 'c', 'n', x'00', 1, 'approved', NULL, x'01');",
+        )
+        .unwrap();
+        drop(old);
+        let conn = open(&path).unwrap();
+        let row = restore_request(&conn, "r1").unwrap();
+        assert_eq!(row.approved, None);
+        // Approved before the column existed: it counts from its filing, long expired.
+        assert!(row.expired(3600));
+        drop(conn);
+        open(&path).unwrap();
+    }
 }

@@ -32,6 +32,7 @@ pub enum Command {
     ApproveRecovery(ApproveArgs),
     Restores(RestoresArgs),
     ApproveRestore(ApproveRestoreArgs),
+    DeleteRestore(DeleteRestoreArgs),
     Obsolete(ObsoleteArgs),
     Delete(DeleteArgs),
     ShowPassphrase(ShowPassphraseArgs),
@@ -130,6 +131,12 @@ admin_args!(
     "Approve a DRSK restore request: the server's TPM re-duplicates the machine's DRSK to the replacement TPM's storage key, for lifeline restore --server to fetch. Only that TPM can load it.",
     request: "the request ID (lifeline-server admin restores)"
 );
+admin_args!(
+    DeleteRestoreArgs,
+    "delete-restore",
+    "Delete a DRSK restore request, approved or not (requests and approvals also expire by themselves after restore_valid_for).",
+    request: "the request ID (lifeline-server admin restores)"
+);
 admin_args!(ObsoleteArgs, "obsolete", "Mark an escrow packet obsolete: kept, no longer used for recovery.", packet: "the packet ID");
 admin_args!(DeleteArgs, "delete", "Delete an escrow packet.", packet: "the packet ID");
 admin_args!(
@@ -198,6 +205,14 @@ pub fn run(args: Args) -> CmdResult {
                 answer["client_id"].as_str().unwrap_or("?"),
                 answer["host"].as_str().unwrap_or("host unknown"),
             );
+            Ok(())
+        }
+        Command::DeleteRestore(a) => {
+            a.connect()?.post_json(
+                &format!("/v1/admin/restores/{}/delete", a.request),
+                &json!({}),
+            )?;
+            eprintln!("Restore request {} deleted.", a.request);
             Ok(())
         }
         Command::Obsolete(a) => retire(a.connect()?, &a.packet, "obsolete"),

@@ -107,6 +107,11 @@ pub struct RestoreRequest {
 }
 
 /// The short ID a user reads over the phone for a restore request.
+/// `restore_valid_for`, in seconds (checked when the configuration was loaded).
+fn valid_for(s: &Shared) -> i64 {
+    s.config.restore_valid_for().unwrap_or(0)
+}
+
 fn restore_id(row: &RestoreRow) -> String {
     crate::unlock::recovery_id(&row.client_id, &row.id)
 }
@@ -147,6 +152,7 @@ pub async fn request_restore(
     .await?;
     let who = format!("anonymous@{}", from.ip());
     let hash = challenge.as_ref().map(|(_, p)| p.secret_hash.clone());
+    let valid_for = valid_for(&s);
     let row = with_db(&s, move |db| {
         store::file_restore_request(
             db,
@@ -155,6 +161,7 @@ pub async fn request_restore(
             &srk,
             hash.as_deref(),
             &who,
+            valid_for,
         )
         .map_err(Into::into)
     })
@@ -186,24 +193,21 @@ pub async fn prove(
         .pop()
         .unwrap_or_default();
     let who = format!("anonymous@{}", from.ip());
+    let valid_for = valid_for(&s);
     with_db(&s, move |db| {
-        let row = store::restore_in_state(db, &id, "challenged")?;
+        let row = store::restore_in_state(db, &id, "challenged", valid_for)?;
         let pending = Pending {
             new_parent_name: tpm::name_of_public(&row.srk_public)
                 .map_err(|e| bad(e.to_string()))?,
             secret_hash: row.secret_hash.unwrap_or_default(),
         };
         pending.check(&row.srk_public, &secret)?;
-        store::advance_restore(
-            db,
-            &id,
-            "challenged",
-            "pending",
-            None,
-            &who,
-            "restore-proof",
-        )
-        .map_err(Into::into)
+        let step = store::Advance {
+            from: "challenged",
+            to: "pending",
+            body: None,
+        };
+        store::advance_restore(db, &id, step, valid_for, &who, "restore-proof").map_err(Into::into)
     })
     .await?;
     Ok(Json(json!({ "state": "pending" })))
@@ -219,8 +223,9 @@ pub async fn fetch(
     let client = custody::check_client_id(&client)?;
     let srk = srk.to_ascii_lowercase();
     let who = format!("anonymous@{}", from.ip());
+    let valid_for = valid_for(&s);
     let body = with_db(&s, move |db| {
-        store::fetch_restore(db, &client, &srk, &who).map_err(Into::into)
+        store::fetch_restore(db, &client, &srk, &who, valid_for).map_err(Into::into)
     })
     .await?;
     Ok(([("content-type", "text/plain")], body).into_response())
@@ -234,14 +239,32 @@ pub async fn list(
 ) -> Result<Json<Value>, ApiError> {
     admin(&s, &headers, from).await?;
     let rows = with_db(&s, |db| store::list_restores(db).map_err(Into::into)).await?;
+    let valid_for = valid_for(&s);
     Ok(Json(json!(rows
         .iter()
         .map(|r| json!({
             "request": r.id, "restore_id": restore_id(r), "client_id": r.client_id,
-            "host": r.host, "created": r.created, "state": r.state,
+            "host": r.host, "created": r.created,
+            "state": if r.expired(valid_for) { "expired" } else { r.state.as_str() },
+            "expires": r.expires(valid_for),
             "tpm_proven": r.secret_hash.is_some() && r.state != "challenged",
         }))
         .collect::<Vec<_>>())))
+}
+
+/// `POST /v1/admin/restores/{id}/delete`: withdraws a restore request, approved or not.
+pub async fn delete(
+    State(s): State<Shared>,
+    headers: HeaderMap,
+    ConnectInfo(from): ConnectInfo<SocketAddr>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let name = admin(&s, &headers, from).await?;
+    with_db(&s, move |db| {
+        store::delete_restore(db, &id, &name).map_err(Into::into)
+    })
+    .await?;
+    Ok(Json(json!({ "status": "deleted" })))
 }
 
 /// `POST /v1/admin/restores/{id}/approve`: the server's TPM re-duplicates the DRSK to the
@@ -254,9 +277,10 @@ pub async fn approve(
 ) -> Result<Json<Value>, ApiError> {
     let name = admin(&s, &headers, from).await?;
     let id2 = id.clone();
+    let valid_for = valid_for(&s);
     // Checked before the TPM works, and again when the result is stored.
     let row = with_db(&s, move |db| {
-        store::restore_in_state(db, &id2, "pending").map_err(Into::into)
+        store::restore_in_state(db, &id2, "pending", valid_for).map_err(Into::into)
     })
     .await?;
     let (client, srk) = (row.client_id.clone(), row.srk_public.clone());
@@ -266,16 +290,13 @@ pub async fn approve(
     .await?;
     let body = file.to_text().into_bytes();
     with_db(&s, move |db| {
-        store::advance_restore(
-            db,
-            &id,
-            "pending",
-            "approved",
-            Some(&body),
-            &name,
-            "approve-restore",
-        )
-        .map_err(Into::into)
+        let step = store::Advance {
+            from: "pending",
+            to: "approved",
+            body: Some(&body),
+        };
+        store::advance_restore(db, &id, step, valid_for, &name, "approve-restore")
+            .map_err(Into::into)
     })
     .await?;
     Ok(Json(

@@ -167,6 +167,7 @@ pub fn router(state: Shared) -> Router {
         .route("/v1/drsk/restores/{client}/{srk}", get(drsk::fetch))
         .route("/v1/admin/restores", get(drsk::list))
         .route("/v1/admin/restores/{id}/approve", post(drsk::approve))
+        .route("/v1/admin/restores/{id}/delete", post(drsk::delete))
         .route("/v1/admin/enrollment-tokens", post(enrollment_token))
         .route("/v1/admin/packets", get(list_packets))
         .route("/v1/admin/requests", get(list_requests))
@@ -626,6 +627,9 @@ async fn show_passphrase(
 pub fn serve(dir: PathBuf, tcti: String) -> Result<(), String> {
     let config = Config::load(&dir)?;
     let db = store::open(&dir.join("lifeline.db")).map_err(|e| e.to_string())?;
+    let stream = store::AuditStream::open(&config.audit_stream, &dir)
+        .map_err(|e| format!("audit_stream {}: {e}", config.audit_stream))?;
+    let db = store::Db::start(db, stream).map_err(|e| e.to_string())?;
     let _ = rustls::crypto::ring::default_provider().install_default();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -643,7 +647,7 @@ pub fn serve(dir: PathBuf, tcti: String) -> Result<(), String> {
             dir,
             tpm: std::sync::Mutex::new(tcti),
             config,
-            db: store::Db::start(db),
+            db,
             limits: Default::default(),
         });
         let app = router(state);

@@ -1,8 +1,9 @@
 //! Real boots: a Debian 12 kernel in QEMU (TCG) with initramfs images made by dracut (with and
-//! without systemd) and initramfs-tools containing lifeline, a LUKS2 root, swtpm as the machine's TPM, and the
-//! escrow server on the host's 127.0.0.1 (reached from the guest as 10.0.2.100). One directory
-//! per scenario, named for what it proves; each runs for every flavour. Boots run one at a
-//! time. See qemu-tests/README.md.
+//! without systemd), initramfs-tools and Arch's mkinitcpio (with and without systemd)
+//! containing lifeline, a LUKS2 root, swtpm as the machine's TPM, and the escrow server on the
+//! host's 127.0.0.1 (reached from the guest as 10.0.2.100). One directory per scenario, named
+//! for what it proves; each runs for every flavour. Two machines boot at a time. See
+//! qemu-tests/README.md.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -14,6 +15,9 @@ mod demo;
 
 /// Initramfs sizes and boot times, by hand (ignored by `make test`).
 mod benchmark;
+
+/// What the mkinitcpio images carry, and a failed lifeline hook made impossible to miss.
+mod images;
 
 #[path = "unattended-tpm-unlock/test.rs"]
 mod unattended_tpm_unlock;
@@ -32,3 +36,6 @@ mod forged_packet_refused_then_the_real_one_accepted;
 
 #[path = "lifeline-broken-the-distribution-prompt-still-unlocks/test.rs"]
 mod lifeline_broken_the_distribution_prompt_still_unlocks;
+
+#[path = "the-distribution-prompt-never-races-lifeline/test.rs"]
+mod the_distribution_prompt_never_races_lifeline;

@@ -32,6 +32,7 @@ fn every_glue_script_passes_shellcheck() {
         ("sh", "mkinitcpio/hooks/lifeline"),
         ("bash", "mkinitcpio/install/lifeline"),
         ("bash", "mkinitcpio/install/sd-lifeline"),
+        ("sh", "mkinitcpio/udhcpc"),
     ] {
         let out = Command::new("shellcheck")
             .args(["-x", "-s", shell])
@@ -55,29 +56,38 @@ add_file() { record add_file "$@"; }
 add_module() { record add_module "$@"; }
 add_symlink() { record add_symlink "$@"; }
 add_runscript() { record add_runscript "$(basename "$HOOK")"; }
+add_checked_modules() { record add_checked_modules "$@"; }
+add_systemd_unit() { record add_systemd_unit "$@"; }
+add_systemd_drop_in() { record add_systemd_drop_in "$@" "$(cat)"; }
 error() { echo "==> ERROR: $*" >&2; }
 warning() { echo "==> WARNING: $*" >&2; }
+_builderrors=0
+_d_hooks=$2
 HOOK=$1
 . "$HOOK"
-build || exit 1
+build || { echo "build errors counted: $_builderrors" >&2; exit 1; }
 help | head -n 1
 "#;
+
+/// The harness for the install hook `hook` (a path in the repository), with the repository's
+/// runtime hooks where mkinitcpio keeps its own.
+fn harness(hook: &str) -> String {
+    HARNESS
+        .replace("$1", &repo(hook).display().to_string())
+        .replace("$2", &repo("mkinitcpio/hooks").display().to_string())
+}
 
 fn mkinitcpio_build(sb: &Sandbox, hook: &str, config: &Path) -> (Run, String) {
     let calls = sb.path(&format!("{hook}.calls"));
     let run = sh(
         "bash",
         &[],
-        &HARNESS.replace(
-            "$1",
-            &repo(&format!("mkinitcpio/install/{hook}"))
-                .display()
-                .to_string(),
-        ),
+        &harness(&format!("mkinitcpio/install/{hook}")),
         &[
             ("CALLS", &calls),
             ("LIFELINE", Path::new(env!("CARGO_BIN_EXE_lifeline"))),
             ("LIFELINE_CONFIG", config),
+            ("LIFELINE_UDHCPC", &repo("mkinitcpio/udhcpc")),
         ],
     );
     (run, std::fs::read_to_string(calls).unwrap_or_default())
@@ -127,6 +137,12 @@ fn mkinitcpio_install_hooks_add_the_binary_tcti_files_and_modules() {
         "add_module usb_storage?".to_string(),
         "add_module vfat?".to_string(),
         "add_runscript lifeline".to_string(),
+        // An escrow server is configured: network drivers and the DHCP lease script.
+        "add_checked_modules /drivers/net/".to_string(),
+        format!(
+            "add_file {} /usr/lib/lifeline/udhcpc 755",
+            repo("mkinitcpio/udhcpc").display()
+        ),
     ] {
         assert!(
             lines.contains(&expected.as_str()),
@@ -141,7 +157,24 @@ fn mkinitcpio_install_hooks_add_the_binary_tcti_files_and_modules() {
     let (run, calls) = mkinitcpio_build(&sb, "sd-lifeline", &config);
     run.ok();
     assert!(calls.contains("add_file /usr/lib/lifeline/lifeline-unlock.service /usr/lib/systemd/system/lifeline-unlock.service"), "{calls}");
+    assert!(
+        calls.contains(&format!(
+            "add_file {} /usr/lib/lifeline/hook 644",
+            repo("mkinitcpio/hooks/lifeline").display()
+        )),
+        "the unit runs the runtime hook: {calls}"
+    );
     assert!(calls.contains("add_symlink /usr/lib/systemd/system/sysinit.target.wants/lifeline-unlock.service ../lifeline-unlock.service"), "{calls}");
+    // The ordering holds in sd-encrypt's image: the target it names is there, and
+    // systemd-cryptsetup waits for lifeline whatever the targets.
+    assert!(
+        calls.contains("add_systemd_unit cryptsetup-pre.target"),
+        "{calls}"
+    );
+    assert!(
+        calls.contains("add_systemd_drop_in systemd-cryptsetup@.service lifeline [Unit]\nAfter=lifeline-unlock.service"),
+        "{calls}"
+    );
     assert!(!calls.contains("add_runscript"), "{calls}");
 }
 
@@ -168,6 +201,52 @@ fn mkinitcpio_install_hook_refuses_a_bad_configuration() {
         "{}",
         run.all()
     );
+    // Each failure is counted in mkinitcpio's own error count, which makes it exit 1.
+    assert!(
+        run.stderr.contains("build errors counted: 1"),
+        "{}",
+        run.all()
+    );
+    assert!(
+        run.stderr.contains("the image is built WITHOUT lifeline"),
+        "{}",
+        run.all()
+    );
+}
+
+#[test]
+fn mkinitcpio_install_hook_names_a_missing_binary_as_such() {
+    let sb = Sandbox::new();
+    let config = config(&sb, false);
+    let calls = sb.path("missing.calls");
+    let run = sh(
+        "bash",
+        &[],
+        &harness("mkinitcpio/install/lifeline"),
+        &[
+            ("CALLS", &calls),
+            ("LIFELINE", &sb.path("no-such-lifeline")),
+            ("LIFELINE_CONFIG", &config),
+        ],
+    );
+    assert_ne!(run.code, 0);
+    assert!(
+        run.stderr
+            .contains("no-such-lifeline is not there: install lifeline"),
+        "{}",
+        run.all()
+    );
+    assert!(
+        !run.stderr.contains("fix "),
+        "not a configuration problem: {}",
+        run.all()
+    );
+    assert!(
+        run.stderr.contains("build errors counted: 1"),
+        "{}",
+        run.all()
+    );
+    assert!(!calls.exists(), "nothing added");
 }
 
 /// The runtime hook under busybox sh, with a stand-in lifeline: `--tpm-only` exits with
@@ -189,7 +268,7 @@ fn run_hook(sb: &Sandbox, tpm: u8, code: u8, server: bool) -> (Run, String) {
         "busybox",
         &["sh"],
         &format!(
-            "msg() {{ echo \"msg: $*\"; }}\nmodprobe() {{ :; }}\nipconfig() {{ echo \"ipconfig $*\" >> \"$CALLS\"; }}\nip() {{ echo \"ip $*\"; }}\n. '{}'\nrun_hook\nrun_cleanuphook",
+            "msg() {{ echo \"msg: $*\"; }}\nmodprobe() {{ :; }}\nipconfig() {{ echo \"ipconfig $*\" >> \"$CALLS\"; }}\nip() {{ echo \"ip $*\"; }}\n. '{}'\nrun_hook",
             repo("mkinitcpio/hooks/lifeline").display()
         ),
         &[("LIFELINE", &fake), ("CALLS", &calls)],
@@ -216,6 +295,13 @@ fn mkinitcpio_runtime_hook_runs_under_busybox_and_never_stops_the_boot() {
     assert!(
         run.stdout
             .contains("msg: lifeline stepped aside; the passphrase prompt follows"),
+        "{}",
+        run.all()
+    );
+    // What it brought up, it takes down again before the distribution goes on.
+    let down = run.stdout.find("down").expect("the network taken down");
+    assert!(
+        down < run.stdout.find("msg: lifeline stepped aside").unwrap(),
         "{}",
         run.all()
     );

@@ -60,6 +60,10 @@ install() {
         inst_simple "$moddir/lifeline-unlock.sh" /usr/lib/lifeline/lifeline-unlock.sh
         inst_simple "$moddir/lifeline-unlock.service" "$systemdsystemunitdir/lifeline-unlock.service"
         $SYSTEMCTL -q --root "$initdir" add-wants sysinit.target lifeline-unlock.service
+        # Whatever the targets: systemd-cryptsetup starts only once lifeline is done, so it
+        # finds a volume lifeline opened already active instead of asking at the same time.
+        inst_simple "$moddir/lifeline-cryptsetup.conf" \
+            "$systemdsystemunitdir/systemd-cryptsetup@.service.d/lifeline.conf"
     else
         # 00 sorts before the crypt module's cryptroot-ask-* jobs in initqueue/settled.
         inst_hook initqueue/settled 00 "$moddir/lifeline-unlock.sh"

@@ -19,6 +19,10 @@ pub enum Flavour {
     DracutSystemd,
     /// initramfs-tools: lifeline runs in init-premount, before cryptroot in local-top.
     InitramfsTools,
+    /// Arch's mkinitcpio, busybox init: the lifeline hook runs before encrypt.
+    Mkinitcpio,
+    /// mkinitcpio with systemd (Arch's default): sd-lifeline's unit before sd-encrypt.
+    MkinitcpioSystemd,
 }
 
 impl Flavour {
@@ -27,6 +31,17 @@ impl Flavour {
             Flavour::Dracut => "dracut",
             Flavour::DracutSystemd => "dracut-systemd",
             Flavour::InitramfsTools => "initramfs-tools",
+            Flavour::Mkinitcpio => "mkinitcpio",
+            Flavour::MkinitcpioSystemd => "mkinitcpio-systemd",
+        }
+    }
+
+    /// Where the image keeps the lifeline binary.
+    pub fn binary_in_image(self) -> &'static str {
+        match self {
+            Flavour::Dracut | Flavour::DracutSystemd => "usr/sbin/lifeline",
+            Flavour::InitramfsTools => "sbin/lifeline",
+            Flavour::Mkinitcpio | Flavour::MkinitcpioSystemd => "usr/bin/lifeline",
         }
     }
 
@@ -34,8 +49,11 @@ impl Flavour {
     pub fn passphrase_prompt(self) -> &'static str {
         match self {
             Flavour::Dracut => "Enter passphrase for",
-            Flavour::DracutSystemd => "Please enter passphrase for disk",
+            Flavour::DracutSystemd | Flavour::MkinitcpioSystemd => {
+                "Please enter passphrase for disk"
+            }
             Flavour::InitramfsTools => "Please unlock disk cryptroot",
+            Flavour::Mkinitcpio => "A password is required to access the cryptroot volume",
         }
     }
 
@@ -46,6 +64,8 @@ impl Flavour {
                 "rd.luks.uuid={0} rd.luks.name={0}=cryptroot rd.retry=300",
                 root.uuid
             ),
+            Flavour::MkinitcpioSystemd => format!("rd.luks.name={}=cryptroot", root.uuid),
+            Flavour::Mkinitcpio => format!("cryptdevice=UUID={}:cryptroot", root.uuid),
             // The crypttab in the image says it.
             Flavour::InitramfsTools => String::new(),
         }
@@ -73,8 +93,13 @@ pub fn lifeline_binary() -> &'static Path {
     })
 }
 
-/// Runs `script` (sh) in a private mount namespace, after bind-mounting each `(from, onto)`.
-fn in_namespace(binds: &[(&Path, &str)], script: &str, env: &[(&str, &Path)]) -> String {
+/// Runs `script` (sh) in a private mount namespace, after bind-mounting each `(from, onto)`;
+/// its output, as `Err` when it failed.
+fn in_namespace(
+    binds: &[(&Path, &str)],
+    script: &str,
+    env: &[(&str, &Path)],
+) -> Result<String, String> {
     let mut text = String::from("set -e\nmount --make-rprivate /\n");
     for (from, onto) in binds {
         if from.is_dir() {
@@ -94,13 +119,16 @@ fn in_namespace(binds: &[(&Path, &str)], script: &str, env: &[(&str, &Path)]) ->
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(out.status.success(), "initramfs build failed:\n{log}");
-    log
+    match out.status.success() {
+        true => Ok(log),
+        false => Err(log),
+    }
 }
 
 /// Builds an image of `flavour` with `lifeline` (the binary to put in; `None`: the image
 /// without lifeline's glue, as the distribution makes it) and `etc_lifeline` as
-/// `/etc/lifeline`, for the root on `root`, into `out`. Returns the tool's output.
+/// `/etc/lifeline`, for the root on `root`, into `out`. Returns the tool's output (`Err`: the
+/// tool failed).
 pub fn build(
     flavour: Flavour,
     lifeline: Option<&Path>,
@@ -108,7 +136,7 @@ pub fn build(
     root: &RootDisk,
     work: &Path,
     out: &Path,
-) -> String {
+) -> Result<String, String> {
     let k = kernel();
     let modules = k.modules();
     let boot = k.root.join("boot");
@@ -152,6 +180,56 @@ pub fn build(
                 &[("LIFELINE", lifeline.unwrap_or(Path::new("/nonexistent")))],
             )
         }
+        Flavour::Mkinitcpio | Flavour::MkinitcpioSystemd => {
+            let tool = work.join("mkinitcpio");
+            copy_tree(mkinitcpio(), &tool);
+            let hooks = match flavour {
+                Flavour::Mkinitcpio => "base udev modconf block lifeline encrypt filesystems",
+                _ => "base systemd autodetect modconf block sd-lifeline sd-encrypt filesystems",
+            };
+            for glue in ["install/lifeline", "install/sd-lifeline", "hooks/lifeline"] {
+                if lifeline.is_some() {
+                    std::fs::copy(repo(&format!("mkinitcpio/{glue}")), tool.join(glue)).unwrap();
+                }
+            }
+            let hooks = match lifeline {
+                Some(_) => hooks.to_string(),
+                None => hooks.replace(" sd-lifeline", "").replace(" lifeline", ""),
+            };
+            let conf = work.join("mkinitcpio.conf");
+            // The modules the boots need whatever autodetect makes of the build host.
+            std::fs::write(
+                &conf,
+                format!(
+                    "MODULES=(virtio_pci virtio_blk ext4)\nBINARIES=()\nFILES=()\n\
+                     HOOKS=({hooks})\nCOMPRESSION=\"zstd\"\n"
+                ),
+            )
+            .unwrap();
+            let t = tool.display();
+            let built = in_namespace(
+                &[(etc_lifeline, "/etc/lifeline")],
+                &format!(
+                    "MKINITCPIO_LIBRARY='{t}' MKINITCPIO_HOOKS='{t}/hooks'                      MKINITCPIO_INSTALL='{t}/install' MKINITCPIO_POST_HOOKS='{t}/post'                      MKINITCPIO_CONF='{c}' bash '{t}/mkinitcpio' -n -k {v} -r '{r}' -g '{o}'
+",
+                    c = conf.display(),
+                    v = k.version,
+                    r = k.root.display(),
+                    o = out.display(),
+                ),
+                &[
+                    ("LIFELINE", lifeline.unwrap_or(Path::new("/nonexistent"))),
+                    ("LIFELINE_UNIT", &repo("mkinitcpio/lifeline-unlock.service")),
+                    ("LIFELINE_UDHCPC", &repo("mkinitcpio/udhcpc")),
+                ],
+            );
+            // On Debian the systemd hook names a few Arch-only files and exits 1 although the
+            // image works; any other error is a failure.
+            match built {
+                Err(log) if errors(&log).all(|e| ARCH_ONLY.contains(&e)) && out.exists() => Ok(log),
+                other => other,
+            }
+        }
         Flavour::Dracut | Flavour::DracutSystemd => {
             let systemd = flavour == Flavour::DracutSystemd;
             let modules_d = work.join("dracut-modules.d");
@@ -193,6 +271,61 @@ pub fn build(
             )
         }
     }
+}
+
+/// What mkinitcpio's systemd hook reports missing on Debian (files only Arch has).
+const ARCH_ONLY: &[&str] = &[
+    "module not found: 'crypto_lz4'",
+    "file not found: '/usr/bin/sulogin'",
+    "file not found: '/usr/bin/swapon'",
+    "file not found: '/usr/bin/swapoff'",
+    "file not found: '/usr/lib/systemd/systemd-executor'",
+    "file not found: '/usr/lib/systemd/systemd-validatefs'",
+    "file not found: '/usr/lib/tmpfiles.d/20-systemd-stub.conf'",
+];
+
+/// mkinitcpio's `==> ERROR:` lines.
+fn errors(log: &str) -> impl Iterator<Item = &str> {
+    log.lines()
+        .filter_map(|l| l.split_once("==> ERROR: ").map(|(_, e)| e.trim()))
+}
+
+/// Arch's real mkinitcpio, made runnable here by its `prepare.sh` once per run (kept in the
+/// cache). It comes from `MKINITCPIO_SRC`, by default `../shared/tools/mkinitcpio` beside this
+/// repository; without it the mkinitcpio flavours fail and say so.
+pub fn mkinitcpio() -> &'static Path {
+    static PREPARED: OnceLock<PathBuf> = OnceLock::new();
+    PREPARED.get_or_init(|| {
+        let src = std::env::var_os("MKINITCPIO_SRC")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| repo("../shared/tools/mkinitcpio"));
+        let prepare = src.join("prepare.sh");
+        assert!(
+            prepare.is_file(),
+            "no mkinitcpio to build images with: {} has no prepare.sh. Set MKINITCPIO_SRC to a \
+             directory with Arch's mkinitcpio tarball and its prepare.sh (see \
+             qemu-tests/README.md); the mkinitcpio flavours cannot run without it",
+            src.display()
+        );
+        let dest = cache().join("mkinitcpio");
+        let ready = dest.join(".lifeline-ready");
+        if !ready.exists() {
+            let out = Command::new("bash")
+                .arg(&prepare)
+                .arg(&dest)
+                .output()
+                .expect("bash");
+            assert!(
+                out.status.success(),
+                "{} failed:\n{}{}",
+                prepare.display(),
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            std::fs::write(&ready, "").unwrap();
+        }
+        dest
+    })
 }
 
 fn copy_tree(from: &Path, to: &Path) {

@@ -16,6 +16,8 @@ const WANTED: &[&str] = &[
     "virtio_blk",
     "virtio_net",
     "dm_crypt",
+    // mkinitcpio's encrypt hooks add it.
+    "dm_integrity",
     "xts",
     "aesni_intel",
     "ext4",
@@ -60,11 +62,15 @@ pub fn kernel() -> &'static Kernel {
 fn prepare() -> Kernel {
     let dir = cache().join("kernel");
     let ready = dir.join("ready");
-    if let Ok(version) = std::fs::read_to_string(&ready) {
-        return Kernel {
-            version: version.trim().to_string(),
-            root: dir,
-        };
+    // The marker names the modules kept: a cache pruned for another list is made again.
+    let wanted = WANTED.join(" ");
+    if let Some((version, kept)) = std::fs::read_to_string(&ready).ok().and_then(|t| {
+        t.split_once('\n')
+            .map(|(v, k)| (v.to_string(), k.trim().to_string()))
+    }) {
+        if kept == wanted {
+            return Kernel { version, root: dir };
+        }
     }
     let _ = std::fs::remove_dir_all(&dir);
     let download = cache().join("download");
@@ -136,7 +142,7 @@ fn prepare() -> Kernel {
         std::fs::copy(full.join("boot").join(&name), dir.join("boot").join(&name)).unwrap();
     }
     std::fs::remove_dir_all(&download).unwrap();
-    std::fs::write(&ready, &version).unwrap();
+    std::fs::write(&ready, format!("{version}\n{wanted}\n")).unwrap();
     Kernel { version, root: dir }
 }
 

@@ -8,7 +8,7 @@ pub mod qemu;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Condvar, Mutex};
 
 use crate::support::server::Server;
 use crate::support::swtpm::Swtpm;
@@ -17,7 +17,7 @@ use crate::support::*;
 pub use initrd::Flavour;
 pub use qemu::{Boot, Finished, GUEST_SERVER};
 
-/// A scenario's two tests, one per initramfs flavour: `dracut` and `initramfs_tools`.
+/// A scenario's tests, one per initramfs flavour.
 macro_rules! for_each_flavour {
     ($scenario:ident) => {
         #[test]
@@ -34,12 +34,49 @@ macro_rules! for_each_flavour {
         fn initramfs_tools() {
             $scenario($crate::harness::Flavour::InitramfsTools);
         }
+
+        #[test]
+        fn mkinitcpio() {
+            $scenario($crate::harness::Flavour::Mkinitcpio);
+        }
+
+        #[test]
+        fn mkinitcpio_systemd() {
+            $scenario($crate::harness::Flavour::MkinitcpioSystemd);
+        }
     };
 }
 pub(crate) use for_each_flavour;
 
-/// One boot at a time: two cores, and TCG wants one of them.
-static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+/// Two machines at a time: TCG keeps one core busy per machine, and this host has two.
+const MACHINES_AT_ONCE: usize = 2;
+
+/// Places for machines: a test holds one from the start of its world to its end.
+static MACHINES: (Mutex<usize>, Condvar) = (Mutex::new(0), Condvar::new());
+
+/// A place for one machine, given back when dropped.
+pub struct Place;
+
+impl Place {
+    fn take() -> Place {
+        let (count, freed) = &MACHINES;
+        let mut n = count.lock().unwrap_or_else(|e| e.into_inner());
+        while *n >= MACHINES_AT_ONCE {
+            n = freed.wait(n).unwrap_or_else(|e| e.into_inner());
+        }
+        *n += 1;
+        Place
+    }
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        let (count, freed) = &MACHINES;
+        let mut n = count.lock().unwrap_or_else(|e| e.into_inner());
+        *n -= 1;
+        freed.notify_one();
+    }
+}
 
 /// The LUKS2 root disk: a tiny root (busybox and an init that reports and powers off).
 pub struct RootDisk {
@@ -147,13 +184,13 @@ pub struct World {
     pub echo: bool,
     /// Each boot's console, sockets and marker: `target/tmp/qemu/logs/<test>/boot-<n>/`.
     logs: PathBuf,
-    _one: MutexGuard<'static, ()>,
+    _place: Place,
 }
 
 impl World {
     /// The escrow server with DRSK custody, and a machine not yet set up.
     pub fn new(flavour: Flavour) -> World {
-        let one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+        let place = Place::take();
         let sb = Sandbox::new();
         let server_tpm = Swtpm::start(&sb.path("tpm-server"));
         let srv = Server::start_with_tpm(&sb, &[], Some(&server_tpm));
@@ -180,7 +217,7 @@ impl World {
             boots: 0,
             echo: false,
             logs,
-            _one: one,
+            _place: place,
         }
     }
 
@@ -260,14 +297,19 @@ impl World {
     pub fn initrd_with(&self, name: &str, lifeline: Option<&Path>) -> PathBuf {
         let out = self.sb.path(name);
         if !out.exists() {
-            initrd::build(
+            if let Err(log) = initrd::build(
                 self.flavour,
                 lifeline,
                 &self.etc_lifeline(),
                 &self.root,
                 &self.sb.path(&format!("build-{name}")),
                 &out,
-            );
+            ) {
+                panic!(
+                    "the {} image could not be built:\n{log}",
+                    self.flavour.name()
+                );
+            }
         }
         out
     }

@@ -19,11 +19,12 @@ fn scenario(flavour: Flavour) {
 
     // The binary is gone from the image (the glue is still there).
     let broken = w.sb.path("initrd-without-lifeline.img");
-    let binary = match flavour {
-        Flavour::Dracut | Flavour::DracutSystemd => "usr/sbin/lifeline",
-        Flavour::InitramfsTools => "sbin/lifeline",
-    };
-    initrd::without(&initrd, binary, &w.sb.path("repack"), &broken);
+    initrd::without(
+        &initrd,
+        flavour.binary_in_image(),
+        &w.sb.path("repack"),
+        &broken,
+    );
     let boot = w.boot_with(&broken, Some(&tpm), true, None, "");
     let console = passphrase_opens(boot, flavour);
     assert!(!console.contains("unlocked (TPM)"), "{console}");

@@ -6,7 +6,7 @@
 CARGO ?= cargo
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: all deps build release test demo demo-offline clean
+.PHONY: all deps build release test fuzz demo demo-offline clean
 
 all: build
 
@@ -19,8 +19,15 @@ build: deps
 release: deps
 	$(CARGO) build --release --all-features
 
+# The tests, then every fuzz target briefly: one that stops building or crashes on its seeds
+# fails here.
 test: deps
 	$(CARGO) test --all-features
+	FUZZ_SECONDS=3 ./scripts/fuzz.sh
+
+# Each fuzz target for FUZZ_SECONDS (default 300); figures in docs/benchmarks.md.
+fuzz: deps
+	./scripts/fuzz.sh
 
 demo: deps
 	./scripts/demo.sh

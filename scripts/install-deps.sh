@@ -11,7 +11,7 @@ packages="
   bsdutils e2fsprogs mount
   shellcheck busybox
   dracut-core dracut-network initramfs-tools cryptsetup-initramfs kmod cpio zstd dmsetup dosfstools mtools socat
-  libarchive-tools
+  libarchive-tools python3-fusepy
 "
 # From bookworm-backports: bookworm's own qemu-system-x86 conflicts with the preinstalled
 # qemu-utils 10.

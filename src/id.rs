@@ -53,9 +53,7 @@ fn hex_id(text: &str, len: usize, kind: &'static str) -> Result<String, IdError>
 pub fn exactly(text: &str, check: fn(&str) -> Result<String, IdError>) -> Result<String, IdError> {
     let id = check(text)?;
     if id != text {
-        let mut e = error("", text);
-        e.kind = "lower-case identifier";
-        return Err(e);
+        return Err(error("lower-case identifier", text));
     }
     Ok(id)
 }

@@ -281,6 +281,105 @@ fn a_stick_needing_journal_recovery_is_not_written_and_a_garbage_stick_is_named(
     assert_eq!(sha(&stick), before, "the stick was written to");
 }
 
+/// A USB stick that never answers: a loop device over a FUSE file (python3-fusepy) whose every
+/// read blocks. Whatever reads it sleeps in the kernel, uninterruptibly, until the FUSE server
+/// dies: dropping this kills the server, which fails the reads, then detaches everything.
+struct DeadStick {
+    server: std::process::Child,
+    mountpoint: PathBuf,
+    device: Option<LoopDevice>,
+}
+
+const DEAD_FS: &str = r#"
+import errno, stat, sys, time, fusepy as fuse
+class Dead(fuse.Operations):
+    def getattr(self, path, fh=None):
+        if path == "/":
+            return dict(st_mode=stat.S_IFDIR | 0o755, st_nlink=2)
+        if path == "/stick.img":
+            return dict(st_mode=stat.S_IFREG | 0o644, st_nlink=1, st_size=16 << 20)
+        raise fuse.FuseOSError(errno.ENOENT)
+    def readdir(self, path, fh):
+        return [".", "..", "stick.img"]
+    def read(self, path, size, offset, fh):
+        time.sleep(10 ** 6)
+fuse.FUSE(Dead(), sys.argv[1], foreground=True)
+"#;
+
+impl DeadStick {
+    fn start(sb: &Sandbox) -> Option<DeadStick> {
+        let mountpoint = sb.path("dead-fuse");
+        std::fs::create_dir_all(&mountpoint).unwrap();
+        let server = Command::new("/usr/bin/python3")
+            .args(["-c", DEAD_FS])
+            .arg(&mountpoint)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok()?;
+        let mut stick = DeadStick {
+            server,
+            mountpoint,
+            device: None,
+        };
+        let image = stick.mountpoint.join("stick.img");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !image.exists() {
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        stick.device = Some(LoopDevice::attach(&image)?);
+        Some(stick)
+    }
+}
+
+impl Drop for DeadStick {
+    fn drop(&mut self) {
+        let _ = self.server.kill();
+        let _ = self.server.wait();
+        self.device.take();
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(&self.mountpoint)
+            .status();
+    }
+}
+
+#[test]
+fn a_stick_that_never_answers_costs_one_wait_and_lifeline_still_exits() {
+    let sb = Sandbox::new();
+    let img = sb.luks_image("disk.img", 2);
+    let Some(stick) = DeadStick::start(&sb) else {
+        eprintln!("no FUSE or loop devices here (apt install python3-fusepy): skipped");
+        return;
+    };
+    let dev = &stick.device.as_ref().unwrap().0;
+    let timeout = 4;
+    let extra = format!("usb_device = \"{dev}\"");
+    let (run, took) = unlock(
+        &sb,
+        &config(&sb, &img, timeout, &extra),
+        Duration::from_secs(60),
+    );
+    run.fails(9, "did not answer within");
+    assert_eq!(
+        run.stderr.matches("did not answer").count(),
+        1,
+        "named once, not read again: {}",
+        run.all()
+    );
+    // lifeline exits on time although its reader is stuck in the kernel (a stuck thread
+    // would keep the process, and the boot, from going on).
+    assert!(
+        took < Duration::from_secs(timeout + 3),
+        "exited only after {took:?}:\n{}",
+        run.all()
+    );
+    drop(stick);
+}
+
 #[test]
 fn a_server_that_stalls_cannot_stretch_the_timeout() {
     let sb = Sandbox::new();

@@ -48,6 +48,10 @@ enum Command {
 }
 
 fn main() {
+    // Started again by `lifeline unlock` to mount and read one removable device.
+    if std::env::var_os(lifeline::escrow::usb::READER_ENV).is_some() {
+        std::process::exit(lifeline::escrow::usb::serve_reader());
+    }
     let started = std::time::Instant::now();
     cmd::quiet_tss_log();
     let args: Lifeline = cmd::parse_args();

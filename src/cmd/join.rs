@@ -25,8 +25,11 @@ impl From<FetchError> for Failure {
             } => Exit::Denied,
             _ => Exit::Failure,
         };
-        let todo = e.what_to_do();
-        Failure::new(code, e.to_string()).todo(todo)
+        let failure = Failure::new(code, e.to_string());
+        match e.what_to_do() {
+            Some(todo) => failure.todo(todo),
+            None => failure,
+        }
     }
 }
 

@@ -73,9 +73,10 @@ impl std::fmt::Display for FetchError {
 }
 
 impl FetchError {
-    /// What the person should do about it, for the messages formed at the edge.
-    pub fn what_to_do(&self) -> &'static str {
-        match self {
+    /// What the person should do about it, for the messages formed at the edge (a "not found"
+    /// says it all itself).
+    pub fn what_to_do(&self) -> Option<&'static str> {
+        Some(match self {
             FetchError::Unreachable(_) => "check the server URL and the network",
             FetchError::Certificate(CertProblem::UnknownIssuer) => {
                 "check that the CA file (--ca, or server-ca.pem from lifeline join) is the escrow server's CA"
@@ -98,11 +99,11 @@ impl FetchError {
                 "check the credential (lifeline join) and that this request is allowed from here"
             }
             FetchError::Refused { .. } => "check the command's arguments",
-            FetchError::NotFound(_) => "check the name or ID given",
+            FetchError::NotFound(_) => return None,
             FetchError::Bad(_) => {
                 "check that the URL is the escrow server's (https://host:port, no path)"
             }
-        }
+        })
     }
 
     /// Reads a ureq failure: a certificate problem, a timeout, or no connection.
@@ -123,7 +124,7 @@ impl FetchError {
                 C::Expired | C::ExpiredContext { .. } => CertProblem::Expired,
                 C::NotValidYet | C::NotValidYetContext { .. } => CertProblem::NotYetValid,
                 C::NotValidForName | C::NotValidForNameContext { .. } => CertProblem::WrongName,
-                other => CertProblem::Other(format!("{other:?}")),
+                other => CertProblem::Other(other.to_string()),
             }),
             (Some(other), _) => {
                 FetchError::Bad(format!("TLS failed ({other}): is this the escrow server?"))
@@ -327,7 +328,7 @@ impl Https {
                 to.chars().take(200).collect::<String>()
             )));
         }
-        if status >= 400 || !(200..300).contains(&status) {
+        if !(200..300).contains(&status) {
             let reason = error_of(&body)
                 .unwrap_or_else(|| String::from_utf8_lossy(&body).chars().take(200).collect());
             return Err(if status == 404 {

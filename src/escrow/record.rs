@@ -299,15 +299,19 @@ pub(crate) mod tests {
         }
     }
 
-    #[test]
-    fn escrow_record_round_trip() {
-        let rec = Record {
+    fn escrow_record(recovery_passphrase: Option<&[u8]>) -> Record {
+        Record {
             info: sample_info(),
             volume_key: VolumeKey::from_slice(&[7; 64]),
-            recovery_passphrase: Some(Passphrase::from_slice(b"abcd-efgh")),
+            recovery_passphrase: recovery_passphrase.map(Passphrase::from_slice),
             binding: None,
             use_token: None,
-        };
+        }
+    }
+
+    #[test]
+    fn escrow_record_round_trip() {
+        let rec = escrow_record(Some(b"abcd-efgh"));
         let text = rec.to_plaintext(Kind::Escrow);
         assert!(text.starts_with("lifeline-escrow v1\nhost: laptop-17\n"));
         let back = Record::parse(text.as_bytes(), Kind::Escrow).unwrap();
@@ -322,13 +326,7 @@ pub(crate) mod tests {
 
     #[test]
     fn refuses_unknown_version_and_mismatched_key_size() {
-        let rec = Record {
-            info: sample_info(),
-            volume_key: VolumeKey::from_slice(&[7; 64]),
-            recovery_passphrase: None,
-            binding: None,
-            use_token: None,
-        };
+        let rec = escrow_record(None);
         let text = rec.to_plaintext(Kind::Escrow);
         let v2 = text.replace("lifeline-escrow v1", "lifeline-escrow v2");
         assert!(matches!(
@@ -348,13 +346,7 @@ pub(crate) mod tests {
     /// be written back as it was (the writer makes control characters `?`).
     #[test]
     fn control_characters_in_a_value_are_refused() {
-        let rec = Record {
-            info: sample_info(),
-            volume_key: VolumeKey::from_slice(&[7; 64]),
-            recovery_passphrase: None,
-            binding: None,
-            use_token: None,
-        };
+        let rec = escrow_record(None);
         let text = rec.to_plaintext(Kind::Escrow);
         for bad in ["aes-xts-plain6\t\u{0}4", "aes\rxts", "aes\u{1b}[2J"] {
             let edited = text.replace("aes-xts-plain64", bad);

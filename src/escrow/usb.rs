@@ -6,20 +6,30 @@
 //! once. ext4 is mounted with `noload`, so a journal that needs recovery is not replayed (a
 //! read-only mount would otherwise write to the stick); vfat and iso9660 write nothing when
 //! mounted read-only. The block device itself is not set read-only: that takes an ioctl,
-//! which safe Rust cannot make. Mounting and reading happen on a thread of their own that
-//! the boot flow waits for a bounded time: a stick that never answers (or is pulled out mid-read)
-//! costs one wait, is named once, and is not touched again. Media that are not what they
-//! should be (no file system, symlinks, huge or non-regular files) are refused with a message;
-//! garbage inside a file is refused by the packet's signature check.
+//! which safe Rust cannot make.
+//!
+//! Mounting and reading happen in a process of their own (`lifeline` started again as the
+//! *reader*, see [`serve_reader`]), waited for a bounded time. A stick that never answers
+//! leaves its reader stuck in the kernel, uninterruptibly; a thread stuck like that would keep
+//! lifeline itself from exiting, and the boot from going on. The reader is abandoned instead,
+//! the device is named once and not touched again. Media that are not what they should be (no
+//! file system, symlinks, huge or non-regular files) are refused with a message; garbage
+//! inside a file is refused by the packet's signature check.
 
 use std::collections::HashSet;
+use std::ffi::{CString, OsStr};
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, AsRawFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{channel, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 
 use super::MAX_PACKET_BYTES;
+
+/// In the environment of the reader process: `lifeline`'s `main` then calls [`serve_reader`].
+pub const READER_ENV: &str = "LIFELINE_MEDIA_READER";
 
 /// File systems tried, in order, with their mount options.
 const FILESYSTEMS: [(&str, Option<&str>); 3] =
@@ -63,8 +73,8 @@ impl Usb {
         removable_partitions(Path::new("/sys/block"))
     }
 
-    /// Mounts `device`, reads the packet at one of `relative` if there is one, unmounts — on
-    /// a thread, waited for until `until` (at most `MEDIA_WAIT`).
+    /// Mounts `device`, reads the packet at one of `relative` if there is one, unmounts — in
+    /// the reader process, waited for until `until` (at most `MEDIA_WAIT`).
     fn read_from(
         &mut self,
         device: &Path,
@@ -74,14 +84,24 @@ impl Usb {
         let wait = MEDIA_WAIT.min(until.saturating_duration_since(Instant::now()));
         self.mounts += 1;
         let dir = self.mount_dir.join(self.mounts.to_string());
-        let (done, result) = channel();
-        let (dev, rel) = (device.to_path_buf(), relative.to_vec());
-        std::thread::spawn(move || {
-            let _ = done.send(mount_and_read(&dev, &dir, &rel));
-        });
-        match result.recv_timeout(wait) {
-            Ok(r) => r.map_err(|e| format!("{}: {e}", device.display())),
-            Err(RecvTimeoutError::Timeout) => {
+        // The request: NUL-separated paths, the device, the mount point, then the files.
+        let mut request = Vec::new();
+        for p in [device, &dir]
+            .into_iter()
+            .chain(relative.iter().map(PathBuf::as_path))
+        {
+            request.extend_from_slice(p.as_os_str().as_bytes());
+            request.push(0);
+        }
+        let named = |e: String| format!("{}: {e}", device.display());
+        match ask_reader(&request, wait) {
+            Ok(answer) => match answer.split_first() {
+                Some((b'P', packet)) => Ok(Some(packet.to_vec())),
+                Some((b'N', _)) => Ok(None),
+                Some((b'E', why)) => Err(named(String::from_utf8_lossy(why).into_owned())),
+                _ => Err(named("the reader gave no answer".into())),
+            },
+            Err(Asked::TimedOut) => {
                 self.stuck.insert(device.to_path_buf());
                 Err(format!(
                     "{} did not answer within {} s; it is not read again",
@@ -89,14 +109,123 @@ impl Usb {
                     wait.as_secs()
                 ))
             }
-            Err(RecvTimeoutError::Disconnected) => {
-                Err(format!("{}: the reader stopped", device.display()))
-            }
+            Err(Asked::Failed(why)) => Err(named(format!("cannot start the reader: {why}"))),
         }
     }
 }
 
-/// The reader thread's work: mount `device` at `dir`, read, unmount, remove `dir`.
+enum Asked {
+    TimedOut,
+    Failed(String),
+}
+
+/// Starts the reader, hands it `request`, and reads its answer for at most `wait`. A reader
+/// that does not finish is killed and left behind (if it is stuck in the kernel, the kill
+/// takes effect when the device lets go).
+fn ask_reader(request: &[u8], wait: Duration) -> Result<Vec<u8>, Asked> {
+    use nix::fcntl::OFlag;
+    use nix::spawn::{posix_spawn, PosixSpawnAttr, PosixSpawnFileActions};
+    let failed = |e: nix::Error| Asked::Failed(e.to_string());
+    let deadline = Instant::now() + wait;
+    // Close-on-exec: only the ends dup2()ed onto the reader's stdin and stdout reach it.
+    let (request_r, request_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(failed)?;
+    let (answer_r, answer_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(failed)?;
+    let mut actions = PosixSpawnFileActions::init().map_err(failed)?;
+    // Not even standard error is shared: a reader stuck for good must hold nothing of ours
+    // open (a log pipe would never see its end). Its answer says what went wrong.
+    actions
+        .add_dup2(request_r.as_raw_fd(), 0)
+        .and_then(|()| actions.add_dup2(answer_w.as_raw_fd(), 1))
+        .and_then(|()| {
+            actions.add_open(
+                2,
+                c"/dev/null",
+                OFlag::O_WRONLY,
+                nix::sys::stat::Mode::empty(),
+            )
+        })
+        .map_err(failed)?;
+    let attr = PosixSpawnAttr::init().map_err(failed)?;
+    let cstr = |s: &str| CString::new(s).map_err(|e| Asked::Failed(e.to_string()));
+    let pid = posix_spawn(
+        c"/proc/self/exe",
+        &actions,
+        &attr,
+        &[cstr("lifeline")?],
+        &[cstr(&format!("{READER_ENV}=1"))?],
+    )
+    .map_err(failed)?;
+    drop((request_r, answer_w));
+    // The request is small: it fits the pipe, so this write does not wait for the reader.
+    let sent = std::fs::File::from(request_w).write_all(request);
+    let mut answer = Vec::new();
+    let mut reply = std::fs::File::from(answer_r);
+    let mut chunk = [0u8; 8192];
+    let finished = sent.is_ok()
+        && loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let ms = u16::try_from(left.as_millis()).unwrap_or(u16::MAX);
+            let mut fds = [nix::poll::PollFd::new(
+                reply.as_fd(),
+                nix::poll::PollFlags::POLLIN,
+            )];
+            match nix::poll::poll(&mut fds, ms) {
+                Ok(0) if left.is_zero() => break false,
+                Ok(0) => continue,
+                Ok(_) => {}
+                Err(nix::Error::EINTR) => continue,
+                Err(_) => break false,
+            }
+            match reply.read(&mut chunk) {
+                Ok(0) => break true,
+                // A packet and a one-byte tag; more is not a reader's answer.
+                Ok(n) if answer.len() + n <= MAX_PACKET_BYTES as usize + 1 => {
+                    answer.extend_from_slice(&chunk[..n])
+                }
+                _ => break false,
+            }
+        };
+    if !finished {
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+        // Reaped when it dies, if lifeline still runs; never waited for.
+        return Err(Asked::TimedOut);
+    }
+    let _ = nix::sys::wait::waitpid(pid, None);
+    Ok(answer)
+}
+
+/// The reader process: the request on standard input (see `Usb::read_from`), the answer on
+/// standard output — `P` and the packet, `N` (nothing there) or `E` and what is wrong.
+/// Returns the exit code.
+pub fn serve_reader() -> i32 {
+    let mut request = Vec::new();
+    if std::io::stdin()
+        .take(64 * 1024)
+        .read_to_end(&mut request)
+        .is_err()
+    {
+        return 1;
+    }
+    let mut paths = request
+        .split(|&b| b == 0)
+        .filter(|p| !p.is_empty())
+        .map(|p| PathBuf::from(OsStr::from_bytes(p)));
+    let (Some(device), Some(dir)) = (paths.next(), paths.next()) else {
+        return 2;
+    };
+    let relative: Vec<PathBuf> = paths.collect();
+    let answer = match mount_and_read(&device, &dir, &relative) {
+        Ok(Some(packet)) => [b"P".as_slice(), &packet].concat(),
+        Ok(None) => b"N".to_vec(),
+        Err(e) => format!("E{e}").into_bytes(),
+    };
+    match std::io::stdout().write_all(&answer) {
+        Ok(()) => 0,
+        Err(_) => 1,
+    }
+}
+
+/// The reader's work: mount `device` at `dir`, read, unmount, remove `dir`.
 fn mount_and_read(
     device: &Path,
     dir: &Path,

@@ -3,7 +3,8 @@
 # toolchain and runs each for FUZZ_SECONDS (default 300) on one core, seeded from
 # tests/vectors/ and fuzz/seeds/. The corpus grows in target/fuzz/corpus/ from run to run; a
 # crash leaves its input in target/fuzz/artifacts/<target>/ and fails the run. Prints, per
-# target: executions, executions per second, corpus size, crashes.
+# target: executions, executions per second, corpus size, crashes. Runs with different
+# FUZZ_TARGETS can go side by side (one per core).
 #   FUZZ_SECONDS=5 scripts/fuzz.sh             every target briefly (what make test does)
 #   FUZZ_TARGETS="otp config" scripts/fuzz.sh   some of them
 set -eu
@@ -21,24 +22,21 @@ RUSTFLAGS="-Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-level=4 \
 export RUSTFLAGS
 cargo build --release --quiet --manifest-path fuzz/Cargo.toml --target-dir "$out" --target "$triple"
 
-# Seeds from the format vectors: the packet bytes after each vector's header.
 seeds=$out/seeds
-rm -rf "$seeds"
-mkdir -p "$seeds/recovery_packet" "$seeds/escrow_packet"
-for v in tests/vectors/*.vector; do
-    kind=$(sed -n 's/^kind: //p' "$v" | head -n 1)
-    sed '1,/^$/d' "$v" > "$seeds/${kind}_packet/$(basename "$v" .vector)"
-done
-
 failed=0
 printf '%-16s %12s %10s %8s %8s\n' target executions per-second corpus crashes
 for t in $targets; do
     corpus=$out/corpus/$t
     artifacts=$out/artifacts/$t
     # Crashes of earlier runs are regression tests or vectors by now: only this run's count.
-    rm -rf "$artifacts"
+    rm -rf "$artifacts" "${seeds:?}/$t"
     mkdir -p "$corpus" "$artifacts" "$seeds/$t"
     [ -d "fuzz/seeds/$t" ] && cp fuzz/seeds/"$t"/* "$seeds/$t/"
+    # The format vectors seed the packet targets: the bytes after each vector's header.
+    for v in tests/vectors/*.vector; do
+        kind=$(sed -n 's/^kind: //p' "$v" | head -n 1)
+        [ "${kind}_packet" = "$t" ] && sed '1,/^$/d' "$v" > "$seeds/$t/$(basename "$v" .vector)"
+    done
     log=$out/$t.log
     status=0
     # New inputs go to the first directory, the corpus; the seeds are read only.

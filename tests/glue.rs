@@ -298,13 +298,21 @@ fn mkinitcpio_runtime_hook_runs_under_busybox_and_never_stops_the_boot() {
         "{}",
         run.all()
     );
-    // What it brought up, it takes down again before the distribution goes on.
-    let down = run.stdout.find("down").expect("the network taken down");
-    assert!(
-        down < run.stdout.find("msg: lifeline stepped aside").unwrap(),
-        "{}",
-        run.all()
-    );
+    // What it brought up, it takes down again before the distribution goes on (the hook
+    // walks this host's /sys/class/net: only when it has an interface besides lo).
+    let interfaces = std::fs::read_dir("/sys/class/net")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|e| e.file_name() != "lo");
+    if interfaces {
+        let down = run.stdout.find("down").expect("the network taken down");
+        assert!(
+            down < run.stdout.find("msg: lifeline stepped aside").unwrap(),
+            "{}",
+            run.all()
+        );
+    }
 
     // Recovery without a server: no network.
     let (run, calls) = run_hook(&sb, 9, 1, false);

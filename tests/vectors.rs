@@ -350,6 +350,16 @@ fn regenerate_vectors() {
         &r("malformed", OTP),
         &good[..good.len() / 2],
     );
+    // Found by the recovery_packet fuzz target: minisign 0.10 panicked on a global signature
+    // shorter than 64 bytes.
+    let text = String::from_utf8(good.clone()).unwrap();
+    let mut lines: Vec<&str> = text.split('\n').collect();
+    lines[3] = "ArFWG9mdbQH7I83JVbrlnMYYSo2bDQ==";
+    write_vector(
+        "recovery-short-global-signature",
+        &r("malformed", OTP),
+        lines.join("\n").as_bytes(),
+    );
     // A future version: same payload, signed with a v2 trusted comment.
     let text = String::from_utf8(good.clone()).unwrap();
     let payload = &text[text.find("-----BEGIN").unwrap()..];

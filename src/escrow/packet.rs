@@ -290,6 +290,14 @@ fn split_signature(bytes: &[u8]) -> Result<(minisign::SignatureBox, &[u8]), Pack
             "the first line must be 'untrusted comment: {UNTRUSTED_COMMENT}'"
         )));
     }
+    // The global signature (fourth line) is 64 bytes: 88 characters of padded base64.
+    // minisign 0.10 does not check its length and panics on a shorter one (found by fuzzing).
+    let global = text[..end].lines().nth(3).unwrap_or("").trim_end();
+    if global.len() != 88 || !global.ends_with("==") {
+        return Err(PacketError::Malformed(
+            "the signature's last line is not a signature (truncated?)".into(),
+        ));
+    }
     let sig = minisign::SignatureBox::from_string(&text[..end])
         .map_err(|e| PacketError::Malformed(format!("not a recovery packet signature: {e}")))?;
     let armored = &bytes[end..];

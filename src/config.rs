@@ -12,7 +12,7 @@ use std::time::Duration;
 
 /// One volume to unlock.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Volume {
+pub struct VolumeConfig {
     /// LUKS UUID; the device is `/dev/disk/by-uuid/<uuid>` unless `device` says otherwise.
     pub uuid: String,
     /// The device-mapper name the distribution expects (crypttab, `rd.luks.name`,
@@ -21,7 +21,7 @@ pub struct Volume {
     pub device: Option<PathBuf>,
 }
 
-impl Volume {
+impl VolumeConfig {
     pub fn device(&self) -> PathBuf {
         self.device
             .clone()
@@ -32,7 +32,7 @@ impl Volume {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
     pub enabled: bool,
-    pub volumes: Vec<Volume>,
+    pub volumes: Vec<VolumeConfig>,
     /// The escrow server's URL; none: no network recovery.
     pub server: Option<String>,
     /// Its CA certificate (PEM).
@@ -297,7 +297,7 @@ fn seconds(key: &str, v: Value, least: u64, most: u64) -> Result<Duration, Strin
     }
 }
 
-fn volume_from(fields: Vec<(String, Value)>) -> Result<Volume, String> {
+fn volume_from(fields: Vec<(String, Value)>) -> Result<VolumeConfig, String> {
     let (mut uuid, mut name, mut device) = (None, None, None);
     for (key, value) in fields {
         match key.as_str() {
@@ -317,7 +317,7 @@ fn volume_from(fields: Vec<(String, Value)>) -> Result<Volume, String> {
     {
         return Err(format!("name '{name}' is not a device-mapper name"));
     }
-    Ok(Volume { uuid, name, device })
+    Ok(VolumeConfig { uuid, name, device })
 }
 
 #[cfg(test)]

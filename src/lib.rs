@@ -58,6 +58,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod api;
 pub mod atomic_file;
 pub mod cmd;
 pub mod config;

@@ -1,8 +1,10 @@
 //! Every secret type lifeline handles.
 //!
-//! Each is zeroized on drop, prints as `[redacted]` under `Debug`, is not `Clone` and not
-//! serializable. The only way to the bytes is `expose_secret()`, and every call site says why:
-//! `git grep expose_secret` is the audit of where secrets go.
+//! Each is zeroized on drop, prints as `[redacted]` under `Debug` and is not `Clone`. The only
+//! way to the bytes is `expose_secret()`, and every call site says why: `git grep
+//! expose_secret` is the audit of where secrets go. Those that travel in the escrow server's
+//! API (`api`) have a JSON form — the one other way out, taken only by the request and answer
+//! types there — and are read from JSON without a plain `String` in between.
 
 use std::fmt;
 
@@ -133,37 +135,118 @@ impl fmt::Debug for Otp {
     }
 }
 
-/// Lower-case hex of secret bytes, itself a secret (for the plaintext record inside packets).
-pub fn hex_secret(bytes: &[u8]) -> Zeroizing<String> {
-    let mut out = Zeroizing::new(String::with_capacity(bytes.len() * 2));
-    for b in bytes {
-        out.push(char::from(b"0123456789abcdef"[usize::from(b >> 4)]));
-        out.push(char::from(b"0123456789abcdef"[usize::from(b & 0xf)]));
-    }
-    out
+macro_rules! secret_text {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        pub struct $name(Zeroizing<String>);
+
+        impl $name {
+            /// Takes ownership of `text`; it is wiped when this value is dropped.
+            pub fn new(text: Zeroizing<String>) -> Self {
+                Self(text)
+            }
+
+            /// The secret text. Callers say at the call site why they need it.
+            pub fn expose_secret(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(concat!(stringify!($name), "([redacted])"))
+            }
+        }
+
+        impl serde::Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(&self.0)
+            }
+        }
+
+        impl<'de> serde::Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                wire_text(d).map(Self)
+            }
+        }
+    };
 }
 
-/// Decodes lower- or upper-case hex into a wiped buffer; `None` if it is not hex.
-pub fn unhex_secret(text: &str) -> Option<Zeroizing<Vec<u8>>> {
-    fn nibble(c: u8) -> Option<u8> {
-        match c {
-            b'0'..=b'9' => Some(c - b'0'),
-            b'a'..=b'f' => Some(c - b'a' + 10),
-            b'A'..=b'F' => Some(c - b'A' + 10),
-            _ => None,
+secret_text!(
+    /// What a machine or an administrator proves who they are with on every request: the
+    /// bearer token the server gave at join (machines) or at `admin add` (administrators).
+    Credential
+);
+
+secret_text!(
+    /// A one-time enrollment token: an administrator's permission for one machine to join.
+    EnrollmentToken
+);
+
+/// Reads a JSON string into wiped memory: borrowed text is copied once, owned text (a string
+/// with escapes) is wiped after the copy.
+fn wire_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Zeroizing<String>, D::Error> {
+    struct Text;
+    impl serde::de::Visitor<'_> for Text {
+        type Value = Zeroizing<String>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a string")
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+            Ok(Zeroizing::new(v.to_string()))
+        }
+        fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Self::Value, E> {
+            Ok(Zeroizing::new(v))
         }
     }
-    let raw = text.as_bytes();
-    if raw.len() % 2 != 0 {
-        return None;
+    d.deserialize_str(Text)
+}
+
+/// On the wire a passphrase is JSON text: one that is not UTF-8 cannot be sent.
+impl serde::Serialize for Passphrase {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let text = std::str::from_utf8(&self.0)
+            .map_err(|_| serde::ser::Error::custom("the passphrase is not UTF-8 text"))?;
+        s.serialize_str(text)
     }
-    let mut out = Zeroizing::new(Vec::with_capacity(raw.len() / 2));
-    for pair in raw.chunks(2) {
-        let mut byte = (nibble(pair[0])? << 4) | nibble(pair[1])?;
-        out.push(byte);
-        byte.zeroize();
+}
+
+impl<'de> serde::Deserialize<'de> for Passphrase {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = wire_text(d)?;
+        Ok(Passphrase::from_slice(text.as_bytes()))
     }
-    Some(out)
+}
+
+/// On the wire a use token is hex.
+impl serde::Serialize for UseToken {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&crate::hex::encode_secret(&self.0))
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for UseToken {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = wire_text(d)?;
+        crate::hex::decode_secret(&text)
+            .map(UseToken)
+            .ok_or_else(|| serde::de::Error::custom("use_token is not hex"))
+    }
+}
+
+/// On the wire a one-time password is its canonical text, checked as a typed one is.
+impl serde::Serialize for Otp {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Otp {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = wire_text(d)?;
+        crate::escrow::otp::parse(&text, text.split('-').count())
+            .map_err(|e| serde::de::Error::custom(format!("otp: {e}")))
+    }
 }
 
 /// A volume key's fingerprint: HMAC-SHA-256 keyed with the key over a label and the volume
@@ -174,40 +257,23 @@ pub fn key_fingerprint(
     volume_uuid: &str,
     recovery: Option<&Passphrase>,
 ) -> String {
-    use sha2::{Digest, Sha256};
-    const BLOCK: usize = 64;
-    // expose_secret: the HMAC key; padded copies are wiped below.
-    let raw = key.expose_secret();
-    let mut k = Zeroizing::new([0u8; BLOCK]);
-    if raw.len() > BLOCK {
-        k[..32].copy_from_slice(&Sha256::digest(raw));
-    } else {
-        k[..raw.len()].copy_from_slice(raw);
-    }
-    let pad = |byte: u8| -> Zeroizing<[u8; BLOCK]> {
-        let mut p = Zeroizing::new([0u8; BLOCK]);
-        for (o, i) in p.iter_mut().zip(k.iter()) {
-            *o = i ^ byte;
-        }
-        p
-    };
-    let inner = Sha256::new()
-        .chain_update(*pad(0x36))
-        .chain_update(b"lifeline key fingerprint v1\0")
-        .chain_update(volume_uuid.as_bytes())
-        // expose_secret: a packet with another recovery passphrase is another packet.
-        .chain_update(recovery.map(|p| p.expose_secret()).unwrap_or_default())
-        .finalize();
-    let outer = Sha256::new()
-        .chain_update(*pad(0x5c))
-        .chain_update(inner)
-        .finalize();
-    crate::hex::encode(&outer)
+    use hmac::{Hmac, Mac};
+    // expose_secret: the HMAC key. `Hmac` keeps only the hash states after the padded key
+    // blocks (one-way functions of the key), not the key; hmac 0.12 has no zeroize support,
+    // so those states and the padded block in its constructor's stack frame are not wiped.
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(key.expose_secret())
+        .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
+    mac.update(b"lifeline key fingerprint v1\0");
+    mac.update(volume_uuid.as_bytes());
+    // expose_secret: a packet with another recovery passphrase is another packet.
+    mac.update(recovery.map(|p| p.expose_secret()).unwrap_or_default());
+    crate::hex::encode(&mac.finalize().into_bytes())
 }
 
 /// Compares two byte strings in time that depends only on their lengths.
 pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    use subtle::ConstantTimeEq;
+    a.ct_eq(b).into()
 }
 
 /// Fills `buf` from the operating system's CSPRNG.
@@ -231,15 +297,6 @@ mod tests {
         assert!(!shown.contains("horse"), "{shown}");
         assert!(!shown.contains("123453"), "{shown}");
         assert!(shown.contains("redacted"));
-    }
-
-    #[test]
-    fn hex_round_trip_and_rejects_garbage() {
-        let h = hex_secret(&[0, 1, 0xfe, 0xff]);
-        assert_eq!(h.as_str(), "0001feff");
-        assert_eq!(unhex_secret(&h).unwrap().as_slice(), &[0, 1, 0xfe, 0xff]);
-        assert!(unhex_secret("abc").is_none());
-        assert!(unhex_secret("zz").is_none());
     }
 
     #[test]

@@ -4,9 +4,16 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use lifeline::escrow::https::{CertProblem, FetchError, Https};
+use lifeline::secret::Credential;
+use serde_json::Value;
 
 use crate::support::server::Server;
 use crate::support::*;
+
+/// A credential as the tests hold it: plain text from a file.
+fn cred(text: &str) -> Credential {
+    Credential::new(zeroize::Zeroizing::new(text.to_string()))
+}
 
 const MACHINE_B: &str = "b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0";
 
@@ -121,7 +128,8 @@ fn escrow_request_approve_fetch_recover_over_https() {
     let fetched = String::from_utf8(
         anonymous
             .get(&format!("/v1/recovery/{machine}/{}", img.uuid))
-            .unwrap(),
+            .unwrap()
+            .to_vec(),
     )
     .unwrap();
     let packet_id = fetched
@@ -133,7 +141,7 @@ fn escrow_request_approve_fetch_recover_over_https() {
         .unwrap()
         .to_string();
     let guess = serde_json::json!({ "use_token": "00".repeat(16) });
-    match anonymous.post_json(&format!("/v1/recovery/{packet_id}/used"), &guess) {
+    match anonymous.post_json::<Value>(&format!("/v1/recovery/{packet_id}/used"), &guess) {
         Err(FetchError::Refused {
             status: 409,
             reason,
@@ -197,11 +205,11 @@ fn refusals_are_named() {
     // No credential; another machine's credential; a machine credential on admin endpoints.
     let anonymous = client(&srv, &sb);
     assert!(matches!(
-        anonymous.post_bytes(&path, &packet),
+        anonymous.post_bytes::<Value>(&path, &packet),
         Err(FetchError::Refused { status: 401, .. })
     ));
-    let b = client(&srv, &sb).with_credential(credential(&sb, "b").trim());
-    match b.post_bytes(&path, &packet) {
+    let b = client(&srv, &sb).with_credential(cred(credential(&sb, "b").trim()));
+    match b.post_bytes::<Value>(&path, &packet) {
         Err(FetchError::Refused {
             status: 403,
             reason,
@@ -209,22 +217,24 @@ fn refusals_are_named() {
         other => panic!("machine B stored machine A's packet: {other:?}"),
     }
     assert!(matches!(
-        b.get_json("/v1/admin/packets"),
+        b.get_json::<Value>("/v1/admin/packets"),
         Err(FetchError::Refused { status: 401, .. })
     ));
     // An enrollment token works once.
     let token = srv.token(&sb);
     let join_body = serde_json::json!({"token": token, "machine_id": MACHINE_B, "host": "x"});
-    anonymous.post_json("/v1/join", &join_body).unwrap();
+    anonymous
+        .post_json::<Value>("/v1/join", &join_body)
+        .unwrap();
     assert!(matches!(
-        anonymous.post_json("/v1/join", &join_body),
+        anonymous.post_json::<Value>("/v1/join", &join_body),
         Err(FetchError::Refused { status: 403, .. })
     ));
     // Oversized body.
-    let a = client(&srv, &sb).with_credential(credential(&sb, "a").trim());
+    let a = client(&srv, &sb).with_credential(cred(credential(&sb, "a").trim()));
     // The server answers 413 and closes; a client still sending may see the reset instead.
     let before = srv.admin(&sb, &["packets"]).ok().stdout.lines().count();
-    let big = a.post_bytes(&path, &vec![b'x'; 100 * 1024]);
+    let big = a.post_bytes::<Value>(&path, &vec![b'x'; 100 * 1024]);
     assert!(
         matches!(
             big,
@@ -362,14 +372,14 @@ fn the_1001st_packet_is_refused() {
     join(&sb, &srv, "a", None);
     let img = sb.luks_image("disk.img", 2);
     let packet = escrow_file(&sb, &img);
-    let a = client(&srv, &sb).with_credential(credential(&sb, "a").trim());
+    let a = client(&srv, &sb).with_credential(cred(credential(&sb, "a").trim()));
     for i in 0..1000u32 {
         let (status, _) = a
-            .post_bytes(&format!("/v1/escrow?fingerprint={i:064}"), &packet)
+            .post_bytes::<Value>(&format!("/v1/escrow?fingerprint={i:064}"), &packet)
             .unwrap();
         assert_eq!(status, 201);
     }
-    match a.post_bytes(&format!("/v1/escrow?fingerprint={:064}", 1000), &packet) {
+    match a.post_bytes::<Value>(&format!("/v1/escrow?fingerprint={:064}", 1000), &packet) {
         Err(FetchError::Refused {
             status: 409,
             reason,
@@ -445,14 +455,15 @@ fn upload_storm(
                 scope.spawn(move || {
                     let c = Https::new(&url, &ca, Duration::from_secs(10))
                         .unwrap()
-                        .with_credential(credential.trim());
+                        .with_credential(cred(credential.trim()));
                     let mut acked = Vec::new();
                     for i in 0u64.. {
                         if stop.load(std::sync::atomic::Ordering::Relaxed) {
                             break;
                         }
                         let fp = format!("{t:032x}{i:032x}");
-                        match c.post_bytes(&format!("/v1/escrow?fingerprint={fp}"), packet) {
+                        match c.post_bytes::<Value>(&format!("/v1/escrow?fingerprint={fp}"), packet)
+                        {
                             Ok((201, answer)) => {
                                 acked.push((answer["packet"].as_str().unwrap().to_string(), fp))
                             }
@@ -633,21 +644,21 @@ fn load_benchmark() {
     let fetch_path = format!("/v1/recovery/{machine}/{}", img.uuid);
     let ca = std::fs::read(sb.path("srv/tls/ca.pem")).unwrap();
     // A fleet: every client is a machine of its own, with its own credential and packets.
-    let admin =
-        client(&srv, &sb).with_credential(std::fs::read_to_string(&srv.admin).unwrap().trim());
+    let admin = client(&srv, &sb)
+        .with_credential(cred(std::fs::read_to_string(&srv.admin).unwrap().trim()));
     let anonymous = client(&srv, &sb);
     let text = String::from_utf8(packet.clone()).unwrap();
     let fleet: Vec<(String, Vec<u8>)> = (0..500u32)
         .map(|n| {
             let token = admin
-                .post_json("/v1/admin/enrollment-tokens", &serde_json::json!({}))
+                .post_json::<Value>("/v1/admin/enrollment-tokens", &serde_json::json!({}))
                 .unwrap()["token"]
                 .as_str()
                 .unwrap()
                 .to_string();
             let id = format!("{n:032x}");
             let joined = anonymous
-                .post_json(
+                .post_json::<Value>(
                     "/v1/join",
                     &serde_json::json!({"token": token, "machine_id": id, "host": format!("m{n}")}),
                 )
@@ -663,7 +674,7 @@ fn load_benchmark() {
         })
         .collect();
     let anonymous_client = |_: usize| Https::new(&srv.url, &ca, Duration::from_secs(60)).unwrap();
-    let machine_client = |t: usize| anonymous_client(t).with_credential(&fleet[t].0);
+    let machine_client = |t: usize| anonymous_client(t).with_credential(cred(&fleet[t].0));
     let mut rows = Vec::new();
     for clients in [50, 500] {
         rows.push(load(
@@ -672,7 +683,7 @@ fn load_benchmark() {
             10,
             |c, t, i| {
                 let (status, _) = c
-                    .post_bytes(
+                    .post_bytes::<Value>(
                         &format!("/v1/escrow?fingerprint={clients:08x}{t:024x}{i:032x}"),
                         &fleet[t].1,
                     )
@@ -708,12 +719,12 @@ fn rate_limits_per_address_and_per_machine() {
     join(&sb, &srv, "a", None);
     let img = sb.luks_image("disk.img", 2);
     let packet = escrow_file(&sb, &img);
-    let a = client(&srv, &sb).with_credential(credential(&sb, "a").trim());
+    let a = client(&srv, &sb).with_credential(cred(credential(&sb, "a").trim()));
     for i in 0..3u32 {
-        a.post_bytes(&format!("/v1/escrow?fingerprint={i:064}"), &packet)
+        a.post_bytes::<Value>(&format!("/v1/escrow?fingerprint={i:064}"), &packet)
             .unwrap();
     }
-    match a.post_bytes(&format!("/v1/escrow?fingerprint={:064}", 3), &packet) {
+    match a.post_bytes::<Value>(&format!("/v1/escrow?fingerprint={:064}", 3), &packet) {
         Err(FetchError::Refused {
             status: 429,
             reason,
@@ -845,9 +856,9 @@ fn drsk_backup_and_board_swap_restore_over_https() {
     )
     .ok();
     join(&sb, &srv, "other", Some(MACHINE_B));
-    let other = client(&srv, &sb).with_credential(credential(&sb, "other").trim());
+    let other = client(&srv, &sb).with_credential(cred(credential(&sb, "other").trim()));
     assert_refused(
-        other.post_bytes("/v1/drsk/backup", &std::fs::read(sb.path("a.dup")).unwrap()),
+        other.post_bytes::<Value>("/v1/drsk/backup", &std::fs::read(sb.path("a.dup")).unwrap()),
         403,
         "belongs to another machine",
     );
@@ -879,7 +890,7 @@ fn drsk_backup_and_board_swap_restore_over_https() {
     let srk = hex(&std::fs::read(sb.path("c.srk")).unwrap());
     let refused = |body: serde_json::Value, status: u16, text: &str| {
         assert_refused(
-            anyone.post_json("/v1/drsk/restore-requests", &body),
+            anyone.post_json::<Value>("/v1/drsk/restore-requests", &body),
             status,
             text,
         )
@@ -902,7 +913,7 @@ fn drsk_backup_and_board_swap_restore_over_https() {
             .to_string()
     };
     let answer = anyone
-        .post_json(
+        .post_json::<Value>(
             "/v1/drsk/restore-requests",
             &serde_json::json!({ "client_id": client_id, "srk_public": srk,
                 "ek_public": field("public"), "ek_certificate": field("certificate") }),
@@ -916,7 +927,7 @@ fn drsk_backup_and_board_swap_restore_over_https() {
         .fails(5, "no restore request");
     let forged = format!("lifeline-tpm-proof v1\nsecret: {}\n", "00".repeat(32));
     assert_refused(
-        anyone.post_json(
+        anyone.post_json::<Value>(
             &format!("/v1/drsk/restore-requests/{second}/proof"),
             &serde_json::json!({ "proof": forged }),
         ),

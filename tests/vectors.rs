@@ -126,7 +126,7 @@ fn every_vector_gives_its_expected_result() {
         let expect = v.header["expect"].as_str();
         match (run(v), expect) {
             (Ok(record), "success") => {
-                let key = lifeline::secret::hex_secret(record.volume_key.expose_secret());
+                let key = lifeline::hex::encode_secret(record.volume_key.expose_secret());
                 assert_eq!(key.as_str(), v.header["volume-key"], "{}", v.name);
             }
             (Ok(_), _) => panic!("{}: opened, but expected {expect}", v.name),
@@ -238,7 +238,7 @@ fn regenerate_vectors() {
         binding: None,
         use_token: None,
     };
-    let key_hex = lifeline::secret::hex_secret(key().expose_secret()).to_string();
+    let key_hex = lifeline::hex::encode_secret(key().expose_secret()).to_string();
     let good = EscrowPacket::seal(&escrow_record, &id.to_public()).unwrap();
     let e = |expect| [("kind", "escrow"), ("expect", expect)];
     write_vector(

@@ -10,9 +10,9 @@ use std::time::{Duration, Instant, SystemTime};
 use libfuzzer_sys::fuzz_target;
 use lifeline::luks::LuksError;
 use lifeline::secret::{Passphrase, UseToken, VolumeKey};
-use lifeline::tpm::token::SealedToken;
+use lifeline::tpm::token::{SealedToken, TokenError};
 use lifeline::tpm::TpmError;
-use lifeline::unlock::{self, Answer, Console, EscrowSource, Settings, Tpm, Volume};
+use lifeline::unlock::{self, Answer, Console, EscrowSource, Settings, SourceError, Tpm, Volume};
 
 const TRUST: &str = include_str!("../../tests/vectors/keys/minisign.pub");
 const UUID: &str = "8f14e45f-ceea-467a-9af3-6b1d2c3e4f50";
@@ -35,10 +35,10 @@ impl Tpm for NoTpm {
 }
 
 /// A volume whose token is what the input says and that no key opens.
-struct Disk(Option<Result<SealedToken, String>>);
+struct Disk(Option<Result<SealedToken, TokenError>>);
 
 impl Volume for Disk {
-    fn token(&mut self) -> Option<Result<SealedToken, String>> {
+    fn token(&mut self) -> Option<Result<SealedToken, TokenError>> {
         self.0.take()
     }
     fn activate(&mut self, _: &VolumeKey) -> Result<(), LuksError> {
@@ -47,7 +47,7 @@ impl Volume for Disk {
     fn key_from_passphrase(&mut self, _: &Passphrase) -> Result<VolumeKey, LuksError> {
         Err(LuksError::WrongPassphrase)
     }
-    fn store_token(&mut self, _: &SealedToken) -> Result<(), String> {
+    fn store_token(&mut self, _: &SealedToken) -> Result<(), LuksError> {
         panic!("a token stored though nothing opened")
     }
     fn add_passphrase(&mut self, _: &VolumeKey, _: &Passphrase) -> Result<u32, LuksError> {
@@ -61,7 +61,7 @@ impl EscrowSource for Packets {
     fn describe(&self) -> String {
         "the fuzzer".into()
     }
-    fn request_recovery(&mut self, who: &str, uuid: &str, _: Instant) -> Result<bool, String> {
+    fn request_recovery(&mut self, who: &str, uuid: &str, _: Instant) -> Result<bool, SourceError> {
         assert!(!who.contains('/') && !uuid.contains('/'));
         Ok(true)
     }
@@ -70,14 +70,14 @@ impl EscrowSource for Packets {
         who: &[String],
         _: &str,
         _: Instant,
-    ) -> Result<Option<Vec<u8>>, String> {
+    ) -> Result<Option<Vec<u8>>, SourceError> {
         assert!(who.iter().all(|w| w.bytes().all(|b| b.is_ascii_hexdigit())));
         Ok(self.0.pop())
     }
-    fn report_used(&mut self, _: &str, _: &UseToken) -> Result<(), String> {
+    fn report_used(&mut self, _: &str, _: &UseToken) -> Result<(), SourceError> {
         panic!("a packet reported used though nothing opened")
     }
-    fn restore_file(&mut self, _: &str, _: &str) -> Result<Option<Vec<u8>>, String> {
+    fn restore_file(&mut self, _: &str, _: &str) -> Result<Option<Vec<u8>>, SourceError> {
         Ok(None)
     }
 }
@@ -104,7 +104,7 @@ fuzz_target!(|data: &[u8]| {
     let token = parts.next().and_then(|json| {
         serde_json::from_slice::<serde_json::Value>(json)
             .ok()
-            .map(|v| SealedToken::from_json(&v).map_err(|e| e.to_string()))
+            .map(|v| SealedToken::from_json(&v))
     });
     let mut packets: Vec<Vec<u8>> = parts.take(8).map(<[u8]>::to_vec).collect();
     packets.reverse();

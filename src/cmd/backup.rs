@@ -7,9 +7,9 @@ use argh::FromArgs;
 
 use super::provision::{server_key_name, POLICY_FILE};
 use super::{owner_auth, read_small, CmdResult, Exit, Failure, Globals};
-use crate::atomic_file;
 use crate::escrow::https::{FetchError, Https};
 use crate::tpm::{self, transfer};
+use crate::{api, atomic_file};
 
 fn write_out(path: &std::path::Path, bytes: &[u8]) -> CmdResult {
     atomic_file::write_new(path, bytes, 0o644).map_err(|e| {
@@ -87,7 +87,7 @@ pub fn run(args: Args, g: &Globals) -> CmdResult {
         );
     }
     if let Some(s) = &server {
-        s.post_bytes("/v1/drsk/backup", file.to_text().as_bytes())?;
+        s.post_bytes::<api::BackedUp>(&api::DRSK_BACKUP.path(&[]), file.to_text().as_bytes())?;
         eprintln!(
             "DRSK of client {} is in the escrow server's custody.",
             file.client_id
@@ -98,9 +98,10 @@ pub fn run(args: Args, g: &Globals) -> CmdResult {
 
 /// The DRSK server key an escrow server announces, and its name.
 fn announced_server_key(s: &Https) -> Result<(Vec<u8>, Vec<u8>), Failure> {
-    let authority = s.get_json("/v1/authority")?;
-    let public = authority["drsk"]
-        .as_str()
+    let authority: api::Authority = s.get_json(&api::AUTHORITY.path(&[]))?;
+    let public = authority
+        .drsk
+        .as_deref()
         .and_then(crate::hex::decode)
         .ok_or_else(|| {
             Failure::new(Exit::NotApplicable, "the escrow server keeps no DRSKs")
@@ -198,14 +199,12 @@ fn restore_from_server(
     let mut tpm = g.open_tpm()?;
     let auth = super::passphrase_from(args.owner_auth_file.as_deref())?;
     let srk = tpm.srk_public(auth.as_ref())?;
-    let path = format!(
-        "/v1/drsk/restores/{client}/{}",
-        crate::hex::encode(&tpm::name_of_public(&srk)?)
-    );
+    let srk_name = crate::hex::encode(&tpm::name_of_public(&srk)?);
+    let path = api::RESTORE_FILE.path(&[&client, &srk_name]);
     let fetch = || -> Result<Option<transfer::DrskFile>, Failure> {
         match server.get(&path) {
             Ok(body) => {
-                let text = String::from_utf8(body).unwrap_or_default();
+                let text = String::from_utf8(body.to_vec()).unwrap_or_default();
                 transfer::DrskFile::parse(&text)
                     .map(Some)
                     .map_err(|e| FetchError::Bad(format!("the restore file: {e}")).into())
@@ -219,28 +218,29 @@ fn restore_from_server(
     }
     // The endorsement key goes along when the TPM has a certificate for it: servers that
     // demand the genuine-TPM proof need it, the others ignore it.
-    let mut request =
-        serde_json::json!({ "client_id": client, "srk_public": crate::hex::encode(&srk) });
-    if let Ok((ek_public, cert)) = tpm.ek_bundle() {
-        request["ek_public"] = crate::hex::encode(&ek_public).into();
-        request["ek_certificate"] = crate::hex::encode(&cert).into();
-    }
-    let answer = server.post_json("/v1/drsk/restore-requests", &request)?;
-    let id = answer["request"].as_str().unwrap_or("?").to_string();
-    if let Some(challenge) = answer["challenge"].as_str() {
+    let ek = tpm.ek_bundle().ok();
+    let request = api::RestoreRequest {
+        client_id: client.clone(),
+        srk_public: crate::hex::encode(&srk),
+        ek_public: ek.as_ref().map(|(public, _)| crate::hex::encode(public)),
+        ek_certificate: ek.as_ref().map(|(_, cert)| crate::hex::encode(cert)),
+    };
+    let answer: api::RestoreFiled = server.post_json(&api::RESTORE_REQUESTS.path(&[]), &request)?;
+    let id = &answer.request;
+    if let Some(challenge) = &answer.challenge {
         let proof = answer_challenge(&mut tpm, challenge, auth.as_ref())
             .map_err(|f| f.context("the server's challenge"))?;
-        server.post_json(
-            &format!("/v1/drsk/restore-requests/{id}/proof"),
-            &serde_json::json!({ "proof": proof }),
+        server.post_json::<api::Proved>(
+            &api::RESTORE_PROOF.path(&[id]),
+            &api::RestoreProof { proof },
         )?;
         eprintln!("This TPM proved to the server that it is genuine.");
     }
     drop(tpm);
-    if answer["state"] != "approved" {
+    if answer.state != "approved" {
         eprintln!(
             "Restore request {id} (restore ID {}) is filed; an administrator approves it with: lifeline-server admin approve-restore {id}",
-            answer["restore_id"].as_str().unwrap_or("?")
+            answer.restore_id
         );
     }
     let deadline = std::time::Instant::now() + args.wait.unwrap_or_default();

@@ -1,13 +1,13 @@
 //! `lifeline enroll` and `lifeline unseal-check`: the volume key sealed under the DRSK.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use argh::FromArgs;
 
 use super::{CmdResult, Exit, Failure, Globals};
 use crate::atomic_file;
 use crate::luks::LuksVolume;
-use crate::tpm::token::{SealedToken, TOKEN_TYPE};
+use crate::tpm::token::{luks1_file, read_sealed, SealedToken, TOKEN_TYPE};
 use crate::tpm::{self, TssTpm};
 
 #[derive(FromArgs, Debug)]
@@ -42,11 +42,6 @@ fn parse_pcrs(text: &str) -> Result<Vec<u8>, Failure> {
     pcrs.sort_unstable();
     pcrs.dedup();
     Ok(pcrs)
-}
-
-/// Where a LUKS1 volume's sealed key lives.
-pub fn luks1_file(state_dir: &Path, uuid: &str) -> PathBuf {
-    state_dir.join("sealed").join(format!("{uuid}.json"))
 }
 
 pub fn run(args: Args, g: &Globals) -> CmdResult {
@@ -98,31 +93,6 @@ pub fn find_sealed(
         )
         .todo("run lifeline enroll first")
     })
-}
-
-/// A volume's sealed key, if it has one (LUKS1: in `state_dir`); damaged is an error.
-pub fn read_sealed(
-    volume: &mut LuksVolume,
-    state_dir: &Path,
-    uuid: &str,
-) -> Result<Option<SealedToken>, Failure> {
-    let json = if volume.is_luks2() {
-        volume.find_token(TOKEN_TYPE)?.map(|(_, json)| json)
-    } else {
-        let file = luks1_file(state_dir, uuid);
-        match std::fs::read_to_string(&file) {
-            Ok(text) => Some(serde_json::from_str(&text).map_err(|e| {
-                Failure::new(Exit::Volume, format!("{}: not JSON: {e}", file.display()))
-            })?),
-            Err(_) => None,
-        }
-    };
-    json.map(|json| {
-        SealedToken::from_json(&json).map_err(|e| {
-            Failure::new(Exit::Volume, e.to_string()).todo("run lifeline enroll again")
-        })
-    })
-    .transpose()
 }
 
 #[derive(FromArgs, Debug)]

@@ -6,10 +6,10 @@ use std::time::SystemTime;
 use argh::FromArgs;
 
 use super::{machine_id, CmdResult, Exit, Failure, Globals};
-use crate::atomic_file;
 use crate::escrow::{EscrowPacket, Record, VolumeInfo};
 use crate::luks::LuksVolume;
 use crate::secret::Passphrase;
+use crate::{api, atomic_file};
 
 #[derive(FromArgs, Debug)]
 /// Escrow a LUKS volume's key: read it with a passphrase and write it to an escrow packet,
@@ -143,11 +143,11 @@ pub fn run(args: Args, g: &Globals) -> CmdResult {
     };
     let uploaded = match &server {
         Some(s) => {
-            let path = format!(
-                "/v1/escrow?fingerprint={fingerprint}&obsolete_older={}",
-                args.obsolete_older
-            );
-            match s.post_bytes(&path, &packet) {
+            let query = api::EscrowQuery {
+                fingerprint: fingerprint.clone(),
+                obsolete_older: args.obsolete_older,
+            };
+            match s.post_bytes::<api::Escrowed>(&query.path(), &packet) {
                 Ok((_, answer)) => Some(answer),
                 Err(e) => {
                     undo(&mut volume);
@@ -176,9 +176,9 @@ pub fn run(args: Args, g: &Globals) -> CmdResult {
         );
     }
     if let Some(answer) = uploaded {
-        let id = answer["packet"].as_str().unwrap_or("?");
-        match answer["status"].as_str() {
-            Some("already in escrow") => eprintln!(
+        let id = &answer.packet;
+        match answer.status.as_str() {
+            api::ALREADY_IN_ESCROW => eprintln!(
                 "Volume {}{label}: this key is already in escrow (packet {id}).",
                 luks.uuid
             ),

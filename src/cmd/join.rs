@@ -7,31 +7,14 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use argh::FromArgs;
-use serde_json::json;
 
-use super::{machine_id, read_small, CmdResult, Exit, Failure, Globals};
-use crate::atomic_file;
-use crate::escrow::https::{FetchError, Https};
+use super::{machine_id, read_secret_line, read_small, CmdResult, Exit, Failure, Globals};
+use crate::escrow::https::Https;
+use crate::secret::{Credential, EnrollmentToken};
+use crate::{api, atomic_file};
 
 /// How long one request to the server may take.
 const TIMEOUT: Duration = Duration::from_secs(30);
-
-impl From<FetchError> for Failure {
-    fn from(e: FetchError) -> Self {
-        let code = match e {
-            FetchError::NotFound(_) => Exit::NotApplicable,
-            FetchError::Refused {
-                status: 401 | 403, ..
-            } => Exit::Denied,
-            _ => Exit::Failure,
-        };
-        let failure = Failure::new(code, e.to_string());
-        match e.what_to_do() {
-            Some(todo) => failure.todo(todo),
-            None => failure,
-        }
-    }
-}
 
 /// The server this machine joined, from the state directory; `url` overrides the recorded URL.
 pub fn joined_server(
@@ -53,10 +36,12 @@ pub fn joined_server(
     if !with_credential {
         return Ok(https);
     }
-    let credential = zeroize::Zeroizing::new(
-        std::fs::read_to_string(g.state_dir.join("credential")).map_err(|_| not_joined())?,
-    );
-    Ok(https.with_credential(credential.trim()))
+    let file = g.state_dir.join("credential");
+    if !file.exists() {
+        return Err(not_joined());
+    }
+    let credential = read_secret_line(&file, "credential")?;
+    Ok(https.with_credential(Credential::new(credential)))
 }
 
 #[derive(FromArgs, Debug)]
@@ -71,9 +56,13 @@ pub struct Args {
     /// the server's CA certificate (PEM); only it is trusted
     #[argh(option)]
     pub ca: PathBuf,
-    /// the one-time enrollment token
+    /// the one-time enrollment token (visible to other users in the process list: prefer
+    /// --token-file)
     #[argh(option)]
-    pub token: String,
+    pub token: Option<String>,
+    /// a file holding the enrollment token, or - for standard input
+    #[argh(option)]
+    pub token_file: Option<PathBuf>,
     /// this machine's ID (default: /etc/machine-id)
     #[argh(option)]
     pub machine_id: Option<String>,
@@ -89,15 +78,18 @@ fn write_state(dir: &Path, name: &str, bytes: &[u8], mode: u32) -> CmdResult {
 }
 
 pub fn run(args: Args, g: &Globals) -> CmdResult {
+    let token = EnrollmentToken::new(match (args.token, &args.token_file) {
+        (Some(t), None) => zeroize::Zeroizing::new(t),
+        (None, Some(file)) => read_secret_line(file, "enrollment token")?,
+        _ => {
+            return Err(Failure::usage(
+                "give the enrollment token with --token or --token-file",
+            ))
+        }
+    });
     let ca = read_small(&args.ca, 64 * 1024)?;
     let https = Https::new(&args.server, &ca, TIMEOUT)?;
-    let authority = https.get_json("/v1/authority")?;
-    let (Some(recipient), Some(minisign)) = (
-        authority["recipient"].as_str(),
-        authority["minisign"].as_str(),
-    ) else {
-        return Err(FetchError::Bad("the server did not give its authority keys".into()).into());
-    };
+    let authority: api::Authority = https.get_json(&api::AUTHORITY.path(&[]))?;
     // The client ID, if this machine's TPM is provisioned; joining works without a TPM.
     let client_id = crate::tpm::TssTpm::open(&g.tcti, Duration::ZERO)
         .and_then(|mut t| t.drsk_public())
@@ -107,16 +99,13 @@ pub fn run(args: Args, g: &Globals) -> CmdResult {
         .ok()
         .and_then(|h| h.into_string().ok())
         .unwrap_or_else(|| "unknown".into());
-    let answer = https.post_json(
-        "/v1/join",
-        &json!({ "token": args.token, "machine_id": machine_id(args.machine_id.as_deref())?, "client_id": client_id, "host": host }),
-    )?;
-    let credential = zeroize::Zeroizing::new(
-        answer["credential"]
-            .as_str()
-            .ok_or_else(|| Failure::from(FetchError::Bad("no credential".into())))?
-            .to_string(),
-    );
+    let request = api::Join {
+        token,
+        machine_id: machine_id(args.machine_id.as_deref())?,
+        client_id,
+        host,
+    };
+    let answer: api::Joined = https.post_json(&api::JOIN.path(&[]), &request)?;
     std::fs::create_dir_all(&g.state_dir)
         .map_err(|e| Failure::new(Exit::Failure, e.to_string()))?;
     write_state(
@@ -129,15 +118,18 @@ pub fn run(args: Args, g: &Globals) -> CmdResult {
     write_state(
         &g.state_dir,
         "recipient.txt",
-        format!("{recipient}\n").as_bytes(),
+        format!("{}\n", authority.recipient).as_bytes(),
         0o644,
     )?;
-    write_state(&g.state_dir, "minisign.pub", minisign.as_bytes(), 0o644)?;
-    write_state(&g.state_dir, "credential", credential.as_bytes(), 0o600)?;
-    eprintln!(
-        "Joined {} as machine {}.",
-        args.server,
-        answer["machine"].as_str().unwrap_or("?")
-    );
+    write_state(
+        &g.state_dir,
+        "minisign.pub",
+        authority.minisign.as_bytes(),
+        0o644,
+    )?;
+    // expose_secret: the credential is kept, root-only, for the machine's later requests.
+    let credential = answer.credential.expose_secret().as_bytes();
+    write_state(&g.state_dir, "credential", credential, 0o600)?;
+    eprintln!("Joined {} as machine {}.", args.server, answer.machine);
     Ok(())
 }

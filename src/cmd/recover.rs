@@ -6,11 +6,12 @@ use std::time::SystemTime;
 use argh::FromArgs;
 
 use super::{read_passphrase_file, CmdResult, Exit, Failure};
+use crate::api;
 use crate::escrow::https::FetchError;
 use crate::escrow::otp;
 use crate::escrow::{read_packet_file, PacketError, Record, RecoveryPacket};
 use crate::luks::LuksVolume;
-use crate::prompt::{Console, Prompt};
+use crate::prompt::{Prompt, Terminal};
 
 #[derive(FromArgs, Debug)]
 /// Recover access to a LUKS volume with a recovery packet from your helpdesk and the one-time
@@ -82,7 +83,7 @@ pub fn run(args: Args, g: &super::Globals) -> CmdResult {
             read_packet_file(path).map_err(|e| Failure::from(e).context(path.display()))?
         }
         (None, Some(s)) => s
-            .get_packet(&format!("/v1/recovery/{machine_id}/{}", luks.uuid))
+            .get_packet(&api::RECOVERY_PACKET.path(&[&machine_id, &luks.uuid]))
             .map_err(|e| match e {
                 FetchError::NotFound(_) => Failure::from(e).todo(
                     "ask the helpdesk to approve your recovery request (lifeline recovery request)",
@@ -143,7 +144,8 @@ pub fn run(args: Args, g: &super::Globals) -> CmdResult {
         // One-time use: now that it changed something, the server deletes the packet. Failing
         // to say so costs nothing here. The use token proves this machine opened the packet.
         let reported = match &record.use_token {
-            Some(t) => crate::unlock::EscrowSource::report_used(s, &packet.binding.packet_id, t),
+            Some(t) => crate::unlock::EscrowSource::report_used(s, &packet.binding.packet_id, t)
+                .map_err(|e| e.to_string()),
             None => Err("the packet carries no use token".into()),
         };
         if let Err(e) = reported {
@@ -173,7 +175,7 @@ fn open_with_otp(packet: &RecoveryPacket, args: &Args) -> Result<Record, Failure
         let code = otp::parse(&text, groups)?;
         return Ok(packet.open(&code)?);
     }
-    let mut console = Console::new();
+    let mut console = Terminal::new();
     console.say(&format!(
         "Recovery packet {} for volume {} (valid until {}).",
         packet.binding.packet_id,

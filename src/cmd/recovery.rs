@@ -3,9 +3,9 @@
 use std::path::PathBuf;
 
 use argh::FromArgs;
-use serde_json::json;
 
 use super::{machine_id, CmdResult, Globals};
+use crate::api;
 use crate::luks::LuksVolume;
 
 #[derive(FromArgs, Debug)]
@@ -43,13 +43,15 @@ pub fn run(args: Args, g: &Globals) -> CmdResult {
     let uuid = LuksVolume::open(&args.device)?.info()?.uuid;
     let machine = machine_id(args.machine_id.as_deref())?;
     let server = super::join::joined_server(g, args.server.as_deref(), false)?;
-    let answer = server.post_json(
-        "/v1/recovery-requests",
-        &json!({ "machine": machine, "volume_uuid": uuid }),
-    )?;
+    let request = api::RecoveryRequest {
+        machine,
+        volume_uuid: uuid.clone(),
+    };
+    let answer: api::RecoveryRequested =
+        server.post_json(&api::RECOVERY_REQUESTS.path(&[]), &request)?;
     eprintln!(
         "Recovery requested for volume {uuid}. Call your helpdesk and give them this recovery ID:"
     );
-    println!("{}", answer["recovery_id"].as_str().unwrap_or("?"));
+    println!("{}", answer.recovery_id);
     Ok(())
 }

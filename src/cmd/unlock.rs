@@ -9,12 +9,12 @@ use std::time::{Duration, Instant, SystemTime};
 use argh::FromArgs;
 
 use super::{CmdResult, Exit, Failure};
-use crate::config::{Config, Volume as VolumeConfig};
+use crate::config::{Config, VolumeConfig};
 use crate::escrow::https::Https;
 use crate::escrow::usb::Usb;
 use crate::luks::{LuksError, LuksVolume};
 use crate::secret::{Passphrase, VolumeKey};
-use crate::tpm::token::{SealedToken, TOKEN_TYPE};
+use crate::tpm::token::{luks1_file, read_sealed, SealedToken, TokenError, TOKEN_TYPE};
 use crate::tpm::{TpmError, TssTpm};
 use crate::unlock::{self, EscrowSource, Opened, Settings, Tpm, Volume};
 
@@ -197,7 +197,7 @@ fn initramfs_files(config: &Config, path: &Path, state_dir: &Path) -> Vec<PathBu
         files.push(PathBuf::from("/etc/machine-id"));
     }
     for v in &config.volumes {
-        let sealed = super::enroll::luks1_file(state_dir, &v.uuid);
+        let sealed = luks1_file(state_dir, &v.uuid);
         if sealed.exists() {
             files.push(sealed);
         }
@@ -214,7 +214,7 @@ fn prompt(
     crate::prompt::Waiting,
     Option<crate::prompt::ask_password::Withdraw>,
 ) {
-    use crate::prompt::{AskPassword, Console, Plymouth, Waiting};
+    use crate::prompt::{AskPassword, Plymouth, Terminal, Waiting};
     let plymouth = || Plymouth::new(crate::prompt::plymouth::SOCKET);
     let chosen = match setting {
         "auto" if AskPassword::available() => "ask-password",
@@ -228,7 +228,7 @@ fn prompt(
             (Waiting::new(agents), Some(withdraw))
         }
         "plymouth" => (Waiting::new(plymouth()).on_splash(plymouth()), None),
-        _ => (Waiting::new(Console::new()), None),
+        _ => (Waiting::new(Terminal::new()), None),
     }
 }
 
@@ -331,10 +331,8 @@ struct BootVolume {
 }
 
 impl Volume for BootVolume {
-    fn token(&mut self) -> Option<Result<SealedToken, String>> {
-        super::enroll::read_sealed(&mut self.luks, &self.state_dir, &self.uuid)
-            .map_err(|f| f.what)
-            .transpose()
+    fn token(&mut self) -> Option<Result<SealedToken, TokenError>> {
+        read_sealed(&mut self.luks, &self.state_dir, &self.uuid).transpose()
     }
 
     fn activate(&mut self, key: &VolumeKey) -> Result<(), LuksError> {
@@ -348,14 +346,13 @@ impl Volume for BootVolume {
         self.luks.unlock(passphrase).map(|(_, key)| key)
     }
 
-    fn store_token(&mut self, token: &SealedToken) -> Result<(), String> {
+    fn store_token(&mut self, token: &SealedToken) -> Result<(), LuksError> {
         if !self.luks.is_luks2() {
-            return Err("LUKS1 keeps its sealed key on the root file system: run lifeline enroll once booted".into());
+            return Err(LuksError::Other("LUKS1 keeps its sealed key on the root file system: run lifeline enroll once booted".into()));
         }
         self.luks
             .put_token(TOKEN_TYPE, &token.to_json())
             .map(|_| ())
-            .map_err(|e| e.to_string())
     }
 
     fn add_passphrase(&mut self, key: &VolumeKey, new: &Passphrase) -> Result<u32, LuksError> {

@@ -5,13 +5,20 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use zeroize::Zeroizing;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 use ureq::tls::{Certificate, RootCerts, TlsConfig, TlsProvider};
+
+use crate::api;
+use crate::secret::{Credential, UseToken};
+use crate::unlock::SourceError;
 
 /// Largest response read from the server.
 const MAX_RESPONSE: u64 = 256 * 1024;
 
-#[derive(Debug)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FetchError {
     /// The server could not be reached: connection refused, no route, no such host.
     Unreachable(String),
@@ -144,11 +151,12 @@ impl FetchError {
 
 impl std::error::Error for FetchError {}
 
-/// A server connection: base URL, pinned CA, optional bearer credential.
+/// A server connection: base URL, pinned CA, optional bearer credential. Paths, bodies and
+/// answers are `api`'s.
 pub struct Https {
     agent: ureq::Agent,
     base: String,
-    credential: Option<zeroize::Zeroizing<String>>,
+    credential: Option<Credential>,
     /// How long one call may take at most.
     timeout: Duration,
     /// At boot: when the current call must be over, whatever `timeout` says.
@@ -164,7 +172,7 @@ pub struct Https {
 #[derive(Default)]
 struct Backoff {
     delay: Duration,
-    waiting: Option<(Instant, String)>,
+    waiting: Option<(Instant, FetchError)>,
 }
 
 impl Backoff {
@@ -175,7 +183,7 @@ impl Backoff {
         &mut self,
         now: Instant,
         call: impl FnOnce() -> Result<T, FetchError>,
-    ) -> Result<T, String> {
+    ) -> Result<T, FetchError> {
         if let Some((until, why)) = &self.waiting {
             if now < *until {
                 return Err(why.clone());
@@ -188,13 +196,12 @@ impl Backoff {
             }
             Err(e @ FetchError::NotFound(_)) => {
                 *self = Backoff::default();
-                Err(e.to_string())
+                Err(e)
             }
             Err(e) => {
                 self.delay = (self.delay * 2).clamp(Self::FIRST, Self::MOST);
-                let why = e.to_string();
-                self.waiting = Some((now + self.delay, why.clone()));
-                Err(why)
+                self.waiting = Some((now + self.delay, e.clone()));
+                Err(e)
             }
         }
     }
@@ -251,8 +258,8 @@ impl Https {
     }
 
     /// Sends `credential` as a bearer token with every request.
-    pub fn with_credential(mut self, credential: &str) -> Https {
-        self.credential = Some(zeroize::Zeroizing::new(credential.to_string()));
+    pub fn with_credential(mut self, credential: Credential) -> Https {
+        self.credential = Some(credential);
         self
     }
 
@@ -268,15 +275,21 @@ impl Https {
     }
 
     /// One request: GET without a body, POST with `(content type, bytes)`. Returns the status
-    /// and the body of a 2xx answer; everything else is an error that names what came.
-    fn call(&self, path: &str, post: Option<(&str, &[u8])>) -> Result<(u16, Vec<u8>), FetchError> {
+    /// and the body of a 2xx answer (wiped when dropped: answers carry secrets); everything
+    /// else is an error that names what came.
+    fn call(
+        &self,
+        path: &str,
+        post: Option<(&str, &[u8])>,
+    ) -> Result<(u16, Zeroizing<Vec<u8>>), FetchError> {
         let timeout = self.call_timeout()?;
         let url = format!("{}{path}", self.base);
-        // expose: the credential goes into the Authorization header of this one request.
+        // expose_secret: the credential goes into the Authorization header of this one
+        // request (ureq's copy of the header is not ours to wipe).
         let auth = self
             .credential
             .as_ref()
-            .map(|c| zeroize::Zeroizing::new(format!("Bearer {}", c.as_str())));
+            .map(|c| Zeroizing::new(format!("Bearer {}", c.expose_secret())));
         let result = match post {
             None => {
                 let mut req = self
@@ -311,6 +324,7 @@ impl Https {
             .with_config()
             .limit(MAX_RESPONSE)
             .read_to_vec()
+            .map(Zeroizing::new)
             .map_err(|e| match e {
                 ureq::Error::BodyExceedsLimit(_) => {
                     FetchError::Bad(format!("the answer is larger than {MAX_RESPONSE} bytes"))
@@ -340,7 +354,7 @@ impl Https {
         Ok((status, body))
     }
 
-    pub fn get(&self, path: &str) -> Result<Vec<u8>, FetchError> {
+    pub fn get(&self, path: &str) -> Result<Zeroizing<Vec<u8>>, FetchError> {
         self.call(path, None).map(|(_, body)| body)
     }
 
@@ -349,7 +363,8 @@ impl Https {
     pub fn get_packet(&self, path: &str) -> Result<Vec<u8>, FetchError> {
         let body = self.get(path)?;
         if body.starts_with(PACKET_START) {
-            return Ok(body);
+            // A recovery packet is public (OTP-encrypted): no need to wipe it.
+            return Ok(body.to_vec());
         }
         Err(FetchError::Bad(match error_of(&body) {
             Some(e) => format!("an error instead of a recovery packet: {e}"),
@@ -357,32 +372,44 @@ impl Https {
         }))
     }
 
-    pub fn get_json(&self, path: &str) -> Result<Value, FetchError> {
+    pub fn get_json<T: DeserializeOwned>(&self, path: &str) -> Result<T, FetchError> {
         let body = self.get(path)?;
         json_of(&body)
     }
 
-    /// POSTs raw bytes; returns the status and the JSON answer.
-    pub fn post_bytes(&self, path: &str, body: &[u8]) -> Result<(u16, Value), FetchError> {
+    /// POSTs text (a packet, a DRSK file); returns the status and the JSON answer.
+    pub fn post_bytes<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &[u8],
+    ) -> Result<(u16, T), FetchError> {
         let (status, body) = self.call(path, Some(("text/plain", body)))?;
         Ok((status, json_of(&body)?))
     }
 
-    pub fn post_json(&self, path: &str, body: &Value) -> Result<Value, FetchError> {
-        let text = zeroize::Zeroizing::new(body.to_string());
-        let (_, body) = self.call(path, Some(("application/json", text.as_bytes())))?;
+    /// POSTs `body` as JSON (in a wiped buffer: bodies carry secrets).
+    pub fn post_json<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &impl Serialize,
+    ) -> Result<T, FetchError> {
+        let text = Zeroizing::new(
+            serde_json::to_vec(body)
+                .map_err(|e| FetchError::Bad(format!("cannot send this request: {e}")))?,
+        );
+        let (_, body) = self.call(path, Some(("application/json", &text)))?;
         json_of(&body)
     }
 }
 
 /// The `{"error": …}` the server answers failures with.
 fn error_of(body: &[u8]) -> Option<String> {
-    serde_json::from_slice::<Value>(body)
+    serde_json::from_slice::<api::Failure>(body)
         .ok()
-        .and_then(|v| v["error"].as_str().map(|e| e.chars().take(300).collect()))
+        .map(|f| f.error.chars().take(300).collect())
 }
 
-fn json_of(body: &[u8]) -> Result<Value, FetchError> {
+fn json_of<T: DeserializeOwned>(body: &[u8]) -> Result<T, FetchError> {
     serde_json::from_slice(body)
         .map_err(|e| FetchError::Bad(format!("the answer is not the JSON expected ({e})")))
 }
@@ -393,13 +420,13 @@ impl Https {
         &mut self,
         until: Instant,
         call: impl FnOnce(&Https) -> Result<T, FetchError>,
-    ) -> Result<T, String> {
+    ) -> Result<T, SourceError> {
         let mut backoff = std::mem::take(&mut self.backoff);
         self.until.set(Some(until));
         let result = backoff.call(Instant::now(), || call(self));
         self.until.set(None);
         self.backoff = backoff;
-        result
+        result.map_err(SourceError::Server)
     }
 }
 
@@ -415,10 +442,16 @@ impl crate::unlock::EscrowSource for Https {
         who: &str,
         volume_uuid: &str,
         until: Instant,
-    ) -> Result<bool, String> {
-        let body = serde_json::json!({ "machine": who, "volume_uuid": volume_uuid });
+    ) -> Result<bool, SourceError> {
+        let body = api::RecoveryRequest {
+            machine: who.to_string(),
+            volume_uuid: volume_uuid.to_string(),
+        };
+        let path = api::RECOVERY_REQUESTS.path(&[]);
         self.at_boot(until, |h| {
-            h.post_json("/v1/recovery-requests", &body).map(|_| true)
+            // What the answer says (the request's ID and recovery ID) is shown already.
+            h.post_json::<serde::de::IgnoredAny>(&path, &body)
+                .map(|_| true)
         })
     }
 
@@ -427,10 +460,10 @@ impl crate::unlock::EscrowSource for Https {
         who: &[String],
         volume_uuid: &str,
         until: Instant,
-    ) -> Result<Option<Vec<u8>>, String> {
+    ) -> Result<Option<Vec<u8>>, SourceError> {
         self.at_boot(until, |h| {
             for name in who {
-                match h.get_packet(&format!("/v1/recovery/{name}/{volume_uuid}")) {
+                match h.get_packet(&api::RECOVERY_PACKET.path(&[name, volume_uuid])) {
                     Ok(body) => return Ok(Some(body)),
                     Err(FetchError::NotFound(_)) => continue,
                     Err(e) => return Err(e),
@@ -444,21 +477,26 @@ impl crate::unlock::EscrowSource for Https {
         &mut self,
         packet_id: &str,
         use_token: &crate::secret::UseToken,
-    ) -> Result<(), String> {
+    ) -> Result<(), SourceError> {
         // expose_secret: the use token goes to the server once, over TLS, to retire the packet.
-        let token = crate::secret::hex_secret(use_token.expose_secret());
-        let body = serde_json::json!({ "use_token": token.as_str() });
+        let body = api::PacketUsed {
+            use_token: UseToken::from_slice(use_token.expose_secret()),
+        };
         // Once, not subject to the backoff: the volume is open and the boot goes on.
-        self.post_json(&format!("/v1/recovery/{packet_id}/used"), &body)
+        self.post_json::<serde::de::IgnoredAny>(&api::RECOVERY_USED.path(&[packet_id]), &body)
             .map(|_| ())
-            .map_err(|e| e.to_string())
+            .map_err(SourceError::Server)
     }
 
-    fn restore_file(&mut self, client_id: &str, srk_name: &str) -> Result<Option<Vec<u8>>, String> {
+    fn restore_file(
+        &mut self,
+        client_id: &str,
+        srk_name: &str,
+    ) -> Result<Option<Vec<u8>>, SourceError> {
         let until = Instant::now() + self.timeout;
         self.at_boot(until, |h| {
-            match h.get(&format!("/v1/drsk/restores/{client_id}/{srk_name}")) {
-                Ok(body) => Ok(Some(body)),
+            match h.get(&api::RESTORE_FILE.path(&[client_id, srk_name])) {
+                Ok(body) => Ok(Some(body.to_vec())),
                 Err(FetchError::NotFound(_)) => Ok(None),
                 Err(e) => Err(e),
             }
@@ -479,7 +517,11 @@ mod tests {
             calls.set(calls.get() + 1);
             Err::<(), _>(FetchError::Unreachable("connection refused".into()))
         };
-        assert!(b.call(t0, down).unwrap_err().contains("connection refused"));
+        assert!(b
+            .call(t0, down)
+            .unwrap_err()
+            .to_string()
+            .contains("connection refused"));
         // Within the first second the failure is repeated without a call.
         assert!(b.call(t0 + Duration::from_millis(900), down).is_err());
         assert_eq!(calls.get(), 1);
@@ -498,7 +540,7 @@ mod tests {
         let missing = b.call(until, || {
             Err::<(), _>(FetchError::NotFound("no packet".into()))
         });
-        assert_eq!(missing.unwrap_err(), "no packet");
+        assert_eq!(missing.unwrap_err().to_string(), "no packet");
         assert!(b.waiting.is_none());
         assert_eq!(b.call(until, || Ok(7)), Ok(7));
     }

@@ -12,7 +12,8 @@ use std::time::SystemTime;
 use zeroize::Zeroizing;
 
 use super::PacketError;
-use crate::secret::{hex_secret, unhex_secret, Passphrase, UseToken, VolumeKey};
+use crate::hex::{decode_secret, encode_secret};
+use crate::secret::{Passphrase, UseToken, VolumeKey};
 
 /// Which record: the first line of the plaintext.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -116,14 +117,14 @@ impl Record {
             let _ = writeln!(out, "otp-groups: {}", b.otp_groups);
         }
         // expose_secret: the record is the secret's container; it is encrypted right after.
-        let key_hex = hex_secret(self.volume_key.expose_secret());
+        let key_hex = encode_secret(self.volume_key.expose_secret());
         out.push_str("volume-key: ");
         out.push_str(&key_hex);
         out.push('\n');
         if let Some(t) = &self.use_token {
             // expose_secret: inside the encrypted record, as the server expects it back.
             out.push_str("use-token: ");
-            out.push_str(&hex_secret(t.expose_secret()));
+            out.push_str(&encode_secret(t.expose_secret()));
             out.push('\n');
         }
         if let Some(p) = &self.recovery_passphrase {
@@ -146,7 +147,7 @@ impl Record {
         let fields = Fields::parse(lines)?;
         let info = info_from_fields(&fields)?;
         let key_hex = fields.require("volume-key")?;
-        let key = unhex_secret(key_hex)
+        let key = decode_secret(key_hex)
             .filter(|k| !k.is_empty())
             .ok_or_else(|| PacketError::Malformed("volume-key is not hex".into()))?;
         if key.len() * 8 != info.key_bits as usize {
@@ -161,7 +162,7 @@ impl Record {
             .map(|p| Passphrase::from_slice(p.as_bytes()));
         let use_token = match fields.get("use-token") {
             Some(hex) => {
-                Some(UseToken::new(unhex_secret(hex).ok_or_else(|| {
+                Some(UseToken::new(decode_secret(hex).ok_or_else(|| {
                     PacketError::Malformed("use-token is not hex".into())
                 })?))
             }

@@ -317,12 +317,14 @@ pub fn read_bounded(root: &Path, relative: &Path) -> Result<Option<Vec<u8>>, Str
         .map_err(|e| format!("{}: {e}", relative.display()))
 }
 
+use crate::unlock::SourceError;
+
 impl crate::unlock::EscrowSource for Usb {
     fn describe(&self) -> String {
         "removable media".into()
     }
 
-    fn request_recovery(&mut self, _: &str, _: &str, _: Instant) -> Result<bool, String> {
+    fn request_recovery(&mut self, _: &str, _: &str, _: Instant) -> Result<bool, SourceError> {
         Ok(false)
     }
 
@@ -331,7 +333,7 @@ impl crate::unlock::EscrowSource for Usb {
         who: &[String],
         volume_uuid: &str,
         until: Instant,
-    ) -> Result<Option<Vec<u8>>, String> {
+    ) -> Result<Option<Vec<u8>>, SourceError> {
         let relative: Vec<PathBuf> = who
             .iter()
             .map(|w| {
@@ -354,14 +356,14 @@ impl crate::unlock::EscrowSource for Usb {
                 }
             }
         }
-        failed.map_or(Ok(None), Err)
+        failed.map_or(Ok(None), |e| Err(SourceError::Other(e)))
     }
 
-    fn report_used(&mut self, _: &str, _: &crate::secret::UseToken) -> Result<(), String> {
+    fn report_used(&mut self, _: &str, _: &crate::secret::UseToken) -> Result<(), SourceError> {
         Ok(())
     }
 
-    fn restore_file(&mut self, _: &str, _: &str) -> Result<Option<Vec<u8>>, String> {
+    fn restore_file(&mut self, _: &str, _: &str) -> Result<Option<Vec<u8>>, SourceError> {
         Ok(None)
     }
 }

@@ -11,12 +11,13 @@ use super::{Prompt, PromptError};
 /// Longest answer we keep; capacity is reserved up front so the buffer never moves.
 const MAX_ANSWER: usize = 1024;
 
+/// Asks on the controlling terminal with echo off (on standard input when there is none).
 #[derive(Debug, Default)]
-pub struct Console;
+pub struct Terminal;
 
-impl Console {
+impl Terminal {
     pub fn new() -> Self {
-        Console
+        Terminal
     }
 }
 
@@ -43,7 +44,7 @@ impl Drop for EchoOff {
     }
 }
 
-impl Prompt for Console {
+impl Prompt for Terminal {
     fn ask_secret(&mut self, question: &str) -> Result<Zeroizing<String>, PromptError> {
         let stdin = std::io::stdin();
         let on_terminal = stdin.is_terminal();

@@ -13,7 +13,7 @@ pub mod plymouth;
 mod waiting;
 
 pub use ask_password::AskPassword;
-pub use console::Console;
+pub use console::Terminal;
 pub use plymouth::Plymouth;
 pub use waiting::Waiting;
 

@@ -22,7 +22,8 @@ use crate::escrow::{
     otp, Binding, EscrowPacket, PacketError, RecoveryPacket, SCRYPT_MAX_WORK_FACTOR,
     SCRYPT_WORK_FACTOR,
 };
-use crate::secret::{hex_secret, random_bytes, Otp, Passphrase};
+use crate::hex::encode_secret;
+use crate::secret::{random_bytes, Otp, Passphrase};
 
 pub const IDENTITY_FILE: &str = "identity.age";
 pub const RECIPIENT_FILE: &str = "recipient.txt";
@@ -105,7 +106,7 @@ pub fn init(
     random_bytes(&mut tag)?;
     let staging = parent.join(format!(
         ".lifeline-authority.{}.tmp",
-        hex_secret(&tag).as_str()
+        encode_secret(&tag).as_str()
     ));
     fs::create_dir(&staging)?;
     let result = write_keys(&staging, passphrase, &text)
@@ -292,7 +293,7 @@ impl Unlocked {
         let mut id = [0u8; 16];
         random_bytes(&mut id)?;
         let binding = Binding {
-            packet_id: hex_secret(&id).to_string(),
+            packet_id: encode_secret(&id).to_string(),
             machine_id: record.info.machine_id.clone(),
             volume_uuid: record.info.volume_uuid.clone(),
             expires: SystemTime::now() + valid_for,

@@ -20,7 +20,7 @@ pub fn split(k: u8, n: u8) -> Result<(Passphrase, Vec<Zeroizing<String>>), Strin
     let mut raw = Zeroizing::new([0u8; 24]);
     random_bytes(&mut raw[..]).map_err(|e| e.to_string())?;
     // The passphrase is the hex of 192 random bits: text, as age and minisign want it.
-    let passphrase = crate::secret::hex_secret(&raw[..]);
+    let passphrase = crate::hex::encode_secret(&raw[..]);
     let shares = blahaj::Sharks(k)
         .dealer(passphrase.as_bytes())
         .take(usize::from(n))
@@ -28,7 +28,7 @@ pub fn split(k: u8, n: u8) -> Result<(Passphrase, Vec<Zeroizing<String>>), Strin
             let bytes = Zeroizing::new(Vec::<u8>::from(&share));
             Zeroizing::new(format!(
                 "{TAG} {k}-of-{n} {}\n",
-                crate::secret::hex_secret(&bytes).as_str()
+                crate::hex::encode_secret(&bytes).as_str()
             ))
         })
         .collect();
@@ -55,7 +55,7 @@ pub fn combine(texts: &[Zeroizing<String>]) -> Result<Passphrase, String> {
         if *threshold.get_or_insert(k) != k {
             return Err("the shares come from different sharings".into());
         }
-        let bytes = crate::secret::unhex_secret(hex.trim())
+        let bytes = crate::hex::decode_secret(hex.trim())
             .ok_or_else(|| format!("share {}: damaged", i + 1))?;
         shares.push(
             blahaj::Share::try_from(bytes.as_slice())

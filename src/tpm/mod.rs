@@ -12,10 +12,9 @@ mod tss;
 
 use std::fmt;
 
-pub use tss::{
-    auth_policy_of, ek_modulus, is_resident_storage_key, name_of_public, Provisioned, ServerKey,
-    TssTpm,
-};
+pub use tss::{auth_policy_of, name_of_public, Provisioned, TssTpm};
+#[cfg(feature = "server")]
+pub use tss::{ek_modulus, is_resident_storage_key, ServerKey};
 
 /// Persistent handle of lifeline's storage root key (0x81000001/2 are the platform's SRK/EK).
 pub const SRK_HANDLE: u32 = 0x8100_0003;

@@ -1,12 +1,16 @@
 //! The `lifeline-tpm2` LUKS2 token: a volume key sealed under the DRSK, as JSON.
 //!
 //! LUKS1 volumes have no tokens; the same JSON is kept in `<state dir>/sealed/<uuid>.json`.
+//! [`read_sealed`] finds a volume's token either way.
 //! `docs/FORMAT.md` specifies the fields.
+
+use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
 
 use super::{PcrBinding, SealedBlob};
 use crate::hex::encode as hex;
+use crate::luks::{LuksError, LuksVolume};
 
 pub const TOKEN_TYPE: &str = "lifeline-tpm2";
 pub const TOKEN_VERSION: u64 = 1;
@@ -20,23 +24,65 @@ pub struct SealedToken {
     pub pcrs: Option<PcrBinding>,
 }
 
-#[derive(Debug, PartialEq, Eq)]
-pub struct TokenError(pub String);
+/// Why a volume's sealed token cannot be used.
+#[derive(Debug)]
+pub enum TokenError {
+    /// It is there, but damaged or of a newer version.
+    Damaged(String),
+    /// The volume's header, where it would be, could not be read.
+    Luks(LuksError),
+}
 
 impl std::fmt::Display for TokenError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "the lifeline-tpm2 token is damaged: {}", self.0)
+        match self {
+            TokenError::Damaged(why) => write!(f, "the lifeline-tpm2 token is damaged: {why}"),
+            TokenError::Luks(e) => write!(f, "cannot read the lifeline-tpm2 token: {e}"),
+        }
     }
+}
+
+impl From<LuksError> for TokenError {
+    fn from(e: LuksError) -> Self {
+        TokenError::Luks(e)
+    }
+}
+
+/// Where a LUKS1 volume's sealed token is kept.
+pub fn luks1_file(state_dir: &Path, uuid: &str) -> PathBuf {
+    state_dir.join("sealed").join(format!("{uuid}.json"))
+}
+
+/// A volume's sealed token, if it has one: the LUKS2 token, or for LUKS1 the file in
+/// `state_dir` (where the initramfs glue copies it).
+pub fn read_sealed(
+    volume: &mut LuksVolume,
+    state_dir: &Path,
+    uuid: &str,
+) -> Result<Option<SealedToken>, TokenError> {
+    let json =
+        if volume.is_luks2() {
+            volume.find_token(TOKEN_TYPE)?.map(|(_, json)| json)
+        } else {
+            let file = luks1_file(state_dir, uuid);
+            match std::fs::read_to_string(&file) {
+                Ok(text) => Some(serde_json::from_str(&text).map_err(|e| {
+                    TokenError::Damaged(format!("{}: not JSON: {e}", file.display()))
+                })?),
+                Err(_) => None,
+            }
+        };
+    json.map(|json| SealedToken::from_json(&json)).transpose()
 }
 
 fn field<'a>(v: &'a Value, key: &str) -> Result<&'a str, TokenError> {
     v[key]
         .as_str()
-        .ok_or_else(|| TokenError(format!("'{key}' is missing")))
+        .ok_or_else(|| TokenError::Damaged(format!("'{key}' is missing")))
 }
 
 fn unhex(text: &str, key: &str) -> Result<Vec<u8>, TokenError> {
-    crate::hex::decode(text).ok_or_else(|| TokenError(format!("'{key}' is not hex")))
+    crate::hex::decode(text).ok_or_else(|| TokenError::Damaged(format!("'{key}' is not hex")))
 }
 
 impl SealedToken {
@@ -59,22 +105,24 @@ impl SealedToken {
 
     pub fn from_json(v: &Value) -> Result<SealedToken, TokenError> {
         if v["type"] != TOKEN_TYPE {
-            return Err(TokenError("not a lifeline-tpm2 token".into()));
+            return Err(TokenError::Damaged("not a lifeline-tpm2 token".into()));
         }
         match v["lifeline-version"].as_u64() {
             Some(TOKEN_VERSION) => {}
             Some(n) => {
-                return Err(TokenError(format!(
+                return Err(TokenError::Damaged(format!(
                     "version {n} is newer than this lifeline"
                 )))
             }
-            None => return Err(TokenError("'lifeline-version' is missing".into())),
+            None => return Err(TokenError::Damaged("'lifeline-version' is missing".into())),
         }
         let pcrs = match v.get("pcrs") {
             None => None,
             Some(list) => {
                 if v["pcr-bank"] != "sha256" {
-                    return Err(TokenError("only the sha256 PCR bank is supported".into()));
+                    return Err(TokenError::Damaged(
+                        "only the sha256 PCR bank is supported".into(),
+                    ));
                 }
                 let pcrs = list
                     .as_array()
@@ -84,22 +132,26 @@ impl SealedToken {
                             .collect::<Option<Vec<u8>>>()
                     })
                     .filter(|p| p.iter().all(|&n| n < 24))
-                    .ok_or_else(|| TokenError("'pcrs' is not a list of PCR numbers".into()))?;
+                    .ok_or_else(|| {
+                        TokenError::Damaged("'pcrs' is not a list of PCR numbers".into())
+                    })?;
                 let values = v["pcr-values"]
                     .as_array()
-                    .ok_or_else(|| TokenError("'pcr-values' is missing".into()))?
+                    .ok_or_else(|| TokenError::Damaged("'pcr-values' is missing".into()))?
                     .iter()
                     .map(|d| unhex(d.as_str().unwrap_or("-"), "pcr-values"))
                     .collect::<Result<Vec<_>, _>>()?;
                 if values.len() != pcrs.len() {
-                    return Err(TokenError("'pcr-values' does not match 'pcrs'".into()));
+                    return Err(TokenError::Damaged(
+                        "'pcr-values' does not match 'pcrs'".into(),
+                    ));
                 }
                 Some(PcrBinding { pcrs, values })
             }
         };
         Ok(SealedToken {
             client_id: crate::id::client_id(field(v, "client-id")?)
-                .map_err(|e| TokenError(format!("'client-id': {e}")))?,
+                .map_err(|e| TokenError::Damaged(format!("'client-id': {e}")))?,
             blob: SealedBlob {
                 public: unhex(field(v, "public")?, "public")?,
                 private: unhex(field(v, "private")?, "private")?,
@@ -135,7 +187,7 @@ mod tests {
         future["lifeline-version"] = json!(2);
         assert!(SealedToken::from_json(&future)
             .unwrap_err()
-            .0
+            .to_string()
             .contains("newer"));
     }
 

@@ -8,10 +8,10 @@ use std::time::{Duration, Instant};
 
 use zeroize::Zeroizing;
 
-use super::{Answer, Console, EscrowSource, Tpm, Volume};
+use super::{Answer, Console, EscrowSource, SourceError, Tpm, Volume};
 use crate::luks::LuksError;
 use crate::secret::{Passphrase, UseToken, VolumeKey};
-use crate::tpm::token::SealedToken;
+use crate::tpm::token::{SealedToken, TokenError};
 use crate::tpm::{SealedBlob, TpmError};
 
 pub type Log = Rc<RefCell<Vec<String>>>;
@@ -77,7 +77,7 @@ pub struct FakeVolume {
 }
 
 impl Volume for FakeVolume {
-    fn token(&mut self) -> Option<Result<SealedToken, String>> {
+    fn token(&mut self) -> Option<Result<SealedToken, TokenError>> {
         self.token.clone().map(Ok)
     }
 
@@ -96,7 +96,7 @@ impl Volume for FakeVolume {
         Ok(VolumeKey::from_slice(&self.key))
     }
 
-    fn store_token(&mut self, t: &SealedToken) -> Result<(), String> {
+    fn store_token(&mut self, t: &SealedToken) -> Result<(), LuksError> {
         self.log.borrow_mut().push("token stored".into());
         self.token = Some(t.clone());
         Ok(())
@@ -138,12 +138,12 @@ impl FakeSource {
 }
 
 impl FakeSource {
-    fn answers(&mut self) -> Result<(), String> {
+    fn answers(&mut self) -> Result<(), SourceError> {
         if self.down == 0 {
             return Ok(());
         }
         self.down = self.down.saturating_sub(u32::from(self.down != u32::MAX));
-        Err("connection refused".into())
+        Err(SourceError::Other("connection refused".into()))
     }
 }
 
@@ -157,7 +157,7 @@ impl EscrowSource for FakeSource {
         who: &str,
         volume_uuid: &str,
         until: Instant,
-    ) -> Result<bool, String> {
+    ) -> Result<bool, SourceError> {
         self.untils.borrow_mut().push(until);
         self.answers()?;
         self.log
@@ -171,20 +171,20 @@ impl EscrowSource for FakeSource {
         _: &[String],
         _: &str,
         until: Instant,
-    ) -> Result<Option<Vec<u8>>, String> {
+    ) -> Result<Option<Vec<u8>>, SourceError> {
         self.untils.borrow_mut().push(until);
         self.answers()?;
         Ok(self.packets.pop_front().flatten())
     }
 
-    fn report_used(&mut self, packet_id: &str, _: &UseToken) -> Result<(), String> {
+    fn report_used(&mut self, packet_id: &str, _: &UseToken) -> Result<(), SourceError> {
         self.log
             .borrow_mut()
             .push(format!("{} used {packet_id}", self.name));
         Ok(())
     }
 
-    fn restore_file(&mut self, client: &str, srk: &str) -> Result<Option<Vec<u8>>, String> {
+    fn restore_file(&mut self, client: &str, srk: &str) -> Result<Option<Vec<u8>>, SourceError> {
         self.log
             .borrow_mut()
             .push(format!("{} restore? {client} {srk}", self.name));

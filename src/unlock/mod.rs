@@ -24,10 +24,11 @@ use std::time::{Duration, Instant, SystemTime};
 
 use zeroize::Zeroizing;
 
+use crate::escrow::https::FetchError;
 use crate::escrow::{otp, RecoveryPacket};
 use crate::luks::LuksError;
 use crate::secret::{Passphrase, UseToken, VolumeKey};
-use crate::tpm::token::SealedToken;
+use crate::tpm::token::{SealedToken, TokenError};
 use crate::tpm::TpmError;
 
 /// The TPM, as the boot flow needs it.
@@ -44,13 +45,13 @@ pub trait Tpm {
 /// One LUKS volume.
 pub trait Volume {
     /// Our sealed token, if the volume has one (`Err`: there is one, but it is damaged).
-    fn token(&mut self) -> Option<Result<SealedToken, String>>;
+    fn token(&mut self) -> Option<Result<SealedToken, TokenError>>;
     /// Opens the volume with `key` under the configured mapping name.
     fn activate(&mut self, key: &VolumeKey) -> Result<(), LuksError>;
     /// The volume key, if a keyslot accepts `passphrase`.
     fn key_from_passphrase(&mut self, passphrase: &Passphrase) -> Result<VolumeKey, LuksError>;
     /// Replaces our token (after a re-seal).
-    fn store_token(&mut self, token: &SealedToken) -> Result<(), String>;
+    fn store_token(&mut self, token: &SealedToken) -> Result<(), LuksError>;
     fn add_passphrase(&mut self, key: &VolumeKey, new: &Passphrase) -> Result<u32, LuksError>;
 }
 
@@ -64,7 +65,7 @@ pub trait EscrowSource {
         who: &str,
         volume_uuid: &str,
         until: Instant,
-    ) -> Result<bool, String>;
+    ) -> Result<bool, SourceError>;
     /// A recovery packet for `volume_uuid` of the machine known by any of `who`, if one is
     /// there. Over by `until`: a source that cannot answer by then says so.
     fn recovery_packet(
@@ -72,11 +73,40 @@ pub trait EscrowSource {
         who: &[String],
         volume_uuid: &str,
         until: Instant,
-    ) -> Result<Option<Vec<u8>>, String>;
+    ) -> Result<Option<Vec<u8>>, SourceError>;
     /// Tells the source the packet was used (the server deletes it).
-    fn report_used(&mut self, packet_id: &str, use_token: &UseToken) -> Result<(), String>;
+    fn report_used(&mut self, packet_id: &str, use_token: &UseToken) -> Result<(), SourceError>;
     /// An approved DRSK restore file for `client_id` and the storage key named `srk_name`.
-    fn restore_file(&mut self, client_id: &str, srk_name: &str) -> Result<Option<Vec<u8>>, String>;
+    fn restore_file(
+        &mut self,
+        client_id: &str,
+        srk_name: &str,
+    ) -> Result<Option<Vec<u8>>, SourceError>;
+}
+
+/// Why a source could not answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SourceError {
+    /// The escrow server: unreachable, refused, too slow, or an answer that is not one.
+    Server(FetchError),
+    /// Any other source (removable media), in words: a file that is refused, a stick that
+    /// does not answer in time.
+    Other(String),
+}
+
+impl std::fmt::Display for SourceError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SourceError::Server(e) => e.fmt(f),
+            SourceError::Other(why) => f.write_str(why),
+        }
+    }
+}
+
+impl From<FetchError> for SourceError {
+    fn from(e: FetchError) -> Self {
+        SourceError::Server(e)
+    }
 }
 
 /// What the person at the console did in the time given.
@@ -221,11 +251,11 @@ pub fn unlock(
     if let (true, Some(TpmError::PcrMismatch(_)), Some(t)) = (settings.reseal, &tpm_failure, &token)
     {
         let pcrs = t.pcrs.as_ref().map(|p| p.pcrs.clone()).unwrap_or_default();
-        match tpm
-            .reseal(&key, &pcrs)
-            .map_err(|e| e.to_string())
-            .and_then(|t| volume.store_token(&t))
-        {
+        let resealed = match tpm.reseal(&key, &pcrs) {
+            Ok(t) => volume.store_token(&t).map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        match resealed {
             Ok(()) => console.say(
                 "lifeline: re-sealed to the current PCR values; the next boot unlocks unattended.",
             ),
@@ -243,7 +273,7 @@ pub fn unlock(
 pub fn tpm_only(volume: &mut dyn Volume, tpm: &mut dyn Tpm) -> Result<(), String> {
     match volume.token() {
         Some(Ok(t)) => unseal_and_open(volume, tpm, &t).map_err(|e| e.to_string()),
-        Some(Err(damaged)) => Err(damaged),
+        Some(Err(damaged)) => Err(damaged.to_string()),
         None => Err("it has no lifeline TPM key".into()),
     }
 }
@@ -464,7 +494,7 @@ fn find_packet(
             Ok(None) => continue,
             Err(e) => {
                 // Each distinct problem is named once, not at every poll.
-                if refused.insert(e.clone().into_bytes()) {
+                if refused.insert(e.to_string().into_bytes()) {
                     console.say(&format!("lifeline: {}: {e}", s.describe()));
                 }
                 continue;

@@ -6,11 +6,14 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use argh::FromArgs;
-use serde_json::json;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 
 use super::admin_secret;
-use crate::cmd::{read_small, CmdResult, Exit, Failure};
+use crate::api::{self, Route};
+use crate::cmd::{read_secret_line, read_small, CmdResult, Exit, Failure};
 use crate::escrow::https::Https;
+use crate::secret::Credential;
 use crate::server::{config, store};
 
 #[derive(FromArgs, Debug)]
@@ -169,54 +172,50 @@ fn connect(
         }
         _ => return Err(Failure::usage("give --dir, or both --server and --ca")),
     };
-    let credential = zeroize::Zeroizing::new(
-        String::from_utf8(read_small(credential_file, 1024)?).unwrap_or_default(),
-    );
-    Ok(Https::new(&url, &ca_pem, Duration::from_secs(60))?.with_credential(credential.trim()))
+    let credential = Credential::new(read_secret_line(credential_file, "credential")?);
+    Ok(Https::new(&url, &ca_pem, Duration::from_secs(60))?.with_credential(credential))
 }
 
 pub fn run(args: Args) -> CmdResult {
     match args.command {
         Command::Add(a) => add(a),
         Command::EnrollmentToken(a) => {
-            let answer = a
+            let answer: api::EnrollmentTokenIssued = a
                 .connect()?
-                .post_json("/v1/admin/enrollment-tokens", &json!({}))?;
-            eprintln!(
-                "One-time enrollment token (valid {}):",
-                answer["valid_for"].as_str().unwrap_or("?")
-            );
-            println!("{}", answer["token"].as_str().unwrap_or(""));
+                .post_json(&api::ADMIN_ENROLLMENT_TOKENS.path(&[]), &api::Empty {})?;
+            eprintln!("One-time enrollment token (valid {}):", answer.valid_for);
+            // expose_secret: printing the token for the administrator is this command's job.
+            println!("{}", answer.token.expose_secret());
             Ok(())
         }
-        Command::Machines(a) => list(a.connect()?, "/v1/admin/machines"),
-        Command::Packets(a) => list(a.connect()?, "/v1/admin/packets"),
-        Command::Requests(a) => list(a.connect()?, "/v1/admin/requests"),
+        Command::Machines(a) => list::<api::MachineRow>(a.connect()?, api::ADMIN_MACHINES),
+        Command::Packets(a) => list::<api::PacketRow>(a.connect()?, api::ADMIN_PACKETS),
+        Command::Requests(a) => list::<api::RequestRow>(a.connect()?, api::ADMIN_REQUESTS),
         Command::ApproveRecovery(a) => approve(a),
-        Command::Restores(a) => list(a.connect()?, "/v1/admin/restores"),
+        Command::Restores(a) => list::<api::RestoreRow>(a.connect()?, api::ADMIN_RESTORES),
         Command::ApproveRestore(a) => {
-            let answer = a.connect()?.post_json(
-                &format!("/v1/admin/restores/{}/approve", a.request),
-                &json!({}),
+            let answer: api::RestoreApproved = a.connect()?.post_json(
+                &api::ADMIN_RESTORE_APPROVE.path(&[&a.request]),
+                &api::Empty {},
             )?;
             eprintln!(
                 "Restore {} approved for client {} ({}); the machine can now run lifeline restore --server.",
-                answer["restore_id"].as_str().unwrap_or("?"),
-                answer["client_id"].as_str().unwrap_or("?"),
-                answer["host"].as_str().unwrap_or("host unknown"),
+                answer.restore_id,
+                answer.client_id,
+                answer.host.as_deref().unwrap_or("host unknown"),
             );
             Ok(())
         }
         Command::DeleteRestore(a) => {
-            a.connect()?.post_json(
-                &format!("/v1/admin/restores/{}/delete", a.request),
-                &json!({}),
+            a.connect()?.post_json::<api::Done>(
+                &api::ADMIN_RESTORE_DELETE.path(&[&a.request]),
+                &api::Empty {},
             )?;
             eprintln!("Restore request {} deleted.", a.request);
             Ok(())
         }
-        Command::Obsolete(a) => retire(a.connect()?, &a.packet, "obsolete"),
-        Command::Delete(a) => retire(a.connect()?, &a.packet, "delete"),
+        Command::Obsolete(a) => retire(a.connect()?, &a.packet, api::ADMIN_PACKET_OBSOLETE),
+        Command::Delete(a) => retire(a.connect()?, &a.packet, api::ADMIN_PACKET_DELETE),
         Command::ShowPassphrase(a) => show_passphrase(a),
     }
 }
@@ -246,61 +245,59 @@ fn add(args: AddArgs) -> CmdResult {
     Ok(())
 }
 
-fn list(s: Https, path: &str) -> CmdResult {
-    for row in s.get_json(path)?.as_array().into_iter().flatten() {
-        println!("{row}");
+/// Prints a listing, one JSON object per line.
+fn list<Row: DeserializeOwned + Serialize>(s: Https, route: Route) -> CmdResult {
+    let rows: Vec<Row> = s.get_json(&route.path(&[]))?;
+    for row in rows {
+        let line =
+            serde_json::to_string(&row).map_err(|e| Failure::new(Exit::Failure, e.to_string()))?;
+        println!("{line}");
     }
     Ok(())
 }
 
-fn retire(s: Https, packet: &str, action: &str) -> CmdResult {
-    s.post_json(&format!("/v1/admin/packets/{packet}/{action}"), &json!({}))?;
+fn retire(s: Https, packet: &str, route: Route) -> CmdResult {
+    let done: api::Done = s.post_json(&route.path(&[packet]), &api::Empty {})?;
+    let action = if done.status == "deleted" {
+        "delete"
+    } else {
+        "obsolete"
+    };
     eprintln!("Packet {packet}: {action} done.");
     Ok(())
 }
 
-/// The administrator passphrase (typed, from a file, or rebuilt from shares) as text for one
-/// request over TLS.
-fn passphrase_text(
-    file: Option<&Path>,
-    shares: &[PathBuf],
-) -> Result<zeroize::Zeroizing<String>, Failure> {
-    let passphrase = admin_secret(file, shares)?;
-    // expose_secret: the passphrase travels once, over TLS, to unlock the authority on the server.
-    Ok(zeroize::Zeroizing::new(
-        String::from_utf8_lossy(passphrase.expose_secret()).into_owned(),
-    ))
-}
-
 fn approve(a: ApproveArgs) -> CmdResult {
     let s = a.connect()?;
-    let text = passphrase_text(a.passphrase_file.as_deref(), &a.share_file)?;
-    let answer = s.post_json(
-        &format!("/v1/admin/requests/{}/approve", a.request),
-        &json!({ "passphrase": text.as_str() }),
-    )?;
+    // The passphrase travels once, over TLS, to unlock the authority on the server.
+    let body = api::Approve {
+        passphrase: admin_secret(a.passphrase_file.as_deref(), &a.share_file)?,
+        otp_groups: None,
+    };
+    let answer: api::Approved =
+        s.post_json(&api::ADMIN_REQUEST_APPROVE.path(&[&a.request]), &body)?;
     eprintln!(
         "Recovery packet {} published for recovery ID {}, valid until {}.",
-        answer["packet"].as_str().unwrap_or("?"),
-        answer["recovery_id"].as_str().unwrap_or("?"),
-        answer["expires"].as_str().unwrap_or("?")
+        answer.packet, answer.recovery_id, answer.expires
     );
     eprintln!("One-time password (read it to the user group by group; it is not stored anywhere):");
-    println!("{}", answer["otp"].as_str().unwrap_or(""));
+    // expose_secret: reading it out to the user is what the administrator gets it for.
+    println!("{}", answer.otp.expose_secret());
     Ok(())
 }
 
 fn show_passphrase(a: ShowPassphraseArgs) -> CmdResult {
     let s = a.connect()?;
-    let text = passphrase_text(a.passphrase_file.as_deref(), &a.share_file)?;
-    let answer = s.post_json(
-        &format!("/v1/admin/packets/{}/recovery-passphrase", a.packet),
-        &json!({ "passphrase": text.as_str() }),
-    )?;
-    match answer["recovery_passphrase"].as_str() {
+    let body = api::AdminPassphrase {
+        passphrase: admin_secret(a.passphrase_file.as_deref(), &a.share_file)?,
+    };
+    let answer: api::RecoveryPassphrase =
+        s.post_json(&api::ADMIN_PACKET_PASSPHRASE.path(&[&a.packet]), &body)?;
+    match answer.recovery_passphrase {
         Some(p) => {
             eprintln!("Recovery passphrase escrowed in packet {}:", a.packet);
-            println!("{p}");
+            // expose_secret: showing it is what this audited command is for.
+            println!("{}", String::from_utf8_lossy(p.expose_secret()));
             Ok(())
         }
         None => Err(Failure::new(

@@ -9,7 +9,7 @@ pub mod serve;
 use std::path::Path;
 
 use super::{read_passphrase_file, Exit, Failure};
-use crate::prompt::{Console, Prompt};
+use crate::prompt::{Prompt, Terminal};
 use crate::secret::Passphrase;
 use crate::server::authority::AuthorityError;
 
@@ -38,7 +38,7 @@ pub(crate) fn admin_passphrase(file: Option<&Path>, confirm: bool) -> Result<Pas
     if let Some(file) = file {
         return read_passphrase_file(file);
     }
-    let mut console = Console::new();
+    let mut console = Terminal::new();
     let first = console.ask_secret("Administrator passphrase:")?;
     if confirm {
         let second = console.ask_secret("Administrator passphrase (again):")?;

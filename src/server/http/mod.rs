@@ -1,33 +1,37 @@
-//! The HTTPS API (`lifeline-server serve`). docs/SERVER.md lists the endpoints.
+//! The HTTPS API (`lifeline-server serve`): the routes of `api`, by who calls them —
+//! machines with their credential (`machine.rs`), anyone at boot or on a replacement machine
+//! (`boot.rs`), administrators (`admin.rs`). docs/SERVER.md lists the endpoints.
 //!
-//! Machines authenticate with the credential they got at join; administrators with theirs, and
-//! only from the configured admin networks. Fetching a recovery packet and filing a recovery
-//! request need no credential (a booting machine has none: its credential file is on the
-//! encrypted disk); what they return is OTP-encrypted and signed, and they are audited.
-//! Every database change commits (with its audit entry) before the response is sent.
+//! Who the caller is, is an extractor: a handler that takes [`Admin`] runs only for an
+//! administrator with a valid credential from an administrator network, one that takes
+//! [`Caller`] only for a joined machine, and [`Anonymous`] names everyone else for the audit.
+//! Fetching a recovery packet and filing a recovery request need no credential (a booting
+//! machine has none: its credential file is on the encrypted disk); what they return is
+//! OTP-encrypted and signed, and they are audited. Every database change commits (with its
+//! audit entry) before the response is sent.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::Bytes;
-use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequestParts, State};
+use axum::http::request::Parts;
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use rusqlite::Connection;
-use serde::Deserialize;
-use serde_json::{json, Value};
 
-use super::authority;
 use super::config::Config;
-use super::store::{self, Machine, StoreError, Stored};
-use crate::escrow::EscrowPacket;
-use crate::secret::Passphrase;
+use super::custody::{Custody, CustodyError};
+use super::store::{self, Machine, StoreError};
+use crate::api;
+use crate::secret::Credential;
+use crate::tpm::TssTpm;
 
-mod drsk;
+mod admin;
+mod boot;
+mod machine;
 
 pub struct AppState {
     pub dir: PathBuf,
@@ -38,29 +42,6 @@ pub struct AppState {
     pub limits: super::limits::Limits,
 }
 
-fn too_many() -> ApiError {
-    ApiError(
-        StatusCode::TOO_MANY_REQUESTS,
-        "too many requests; try again in a minute".into(),
-    )
-}
-
-/// Every request counts against its source address.
-async fn limit_address(
-    State(s): State<Shared>,
-    ConnectInfo(from): ConnectInfo<SocketAddr>,
-    request: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Response {
-    if !s.limits.allow(
-        &format!("addr {}", from.ip()),
-        s.config.requests_per_minute_per_address,
-    ) {
-        return too_many().into_response();
-    }
-    next.run(request).await
-}
-
 type Shared = Arc<AppState>;
 
 /// An API failure: a status and one line saying why.
@@ -69,7 +50,7 @@ pub struct ApiError(StatusCode, String);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.0, Json(json!({ "error": self.1 }))).into_response()
+        (self.0, Json(api::Failure { error: self.1 })).into_response()
     }
 }
 
@@ -88,97 +69,220 @@ impl From<StoreError> for ApiError {
     }
 }
 
+impl From<CustodyError> for ApiError {
+    fn from(e: CustodyError) -> Self {
+        let status = match e {
+            CustodyError::NotSetUp(_) | CustodyError::UnknownClient(_) => StatusCode::NOT_FOUND,
+            CustodyError::Refused(_) => StatusCode::FORBIDDEN,
+            CustodyError::Bad(_) => StatusCode::BAD_REQUEST,
+            CustodyError::Tpm(_) | CustodyError::Io(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError(status, e.to_string())
+    }
+}
+
 fn bad(msg: impl Into<String>) -> ApiError {
     ApiError(StatusCode::BAD_REQUEST, msg.into())
+}
+
+fn internal(msg: impl std::fmt::Display) -> ApiError {
+    ApiError(StatusCode::INTERNAL_SERVER_ERROR, msg.to_string())
+}
+
+fn too_many() -> ApiError {
+    ApiError(
+        StatusCode::TOO_MANY_REQUESTS,
+        "too many requests; try again in a minute".into(),
+    )
+}
+
+/// A fresh credential: 64 hex digits.
+fn new_credential() -> Result<String, ApiError> {
+    Ok(store::random_id().map_err(internal)? + &store::random_id().map_err(internal)?)
 }
 
 /// Runs a database operation on the writer thread; answers once it is on disk.
 async fn with_db<T: Send + 'static>(
     s: &Shared,
-    f: impl FnOnce(&mut Connection) -> Result<T, ApiError> + Send + 'static,
+    f: impl FnOnce(&mut store::Connection) -> Result<T, ApiError> + Send + 'static,
 ) -> Result<T, ApiError> {
     s.db.run(f).await
 }
 
-fn bearer(headers: &HeaderMap) -> Option<String> {
-    headers
-        .get("authorization")?
-        .to_str()
-        .ok()?
-        .strip_prefix("Bearer ")
-        .map(str::to_string)
+/// How long a request waits for the server's TPM to answer.
+const TPM_WAIT: Duration = Duration::from_secs(5);
+
+/// Runs `f` with the custody and the server's TPM, one request at a time (a TPM holds only a
+/// few loaded objects), off the async threads.
+async fn with_custody<T: Send + 'static>(
+    s: &Shared,
+    f: impl FnOnce(&Custody, &mut TssTpm) -> Result<T, CustodyError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let s = s.clone();
+    tokio::task::spawn_blocking(move || {
+        let tcti = s
+            .tpm
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let custody = Custody::open(&s.dir)?;
+        let mut tpm = TssTpm::open(&tcti, TPM_WAIT).map_err(CustodyError::from)?;
+        f(&custody, &mut tpm).map_err(ApiError::from)
+    })
+    .await
+    .map_err(|_| internal("the TPM task failed"))?
 }
 
-async fn machine(s: &Shared, headers: &HeaderMap) -> Result<Machine, ApiError> {
-    let unauthorized = || {
-        ApiError(
-            StatusCode::UNAUTHORIZED,
-            "a machine credential is needed (lifeline join)".into(),
-        )
-    };
-    let credential = bearer(headers).ok_or_else(unauthorized)?;
-    let m = with_db(s, move |db| {
-        store::machine_by_credential(db, &credential).map_err(Into::into)
-    })
-    .await?
-    .ok_or_else(unauthorized)?;
+fn peer(parts: &Parts) -> Result<SocketAddr, ApiError> {
+    parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0)
+        .ok_or_else(|| internal("no peer address"))
+}
+
+fn bearer(parts: &Parts) -> Option<Credential> {
+    let value = parts.headers.get("authorization")?.to_str().ok()?;
+    let token = value.strip_prefix("Bearer ")?;
+    Some(Credential::new(zeroize::Zeroizing::new(token.to_string())))
+}
+
+/// An administrator: from an administrator network, with a valid administrator credential.
+/// Holds their name, for the audit.
+pub struct Admin(pub String);
+
+impl FromRequestParts<Shared> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, s: &Shared) -> Result<Self, ApiError> {
+        let from = peer(parts)?;
+        if !s.config.is_admin_address(from.ip()) {
+            return Err(ApiError(
+                StatusCode::FORBIDDEN,
+                format!("{} is not in an administrator network", from.ip()),
+            ));
+        }
+        let unauthorized = || {
+            ApiError(
+                StatusCode::UNAUTHORIZED,
+                "an administrator credential is needed".into(),
+            )
+        };
+        let credential = bearer(parts).ok_or_else(unauthorized)?;
+        with_db(s, move |db| {
+            // expose_secret: looked up by hash.
+            store::admin_by_credential(db, credential.expose_secret()).map_err(Into::into)
+        })
+        .await?
+        .map(Admin)
+        .ok_or_else(unauthorized)
+    }
+}
+
+/// A joined machine, by its credential; its requests count against its own limit.
+pub struct Caller(pub Machine);
+
+impl FromRequestParts<Shared> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, s: &Shared) -> Result<Self, ApiError> {
+        let unauthorized = || {
+            ApiError(
+                StatusCode::UNAUTHORIZED,
+                "a machine credential is needed (lifeline join)".into(),
+            )
+        };
+        let credential = bearer(parts).ok_or_else(unauthorized)?;
+        let m = with_db(s, move |db| {
+            // expose_secret: looked up by hash.
+            store::machine_by_credential(db, credential.expose_secret()).map_err(Into::into)
+        })
+        .await?
+        .ok_or_else(unauthorized)?;
+        if !s.limits.allow(
+            &format!("machine {}", m.id),
+            s.config.requests_per_minute_per_machine,
+        ) {
+            return Err(too_many());
+        }
+        Ok(Caller(m))
+    }
+}
+
+/// Someone without a credential, as the audit names them: `anonymous@ADDRESS`.
+pub struct Anonymous(pub String);
+
+impl FromRequestParts<Shared> for Anonymous {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &Shared) -> Result<Self, ApiError> {
+        Ok(Anonymous(format!("anonymous@{}", peer(parts)?.ip())))
+    }
+}
+
+/// Every request counts against its source address.
+async fn limit_address(
+    State(s): State<Shared>,
+    ConnectInfo(from): ConnectInfo<SocketAddr>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
     if !s.limits.allow(
-        &format!("machine {}", m.id),
-        s.config.requests_per_minute_per_machine,
+        &format!("addr {}", from.ip()),
+        s.config.requests_per_minute_per_address,
     ) {
-        return Err(too_many());
+        return too_many().into_response();
     }
-    Ok(m)
+    next.run(request).await
 }
 
-async fn admin(s: &Shared, headers: &HeaderMap, from: SocketAddr) -> Result<String, ApiError> {
-    if !s.config.is_admin_address(from.ip()) {
-        return Err(ApiError(
-            StatusCode::FORBIDDEN,
-            format!("{} is not in an administrator network", from.ip()),
-        ));
+impl AppState {
+    /// `restore_valid_for`, in seconds (checked when the configuration was loaded).
+    fn restore_valid_for(&self) -> i64 {
+        self.config.restore_valid_for().unwrap_or(0)
     }
-    let unauthorized = || {
-        ApiError(
-            StatusCode::UNAUTHORIZED,
-            "an administrator credential is needed".into(),
-        )
-    };
-    let credential = bearer(headers).ok_or_else(unauthorized)?;
-    with_db(s, move |db| {
-        store::admin_by_credential(db, &credential).map_err(Into::into)
-    })
-    .await?
-    .ok_or_else(unauthorized)
+}
+
+/// The short ID a user reads over the phone for a restore request.
+fn restore_id(row: &store::RestoreRow) -> String {
+    crate::unlock::recovery_id(&row.client_id, &row.id)
+}
+
+/// The recovery ID of a machine's volume, as its boot screen shows it.
+pub fn recovery_id(m: &Machine, volume_uuid: &str) -> String {
+    crate::unlock::recovery_id(m.client_id.as_deref().unwrap_or(&m.machine_id), volume_uuid)
 }
 
 pub fn router(state: Shared) -> Router {
     let limit = state.config.max_body_bytes;
+    let r = |route: api::Route| route.template();
     Router::new()
-        .route("/v1/authority", get(authority_keys))
-        .route("/v1/join", post(join))
-        .route("/v1/escrow", post(escrow))
-        .route("/v1/recovery-requests", post(request_recovery))
-        .route("/v1/recovery/{machine}/{volume}", get(fetch_recovery))
-        .route("/v1/recovery/{packet}/used", post(recovery_used))
-        .route("/v1/drsk/backup", post(drsk::backup))
-        .route("/v1/drsk/restore-requests", post(drsk::request_restore))
-        .route("/v1/drsk/restore-requests/{id}/proof", post(drsk::prove))
-        .route("/v1/drsk/restores/{client}/{srk}", get(drsk::fetch))
-        .route("/v1/admin/restores", get(drsk::list))
-        .route("/v1/admin/restores/{id}/approve", post(drsk::approve))
-        .route("/v1/admin/restores/{id}/delete", post(drsk::delete))
-        .route("/v1/admin/enrollment-tokens", post(enrollment_token))
-        .route("/v1/admin/packets", get(list_packets))
-        .route("/v1/admin/requests", get(list_requests))
-        .route("/v1/admin/requests/{id}/approve", post(approve))
-        .route("/v1/admin/machines", get(list_machines))
-        .route("/v1/admin/packets/{id}/obsolete", post(obsolete))
-        .route("/v1/admin/packets/{id}/delete", post(delete))
+        .route(r(api::AUTHORITY), get(boot::authority))
+        .route(r(api::JOIN), post(machine::join))
+        .route(r(api::ESCROW), post(machine::escrow))
+        .route(r(api::DRSK_BACKUP), post(machine::drsk_backup))
+        .route(r(api::RECOVERY_REQUESTS), post(boot::request_recovery))
+        .route(r(api::RECOVERY_PACKET), get(boot::recovery_packet))
+        .route(r(api::RECOVERY_USED), post(boot::recovery_used))
+        .route(r(api::RESTORE_REQUESTS), post(boot::request_restore))
+        .route(r(api::RESTORE_PROOF), post(boot::prove))
+        .route(r(api::RESTORE_FILE), get(boot::restore_file))
         .route(
-            "/v1/admin/packets/{id}/recovery-passphrase",
-            post(show_passphrase),
+            r(api::ADMIN_ENROLLMENT_TOKENS),
+            post(admin::enrollment_token),
         )
+        .route(r(api::ADMIN_MACHINES), get(admin::machines))
+        .route(r(api::ADMIN_PACKETS), get(admin::packets))
+        .route(r(api::ADMIN_PACKET_OBSOLETE), post(admin::obsolete))
+        .route(r(api::ADMIN_PACKET_DELETE), post(admin::delete))
+        .route(
+            r(api::ADMIN_PACKET_PASSPHRASE),
+            post(admin::show_passphrase),
+        )
+        .route(r(api::ADMIN_REQUESTS), get(admin::requests))
+        .route(r(api::ADMIN_REQUEST_APPROVE), post(admin::approve))
+        .route(r(api::ADMIN_RESTORES), get(admin::restores))
+        .route(r(api::ADMIN_RESTORE_APPROVE), post(admin::approve_restore))
+        .route(r(api::ADMIN_RESTORE_DELETE), post(admin::delete_restore))
         .layer(DefaultBodyLimit::max(limit))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -212,414 +316,6 @@ async fn json_errors(response: Response) -> Response {
         false => text,
     };
     ApiError(status, text).into_response()
-}
-
-/// The public halves of the authority: what clients encrypt to and trust.
-async fn authority_keys(State(s): State<Shared>) -> Result<Json<Value>, ApiError> {
-    let read = |f: &str| {
-        std::fs::read_to_string(s.dir.join(f))
-            .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
-    };
-    // The DRSK server key, when this server keeps DRSKs (lifeline backup --server needs it).
-    let drsk = std::fs::read(s.dir.join("drsk.pub"))
-        .ok()
-        .map(|k| crate::hex::encode(&k));
-    Ok(Json(json!({
-        "recipient": read(authority::RECIPIENT_FILE)?.trim(),
-        "minisign": read(authority::TRUST_KEY_FILE)?,
-        "drsk": drsk,
-    })))
-}
-
-#[derive(Deserialize)]
-struct JoinRequest {
-    token: String,
-    machine_id: String,
-    client_id: Option<String>,
-    host: String,
-}
-
-fn is_hex_id(s: &str, len: usize) -> bool {
-    s.len() == len && s.bytes().all(|b| b.is_ascii_hexdigit())
-}
-
-async fn join(
-    State(s): State<Shared>,
-    Json(req): Json<JoinRequest>,
-) -> Result<Json<Value>, ApiError> {
-    let machine_id = crate::id::machine_id(&req.machine_id)
-        .map_err(|e| bad(format!("machine_id: {e} (/etc/machine-id)")))?;
-    let client_id = match req.client_id.as_deref() {
-        Some(c) => Some(crate::id::client_id(c).map_err(|e| bad(format!("client_id: {e}")))?),
-        None => None,
-    };
-    if req.host.is_empty() || req.host.len() > 255 || req.host.chars().any(char::is_control) {
-        return Err(bad("host must be a host name"));
-    }
-    let credential = store::random_id()
-        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
-        + &store::random_id()
-            .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-    let m = Machine {
-        id: store::random_id()
-            .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?,
-        machine_id,
-        client_id,
-        host: req.host,
-    };
-    let (id, cred) = (m.id.clone(), credential.clone());
-    with_db(&s, move |db| {
-        store::join(db, &req.token, &m, &cred).map_err(|e| match e {
-            StoreError::Refused(m) => ApiError(StatusCode::FORBIDDEN, m),
-            other => other.into(),
-        })
-    })
-    .await?;
-    Ok(Json(json!({ "machine": id, "credential": credential })))
-}
-
-#[derive(Deserialize)]
-struct EscrowQuery {
-    fingerprint: String,
-    #[serde(default)]
-    obsolete_older: bool,
-}
-
-async fn escrow(
-    State(s): State<Shared>,
-    headers: HeaderMap,
-    Query(q): Query<EscrowQuery>,
-    body: Bytes,
-) -> Result<Response, ApiError> {
-    let m = machine(&s, &headers).await?;
-    if !is_hex_id(&q.fingerprint, 64) {
-        return Err(bad("fingerprint must be 64 hex digits"));
-    }
-    let packet = EscrowPacket::parse(&body).map_err(|e| bad(e.to_string()))?;
-    if packet.info.machine_id != m.machine_id {
-        return Err(ApiError(
-            StatusCode::FORBIDDEN,
-            "the packet is for another machine".into(),
-        ));
-    }
-    let volume = packet.info.volume_uuid.clone();
-    let limit = s.config.max_packets_per_machine;
-    let stored = with_db(&s, move |db| {
-        store::store_packet(
-            db,
-            &m,
-            &volume,
-            &q.fingerprint,
-            &body,
-            limit,
-            q.obsolete_older,
-        )
-        .map_err(Into::into)
-    })
-    .await?;
-    Ok(match stored {
-        Stored::New(id) => (
-            StatusCode::CREATED,
-            Json(json!({ "status": "stored", "packet": id })),
-        )
-            .into_response(),
-        Stored::AlreadyInEscrow(id) => {
-            Json(json!({ "status": "already in escrow", "packet": id })).into_response()
-        }
-    })
-}
-
-#[derive(Deserialize)]
-struct RecoveryRequest {
-    /// Machine ID or client ID.
-    machine: String,
-    volume_uuid: String,
-}
-
-async fn request_recovery(
-    State(s): State<Shared>,
-    ConnectInfo(from): ConnectInfo<SocketAddr>,
-    Json(req): Json<RecoveryRequest>,
-) -> Result<Json<Value>, ApiError> {
-    let who = format!("anonymous@{}", from.ip());
-    let volume =
-        crate::id::volume_uuid(&req.volume_uuid).map_err(|e| bad(format!("volume_uuid: {e}")))?;
-    let asked = volume.clone();
-    let (id, machine) = with_db(&s, move |db| {
-        store::request_recovery(db, &req.machine, &asked, &who).map_err(Into::into)
-    })
-    .await?;
-    Ok(Json(
-        json!({ "request": id, "recovery_id": recovery_id(&machine, &volume) }),
-    ))
-}
-
-async fn fetch_recovery(
-    State(s): State<Shared>,
-    ConnectInfo(from): ConnectInfo<SocketAddr>,
-    Path((machine, volume)): Path<(String, String)>,
-) -> Result<Response, ApiError> {
-    let who = format!("anonymous@{}", from.ip());
-    let body = with_db(&s, move |db| {
-        store::fetch_recovery(db, &machine, &volume, &who).map_err(Into::into)
-    })
-    .await?;
-    Ok(([("content-type", "text/plain")], body).into_response())
-}
-
-#[derive(Deserialize)]
-struct Used {
-    use_token: String,
-}
-
-async fn recovery_used(
-    State(s): State<Shared>,
-    ConnectInfo(from): ConnectInfo<SocketAddr>,
-    Path(packet): Path<String>,
-    Json(req): Json<Used>,
-) -> Result<Json<Value>, ApiError> {
-    let who = format!("anonymous@{}", from.ip());
-    let token = crate::hex::decode(&req.use_token).ok_or_else(|| bad("use_token is not hex"))?;
-    with_db(&s, move |db| {
-        store::recovery_used(db, &packet, &token, &who).map_err(Into::into)
-    })
-    .await?;
-    Ok(Json(json!({ "status": "used" })))
-}
-
-async fn enrollment_token(
-    State(s): State<Shared>,
-    headers: HeaderMap,
-    ConnectInfo(from): ConnectInfo<SocketAddr>,
-) -> Result<Json<Value>, ApiError> {
-    let name = admin(&s, &headers, from).await?;
-    let token = store::random_id()
-        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-    let valid = s
-        .config
-        .token_valid_for()
-        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e))?;
-    let t = token.clone();
-    with_db(&s, move |db| {
-        store::add_enrollment_token(db, &name, &t, valid.as_secs() as i64).map_err(Into::into)
-    })
-    .await?;
-    Ok(Json(
-        json!({ "token": token, "valid_for": s.config.enrollment_token_valid_for }),
-    ))
-}
-
-async fn list_packets(
-    State(s): State<Shared>,
-    headers: HeaderMap,
-    ConnectInfo(from): ConnectInfo<SocketAddr>,
-) -> Result<Json<Value>, ApiError> {
-    admin(&s, &headers, from).await?;
-    let rows = with_db(&s, |db| store::list_packets(db).map_err(Into::into)).await?;
-    Ok(Json(json!(rows
-        .iter()
-        .map(|p| json!({"packet": p.id, "machine": p.machine, "host": p.host, "volume_uuid": p.volume_uuid, "created": p.created, "obsolete": p.obsolete}))
-        .collect::<Vec<_>>())))
-}
-
-async fn list_requests(
-    State(s): State<Shared>,
-    headers: HeaderMap,
-    ConnectInfo(from): ConnectInfo<SocketAddr>,
-) -> Result<Json<Value>, ApiError> {
-    admin(&s, &headers, from).await?;
-    let rows = with_db(&s, |db| store::list_requests(db).map_err(Into::into)).await?;
-    Ok(Json(json!(rows
-        .iter()
-        .map(|r| json!({
-            "request": r.id, "recovery_id": recovery_id(&r.machine, &r.volume_uuid), "host": r.machine.host,
-            "machine_id": r.machine.machine_id, "volume_uuid": r.volume_uuid, "created": r.created, "state": r.state,
-        }))
-        .collect::<Vec<_>>())))
-}
-
-/// The recovery ID of a machine's volume, as its boot screen shows it.
-pub fn recovery_id(m: &Machine, volume_uuid: &str) -> String {
-    crate::unlock::recovery_id(m.client_id.as_deref().unwrap_or(&m.machine_id), volume_uuid)
-}
-
-#[derive(Deserialize)]
-struct Approve {
-    /// Wiped when dropped (the request body's own buffer is not ours to wipe).
-    passphrase: zeroize::Zeroizing<String>,
-    otp_groups: Option<usize>,
-}
-
-async fn approve(
-    State(s): State<Shared>,
-    headers: HeaderMap,
-    ConnectInfo(from): ConnectInfo<SocketAddr>,
-    Path(id): Path<String>,
-    Json(req): Json<Approve>,
-) -> Result<Json<Value>, ApiError> {
-    let name = admin(&s, &headers, from).await?;
-    let valid_for = s
-        .config
-        .recovery_valid_for()
-        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e))?;
-    let groups = req.otp_groups.unwrap_or(crate::escrow::otp::DEFAULT_GROUPS);
-    let passphrase = Passphrase::from_slice(req.passphrase.as_bytes());
-    drop(req);
-    let (request, escrow) = with_db(&s, move |db| {
-        store::packet_for_request(db, &id).map_err(Into::into)
-    })
-    .await?;
-    // The authority's keys exist decrypted only inside this blocking task (scrypt takes a
-    // second; it does not hold up the database).
-    let dir = s.dir.clone();
-    let issued = tokio::task::spawn_blocking(move || -> Result<_, ApiError> {
-        let unlocked = authority::unlock(&dir, &passphrase).map_err(|e| match e {
-            authority::AuthorityError::WrongPassphrase => {
-                ApiError(StatusCode::FORBIDDEN, e.to_string())
-            }
-            other => ApiError(StatusCode::INTERNAL_SERVER_ERROR, other.to_string()),
-        })?;
-        unlocked
-            .issue_recovery(&escrow, valid_for, groups)
-            .map_err(|e| ApiError(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))
-    })
-    .await
-    .map_err(|_| {
-        ApiError(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "the approval failed".into(),
-        )
-    })??;
-    let expires = issued
-        .binding
-        .expires
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0);
-    let (packet_id, body, request_for_db, token_hash) = (
-        issued.binding.packet_id.clone(),
-        issued.packet.clone(),
-        request.clone(),
-        issued.use_token_hash.clone(),
-    );
-    with_db(&s, move |db| {
-        store::publish_recovery(
-            db,
-            &name,
-            &request_for_db,
-            &packet_id,
-            &body,
-            expires,
-            &token_hash,
-        )
-        .map_err(Into::into)
-    })
-    .await?;
-    // expose_secret: the OTP goes to the approving administrator once, in this response.
-    Ok(Json(json!({
-        "otp": issued.otp.expose_secret(),
-        "packet": issued.binding.packet_id,
-        "expires": humantime::format_rfc3339_seconds(issued.binding.expires).to_string(),
-        "recovery_id": recovery_id(&request.machine, &request.volume_uuid),
-    })))
-}
-
-async fn list_machines(
-    State(s): State<Shared>,
-    headers: HeaderMap,
-    ConnectInfo(from): ConnectInfo<SocketAddr>,
-) -> Result<Json<Value>, ApiError> {
-    admin(&s, &headers, from).await?;
-    let rows = with_db(&s, |db| store::list_machines(db).map_err(Into::into)).await?;
-    Ok(Json(json!(rows
-        .iter()
-        .map(|r| json!({
-            "machine": r.machine.id, "host": r.machine.host, "machine_id": r.machine.machine_id,
-            "client_id": r.machine.client_id, "created": r.created, "packets": r.packets,
-        }))
-        .collect::<Vec<_>>())))
-}
-
-async fn retire(
-    s: Shared,
-    headers: HeaderMap,
-    from: SocketAddr,
-    id: String,
-    delete: bool,
-) -> Result<Json<Value>, ApiError> {
-    let name = admin(&s, &headers, from).await?;
-    with_db(&s, move |db| {
-        store::retire_packet(db, &name, &id, delete).map_err(Into::into)
-    })
-    .await?;
-    Ok(Json(
-        json!({ "status": if delete { "deleted" } else { "obsolete" } }),
-    ))
-}
-
-async fn obsolete(
-    State(s): State<Shared>,
-    headers: HeaderMap,
-    ConnectInfo(from): ConnectInfo<SocketAddr>,
-    Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
-    retire(s, headers, from, id, false).await
-}
-
-async fn delete(
-    State(s): State<Shared>,
-    headers: HeaderMap,
-    ConnectInfo(from): ConnectInfo<SocketAddr>,
-    Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
-    retire(s, headers, from, id, true).await
-}
-
-#[derive(Deserialize)]
-struct Unlock {
-    passphrase: zeroize::Zeroizing<String>,
-}
-
-/// Decrypts an escrow packet and returns its recovery passphrase: the same controls as an
-/// approval (admin network, credential, administrator passphrase), audited before it is read.
-async fn show_passphrase(
-    State(s): State<Shared>,
-    headers: HeaderMap,
-    ConnectInfo(from): ConnectInfo<SocketAddr>,
-    Path(id): Path<String>,
-    Json(req): Json<Unlock>,
-) -> Result<Json<Value>, ApiError> {
-    let name = admin(&s, &headers, from).await?;
-    let passphrase = Passphrase::from_slice(req.passphrase.as_bytes());
-    drop(req);
-    let body = with_db(&s, move |db| {
-        store::read_packet_for_admin(db, &name, &id).map_err(Into::into)
-    })
-    .await?;
-    let dir = s.dir.clone();
-    let text = tokio::task::spawn_blocking(move || -> Result<Option<String>, ApiError> {
-        let unlocked = authority::unlock(&dir, &passphrase).map_err(|e| match e {
-            authority::AuthorityError::WrongPassphrase => {
-                ApiError(StatusCode::FORBIDDEN, e.to_string())
-            }
-            other => ApiError(StatusCode::INTERNAL_SERVER_ERROR, other.to_string()),
-        })?;
-        let record = unlocked
-            .open_escrow(&body)
-            .map_err(|e| ApiError(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))?;
-        // expose_secret: showing it to the administrator is the purpose of this endpoint.
-        Ok(record
-            .recovery_passphrase
-            .map(|p| String::from_utf8_lossy(p.expose_secret()).into_owned()))
-    })
-    .await
-    .map_err(|_| {
-        ApiError(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "decryption failed".into(),
-        )
-    })??;
-    Ok(Json(json!({ "recovery_passphrase": text })))
 }
 
 /// Serves until interrupted.

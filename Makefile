@@ -19,10 +19,13 @@ build: deps
 release: deps
 	$(CARGO) build --release --all-features
 
-# The tests, then every fuzz target briefly: one that stops building or crashes on its seeds
-# fails here.
+# Formatting and lints first (they fail fastest), the tests, the client binary's size budget,
+# then every fuzz target briefly: one that stops building or crashes on its seeds fails here.
 test: deps
+	$(CARGO) fmt --check
+	$(CARGO) clippy --all-targets --all-features -- -D warnings
 	$(CARGO) test --all-features
+	./scripts/check-size.sh
 	FUZZ_SECONDS=3 ./scripts/fuzz.sh
 
 # Each fuzz target for FUZZ_SECONDS (default 300); figures in docs/benchmarks.md.

@@ -3,7 +3,8 @@
 //!
 //! The file is a small subset of TOML — `key = value` lines (strings in double quotes, integers,
 //! `true`/`false`), `#` comments, and one `[[volume]]` table per volume — read by a parser of
-//! a few dozen lines instead of a TOML library in an initramfs binary that must stay small.
+//! its own (about 200 lines) instead of a TOML library in an initramfs binary that must stay
+//! small.
 //! Every unknown key, bad value or missing setting is an error naming the line: lifeline then
 //! steps aside and the distribution unlocks as it would without it.
 

@@ -37,24 +37,31 @@
 //! - Whoever controls a client's TPM (even with the owner authorization) cannot export the
 //!   DRSK to a key of their own; the TPM enforces it.
 //! - Secrets are zeroized, never logged, never `Debug`-printed, never written unencrypted.
+//!   Copies that third-party crates make are theirs and not wiped: the HTTP stacks' header
+//!   and body buffers, the hmac crate's state for the key fingerprint.
 //!
 //! # Modules
 //!
 //! - [`secret`]: every secret type.
+//! - [`api`]: the escrow server's HTTPS API — routes, requests, answers — as both sides use it.
 //! - [`escrow`]: packet formats, the plaintext record, the OTP codec, the HTTPS client and
 //!   removable media as sources of packets.
 //! - [`luks`]: libcryptsetup adapter (volume key, keyslots, tokens, activation).
 //! - [`unlock`]: the boot flow behind narrow traits, with fakes for its scenario tests;
 //!   [`config`]: its `lifeline.toml` and `rd.lifeline.*` settings.
-//! - [`tpm`]: tss-esapi adapter, policy digests, the `lifeline-tpm2` token, DRSK files.
+//! - [`tpm`]: tss-esapi adapter (`tpm/tss/`, a file per job), policy digests, the
+//!   `lifeline-tpm2` token and where a volume keeps it, DRSK files.
 //! - [`prompt`]: asking a person for secrets (console, systemd's agents, plymouth).
-//! - [`cmd`]: the subcommands of both binaries and their exit codes.
+//! - [`cmd`]: the subcommands of both binaries, their exit codes and failures (`cmd/exit.rs`)
+//!   and what a person hands them (`cmd/input.rs`).
 //! - [`id`]: client IDs, machine IDs, volume UUIDs and packet IDs, each checked once where it
 //!   is read (they end up in URLs, paths on removable media and on the boot screen).
 //! - [`atomic_file`], [`input`], [`hex`]: files written whole or not at all; files read only
 //!   when regular and small; hex for the text formats.
 //! - `server` (feature `server`): the recovery authority, DRSK custody, and the HTTPS
-//!   escrow server (axum + rustls, SQLite with group commit and a hash-chained audit log).
+//!   escrow server: `server/http/` (axum + rustls, a file per audience) over `server/store/`
+//!   (SQLite with group commit and a hash-chained audit log, a file per entity, behind one
+//!   `Store` type).
 
 #![forbid(unsafe_code)]
 

@@ -2,8 +2,9 @@
 //! backup to, and restore from, a server's TPM (after seeds/003, with a stricter duplication
 //! policy; see `docs/TPM.md`).
 //!
-//! `tss.rs` is the only file that touches tss-esapi; its types do not leave it. Every TPM
-//! response code is turned into a [`TpmError`] there, once, in the terms callers decide on.
+//! `tss/` is the only place that touches tss-esapi; its types do not leave it. Every TPM
+//! response code is turned into a [`TpmError`] there (`tss/rc.rs`), once, in the terms callers
+//! decide on. `token.rs` is the LUKS side: the sealed token and where a volume keeps it.
 
 pub mod policy;
 pub mod token;

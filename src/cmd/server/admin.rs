@@ -235,7 +235,7 @@ fn add(args: AddArgs) -> CmdResult {
         .map_err(|e| Failure::new(Exit::Failure, e.to_string()))?;
     let credential = store::random_id().map_err(|e| Failure::new(Exit::Failure, e.to_string()))?
         + &store::random_id().map_err(|e| Failure::new(Exit::Failure, e.to_string()))?;
-    store::add_admin(&mut db, &args.name, &credential)
+    db.add_admin(&args.name, &credential)
         .map_err(|e| Failure::new(Exit::Exists, e.to_string()))?;
     eprintln!(
         "Administrator {} added. Their credential (shown once; keep it in a root-only file):",

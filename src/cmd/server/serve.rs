@@ -61,9 +61,7 @@ pub fn run_audit(args: AuditArgs) -> CmdResult {
         .todo("restore the database from a backup and investigate")
     };
     let db = store::open(&args.dir.join("lifeline.db")).map_err(failed)?;
-    let n = store::verify_audit(&db)
-        .map_err(failed)?
-        .map_err(tampered)?;
+    let n = db.verify_audit().map_err(failed)?.map_err(tampered)?;
     let Some(stream) = &args.stream else {
         eprintln!(
             "Audit log intact: {n} entries. (Entries deleted from the newest end show only \
@@ -74,7 +72,8 @@ pub fn run_audit(args: AuditArgs) -> CmdResult {
     // The stream may be a journal export: large, so read whole but only as text.
     let text = std::fs::read_to_string(stream)
         .map_err(|e| Failure::usage(format!("cannot read {}: {e}", stream.display())))?;
-    let newest = store::verify_against_stream(&db, &text)
+    let newest = db
+        .verify_against_stream(&text)
         .map_err(failed)?
         .map_err(tampered)?
         .ok_or_else(|| {

@@ -20,7 +20,8 @@ pub async fn enrollment_token(
     let valid = s.config.token_valid_for().map_err(internal)?;
     let t = token.clone();
     with_db(&s, move |db| {
-        store::add_enrollment_token(db, &name, &t, valid.as_secs() as i64).map_err(Into::into)
+        db.add_enrollment_token(&name, &t, valid.as_secs() as i64)
+            .map_err(Into::into)
     })
     .await?;
     Ok(Json(api::EnrollmentTokenIssued {
@@ -34,7 +35,7 @@ pub async fn packets(
     State(s): State<Shared>,
     _: Admin,
 ) -> Result<Json<Vec<api::PacketRow>>, ApiError> {
-    let rows = with_db(&s, |db| store::list_packets(db).map_err(Into::into)).await?;
+    let rows = with_db(&s, |db| db.list_packets().map_err(Into::into)).await?;
     Ok(Json(
         rows.into_iter()
             .map(|p| api::PacketRow {
@@ -54,7 +55,7 @@ pub async fn requests(
     State(s): State<Shared>,
     _: Admin,
 ) -> Result<Json<Vec<api::RequestRow>>, ApiError> {
-    let rows = with_db(&s, |db| store::list_requests(db).map_err(Into::into)).await?;
+    let rows = with_db(&s, |db| db.list_requests().map_err(Into::into)).await?;
     Ok(Json(
         rows.into_iter()
             .map(|r| api::RequestRow {
@@ -75,7 +76,7 @@ pub async fn machines(
     State(s): State<Shared>,
     _: Admin,
 ) -> Result<Json<Vec<api::MachineRow>>, ApiError> {
-    let rows = with_db(&s, |db| store::list_machines(db).map_err(Into::into)).await?;
+    let rows = with_db(&s, |db| db.list_machines().map_err(Into::into)).await?;
     Ok(Json(
         rows.into_iter()
             .map(|r| api::MachineRow {
@@ -119,10 +120,8 @@ pub async fn approve(
 ) -> Result<Json<api::Approved>, ApiError> {
     let valid_for = s.config.recovery_valid_for().map_err(internal)?;
     let groups = req.otp_groups.unwrap_or(crate::escrow::otp::DEFAULT_GROUPS);
-    let (request, escrow) = with_db(&s, move |db| {
-        store::packet_for_request(db, &id).map_err(Into::into)
-    })
-    .await?;
+    let (request, escrow) =
+        with_db(&s, move |db| db.packet_for_request(&id).map_err(Into::into)).await?;
     let issued = with_authority(&s, req.passphrase, move |unlocked| {
         unlocked
             .issue_recovery(&escrow, valid_for, groups)
@@ -142,8 +141,7 @@ pub async fn approve(
         issued.use_token_hash.clone(),
     );
     with_db(&s, move |db| {
-        store::publish_recovery(
-            db,
+        db.publish_recovery(
             &name,
             &request_for_db,
             &packet_id,
@@ -169,7 +167,7 @@ async fn retire(
     delete: bool,
 ) -> Result<Json<api::Done>, ApiError> {
     with_db(&s, move |db| {
-        store::retire_packet(db, &name, &id, delete).map_err(Into::into)
+        db.retire_packet(&name, &id, delete).map_err(Into::into)
     })
     .await?;
     let status = if delete { "deleted" } else { "obsolete" };
@@ -206,7 +204,7 @@ pub async fn show_passphrase(
     Json(req): Json<api::AdminPassphrase>,
 ) -> Result<Json<api::RecoveryPassphrase>, ApiError> {
     let body = with_db(&s, move |db| {
-        store::read_packet_for_admin(db, &name, &id).map_err(Into::into)
+        db.read_packet_for_admin(&name, &id).map_err(Into::into)
     })
     .await?;
     let recovery_passphrase = with_authority(&s, req.passphrase, move |unlocked| {
@@ -226,7 +224,7 @@ pub async fn restores(
     State(s): State<Shared>,
     _: Admin,
 ) -> Result<Json<Vec<api::RestoreRow>>, ApiError> {
-    let rows = with_db(&s, |db| store::list_restores(db).map_err(Into::into)).await?;
+    let rows = with_db(&s, |db| db.list_restores().map_err(Into::into)).await?;
     let valid_for = s.restore_valid_for();
     Ok(Json(
         rows.iter()
@@ -254,7 +252,7 @@ pub async fn delete_restore(
     Path(id): Path<String>,
 ) -> Result<Json<api::Done>, ApiError> {
     with_db(&s, move |db| {
-        store::delete_restore(db, &id, &name).map_err(Into::into)
+        db.delete_restore(&id, &name).map_err(Into::into)
     })
     .await?;
     Ok(Json(api::Done {
@@ -273,7 +271,8 @@ pub async fn approve_restore(
     let valid_for = s.restore_valid_for();
     // Checked before the TPM works, and again when the result is stored.
     let row = with_db(&s, move |db| {
-        store::restore_in_state(db, &id2, "pending", valid_for).map_err(Into::into)
+        db.restore_in_state(&id2, "pending", valid_for)
+            .map_err(Into::into)
     })
     .await?;
     let (client, srk) = (row.client_id.clone(), row.srk_public.clone());
@@ -288,7 +287,7 @@ pub async fn approve_restore(
             to: "approved",
             body: Some(&body),
         };
-        store::advance_restore(db, &id, step, valid_for, &name, "approve-restore")
+        db.advance_restore(&id, step, valid_for, &name, "approve-restore")
             .map_err(Into::into)
     })
     .await?;

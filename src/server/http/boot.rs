@@ -40,7 +40,8 @@ pub async fn request_recovery(
         crate::id::volume_uuid(&req.volume_uuid).map_err(|e| bad(format!("volume_uuid: {e}")))?;
     let asked = volume.clone();
     let (id, machine) = with_db(&s, move |db| {
-        store::request_recovery(db, &req.machine, &asked, &who).map_err(Into::into)
+        db.request_recovery(&req.machine, &asked, &who)
+            .map_err(Into::into)
     })
     .await?;
     Ok(Json(api::RecoveryRequested {
@@ -56,7 +57,8 @@ pub async fn recovery_packet(
     Path((machine, volume)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
     let body = with_db(&s, move |db| {
-        store::fetch_recovery(db, &machine, &volume, &who).map_err(Into::into)
+        db.fetch_recovery(&machine, &volume, &who)
+            .map_err(Into::into)
     })
     .await?;
     Ok(([("content-type", "text/plain")], body).into_response())
@@ -72,7 +74,8 @@ pub async fn recovery_used(
 ) -> Result<Json<api::Done>, ApiError> {
     with_db(&s, move |db| {
         // expose_secret: compared with the hash the server keeps.
-        store::recovery_used(db, &packet, req.use_token.expose_secret(), &who).map_err(Into::into)
+        db.recovery_used(&packet, req.use_token.expose_secret(), &who)
+            .map_err(Into::into)
     })
     .await?;
     Ok(Json(api::Done {
@@ -121,8 +124,7 @@ pub async fn request_restore(
     let hash = challenge.as_ref().map(|(_, p)| p.secret_hash.clone());
     let valid_for = s.restore_valid_for();
     let row = with_db(&s, move |db| {
-        store::file_restore_request(
-            db,
+        db.file_restore_request(
             &client,
             &crate::hex::encode(&srk_name),
             &srk,
@@ -159,7 +161,7 @@ pub async fn prove(
         .unwrap_or_default();
     let valid_for = s.restore_valid_for();
     with_db(&s, move |db| {
-        let row = store::restore_in_state(db, &id, "challenged", valid_for)?;
+        let row = db.restore_in_state(&id, "challenged", valid_for)?;
         let pending = Pending {
             new_parent_name: tpm::name_of_public(&row.srk_public)
                 .map_err(|e| bad(e.to_string()))?,
@@ -171,7 +173,8 @@ pub async fn prove(
             to: "pending",
             body: None,
         };
-        store::advance_restore(db, &id, step, valid_for, &who, "restore-proof").map_err(Into::into)
+        db.advance_restore(&id, step, valid_for, &who, "restore-proof")
+            .map_err(Into::into)
     })
     .await?;
     Ok(Json(api::Proved {
@@ -190,7 +193,8 @@ pub async fn restore_file(
     let srk = srk.to_ascii_lowercase();
     let valid_for = s.restore_valid_for();
     let body = with_db(&s, move |db| {
-        store::fetch_restore(db, &client, &srk, &who, valid_for).map_err(Into::into)
+        db.fetch_restore(&client, &srk, &who, valid_for)
+            .map_err(Into::into)
     })
     .await?;
     Ok(([("content-type", "text/plain")], body).into_response())

@@ -37,10 +37,11 @@ pub async fn join(
     let (id, cred, token) = (m.id.clone(), credential.clone(), req.token);
     with_db(&s, move |db| {
         // expose_secret: the token is looked up (by hash) and spent.
-        store::join(db, token.expose_secret(), &m, &cred).map_err(|e| match e {
-            StoreError::Refused(m) => ApiError(StatusCode::FORBIDDEN, m),
-            other => other.into(),
-        })
+        db.join(token.expose_secret(), &m, &cred)
+            .map_err(|e| match e {
+                StoreError::Refused(m) => ApiError(StatusCode::FORBIDDEN, m),
+                other => other.into(),
+            })
     })
     .await?;
     Ok(Json(api::Joined {
@@ -69,16 +70,8 @@ pub async fn escrow(
     let volume = packet.info.volume_uuid.clone();
     let limit = s.config.max_packets_per_machine;
     let stored = with_db(&s, move |db| {
-        store::store_packet(
-            db,
-            &m,
-            &volume,
-            &q.fingerprint,
-            &body,
-            limit,
-            q.obsolete_older,
-        )
-        .map_err(Into::into)
+        db.store_packet(&m, &volume, &q.fingerprint, &body, limit, q.obsolete_older)
+            .map_err(Into::into)
     })
     .await?;
     let (status, packet, code) = match stored {
@@ -105,7 +98,7 @@ pub async fn drsk_backup(
     let client = file.client_id.clone();
     let (m2, c2) = (m.clone(), client.clone());
     with_db(&s, move |db| {
-        store::check_drsk_owner(db, &m2, &c2).map_err(|e| match e {
+        db.check_drsk_owner(&m2, &c2).map_err(|e| match e {
             StoreError::Refused(why) => ApiError(StatusCode::FORBIDDEN, why),
             other => other.into(),
         })
@@ -117,7 +110,7 @@ pub async fn drsk_backup(
     .await?;
     let c2 = client.clone();
     with_db(&s, move |db| {
-        store::record_drsk_backup(db, &m, &c2).map_err(Into::into)
+        db.record_drsk_backup(&m, &c2).map_err(Into::into)
     })
     .await?;
     let answer = api::BackedUp {

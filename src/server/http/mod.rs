@@ -104,7 +104,7 @@ fn new_credential() -> Result<String, ApiError> {
 /// Runs a database operation on the writer thread; answers once it is on disk.
 async fn with_db<T: Send + 'static>(
     s: &Shared,
-    f: impl FnOnce(&mut store::Connection) -> Result<T, ApiError> + Send + 'static,
+    f: impl FnOnce(&mut store::Store) -> Result<T, ApiError> + Send + 'static,
 ) -> Result<T, ApiError> {
     s.db.run(f).await
 }
@@ -170,7 +170,8 @@ impl FromRequestParts<Shared> for Admin {
         let credential = bearer(parts).ok_or_else(unauthorized)?;
         with_db(s, move |db| {
             // expose_secret: looked up by hash.
-            store::admin_by_credential(db, credential.expose_secret()).map_err(Into::into)
+            db.admin_by_credential(credential.expose_secret())
+                .map_err(Into::into)
         })
         .await?
         .map(Admin)
@@ -194,7 +195,8 @@ impl FromRequestParts<Shared> for Caller {
         let credential = bearer(parts).ok_or_else(unauthorized)?;
         let m = with_db(s, move |db| {
             // expose_secret: looked up by hash.
-            store::machine_by_credential(db, credential.expose_secret()).map_err(Into::into)
+            db.machine_by_credential(credential.expose_secret())
+                .map_err(Into::into)
         })
         .await?
         .ok_or_else(unauthorized)?;

@@ -18,7 +18,8 @@ use lifeline::cmd::{
 /// 5 packet not for this volume/machine or expired, 6 volume problem, 7 target exists, 8 TPM,
 /// 9 unlock stepped aside (the distribution's own unlock step takes over).
 struct Lifeline {
-    /// TPM to use, as a TCTI string (default: $LIFELINE_TCTI, else device:/dev/tpmrm0)
+    /// TPM to use, as a TCTI string (default: $LIFELINE_TCTI, else device:/dev/tpmrm0; other
+    /// than device:PATH only when built with the any-tcti feature)
     #[argh(option)]
     tcti: Option<String>,
     /// directory for lifeline's state files (default: $LIFELINE_STATE_DIR, else /etc/lifeline)

@@ -24,7 +24,7 @@ use tss_esapi::handles::{AuthHandle, KeyHandle, ObjectHandle, PersistentTpmHandl
 use tss_esapi::interface_types::algorithm::HashingAlgorithm;
 use tss_esapi::interface_types::session_handles::AuthSession;
 use tss_esapi::structures::{Auth, Public, SymmetricDefinition};
-use tss_esapi::tcti_ldr::TctiNameConf;
+use tss_esapi::tcti_ldr::{DeviceConfig, TctiNameConf};
 use tss_esapi::Context;
 
 use crate::secret::{Passphrase, VolumeKey};
@@ -47,6 +47,38 @@ pub use ek::{ek_modulus, is_resident_storage_key};
 pub use templates::{auth_policy_of, name_of_public};
 
 use rc::*;
+
+/// The TCTI named by `tcti`. A device (`device:PATH`) is all a machine needs, and all the
+/// client speaks unless built with the `any-tcti` feature (swtpm and mssim simulators,
+/// tpm2-abrmd): tss-esapi parses those configurations with the regex crate, which would
+/// add some 450 KiB to the initramfs binary.
+fn tcti_conf(tcti: &str) -> Result<TctiNameConf, TpmError> {
+    match tcti
+        .strip_prefix("device:")
+        .or((tcti == "device").then_some(""))
+    {
+        Some(path) => DeviceConfig::from_str(path)
+            .map(TctiNameConf::Device)
+            .map_err(|_| not_a_tcti(tcti)),
+        None => other_tcti(tcti),
+    }
+}
+
+fn not_a_tcti(tcti: &str) -> TpmError {
+    TpmError::NoDevice(format!("'{tcti}' is not a TCTI configuration"))
+}
+
+#[cfg(feature = "any-tcti")]
+fn other_tcti(tcti: &str) -> Result<TctiNameConf, TpmError> {
+    TctiNameConf::from_str(tcti).map_err(|_| not_a_tcti(tcti))
+}
+
+#[cfg(not(feature = "any-tcti"))]
+fn other_tcti(tcti: &str) -> Result<TctiNameConf, TpmError> {
+    Err(TpmError::NoDevice(format!(
+        "'{tcti}': this lifeline speaks to TPM devices only (device:PATH); simulators and tpm2-abrmd need a build with the any-tcti feature"
+    )))
+}
 
 /// A connection to one TPM.
 pub struct TssTpm {
@@ -82,8 +114,7 @@ impl TssTpm {
     /// driver). `tcti` is a TCTI string such as `device:/dev/tpmrm0` or
     /// `swtpm:host=127.0.0.1,port=2321`.
     pub fn open(tcti: &str, wait: Duration) -> Result<TssTpm, TpmError> {
-        let conf = TctiNameConf::from_str(tcti)
-            .map_err(|_| TpmError::NoDevice(format!("'{tcti}' is not a TCTI configuration")))?;
+        let conf = tcti_conf(tcti)?;
         let deadline = Instant::now() + wait;
         loop {
             if let Some(path) = tcti.strip_prefix("device:") {

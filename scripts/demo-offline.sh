@@ -128,7 +128,7 @@ run "$bin/lifeline" recovery request disk.img
 
 say "The helpdesk sees the request, approves it, and reads the one-time password over the phone."
 run "$bin/lifeline-server" admin requests --dir escrow-server --credential-file alice.cred
-request=$("$bin/lifeline-server" admin requests --dir escrow-server --credential-file alice.cred | sed -n 's/.*"request":"\([0-9a-f]*\)".*/\1/p' | head -1)
+request=$("$bin/lifeline-server" admin requests --json --dir escrow-server --credential-file alice.cred | sed -n 's/.*"request":"\([0-9a-f]*\)".*/\1/p' | head -1)
 "$bin/lifeline-server" admin approve-recovery "$request" --dir escrow-server --credential-file alice.cred \
     --passphrase-file admin.pass > otp.txt
 echo "  helpdesk reads out:  $(cat otp.txt)"

@@ -102,7 +102,7 @@ fn escrow_request_approve_fetch_recover_over_https() {
         .stdout
         .trim()
         .to_string();
-    let requests = srv.admin(&sb, &["requests"]).ok().stdout.clone();
+    let requests = srv.admin(&sb, &["requests", "--json"]).ok().stdout.clone();
     let request: serde_json::Value =
         serde_json::from_str(requests.lines().next().unwrap()).unwrap();
     assert_eq!(request["recovery_id"], recovery_id.as_str());
@@ -233,7 +233,12 @@ fn refusals_are_named() {
     // Oversized body.
     let a = client(&srv, &sb).with_credential(cred(credential(&sb, "a").trim()));
     // The server answers 413 and closes; a client still sending may see the reset instead.
-    let before = srv.admin(&sb, &["packets"]).ok().stdout.lines().count();
+    let before = srv
+        .admin(&sb, &["packets", "--json"])
+        .ok()
+        .stdout
+        .lines()
+        .count();
     let big = a.post_bytes::<Value>(&path, &vec![b'x'; 100 * 1024]);
     assert!(
         matches!(
@@ -243,7 +248,11 @@ fn refusals_are_named() {
         "{big:?}"
     );
     assert_eq!(
-        srv.admin(&sb, &["packets"]).ok().stdout.lines().count(),
+        srv.admin(&sb, &["packets", "--json"])
+            .ok()
+            .stdout
+            .lines()
+            .count(),
         before
     );
     // TLS with a CA that did not sign the server's certificate.
@@ -338,10 +347,138 @@ fn refusals_are_named() {
 }
 
 #[test]
+fn the_helpdesk_finds_a_request_by_the_recovery_id_the_user_reads_out() {
+    let sb = Sandbox::new();
+    let srv = Server::start(&sb, &[]);
+    join(&sb, &srv, "a", None);
+    join(&sb, &srv, "b", Some(MACHINE_B));
+    // One disk each (recovery IDs differ by volume).
+    let images = [sb.luks_image("a.img", 2), sb.luks_image("b.img", 2)];
+    let img = |state: &str| &images[usize::from(state == "b")];
+    let machine = |state: &str| match state {
+        "b" => vec!["--machine-id", MACHINE_B],
+        _ => vec![],
+    };
+    for state in ["a", "b"] {
+        let mut args = vec![
+            "escrow",
+            img(state).path.to_str().unwrap(),
+            "--server",
+            &srv.url,
+        ];
+        args.extend(["--key-file", img(state).key_file.to_str().unwrap()]);
+        args.extend(machine(state));
+        sb.lifeline_as(state, &args, None).ok();
+    }
+    let empty = srv.admin(&sb, &["requests"]);
+    empty.ok();
+    assert_eq!(empty.stdout, "");
+    assert!(
+        empty.stderr.contains("No recovery requests."),
+        "{}",
+        empty.stderr
+    );
+
+    let ask = |state: &str| {
+        let mut args = vec!["recovery", "request", img(state).path.to_str().unwrap()];
+        args.extend(machine(state));
+        sb.lifeline_as(state, &args, None)
+            .ok()
+            .stdout
+            .trim()
+            .to_string()
+    };
+    let (id_a, id_b) = (ask("a"), ask("b"));
+    assert_ne!(id_a, id_b);
+    let table = srv.admin(&sb, &["requests"]).ok().stdout.clone();
+    let lines: Vec<&str> = table.lines().collect();
+    assert!(
+        lines[0].starts_with("REQUEST ") && lines[0].contains("RECOVERY-ID"),
+        "{table}"
+    );
+    assert_eq!(lines.len(), 3, "{table}");
+    assert!(
+        lines[1].contains(&id_a) && lines[2].contains(&id_b),
+        "{table}"
+    );
+    // ISO 8601 times, not seconds since the epoch.
+    assert!(
+        lines[1].contains("T") && lines[1].contains("Z  pending"),
+        "{table}"
+    );
+    let only_b = srv
+        .admin(&sb, &["requests", "--recovery-id", &id_b, "--json"])
+        .ok()
+        .stdout
+        .clone();
+    assert_eq!(only_b.lines().count(), 1, "{only_b}");
+    let row: Value = serde_json::from_str(only_b.trim()).unwrap();
+    assert_eq!(row["recovery_id"], id_b.as_str());
+
+    // Both machines joined from this host: its name alone does not say which.
+    let host = row["host"].as_str().unwrap().to_string();
+    let ambiguous = srv.admin(
+        &sb,
+        &["approve-recovery", &host, "--passphrase-file", "admin.pass"],
+    );
+    ambiguous.fails(2, "matches 2 waiting recovery requests");
+    assert!(ambiguous.stderr.contains(&id_a) && ambiguous.stderr.contains(&id_b));
+    srv.admin(
+        &sb,
+        &[
+            "approve-recovery",
+            "0000-0000",
+            "--passphrase-file",
+            "admin.pass",
+        ],
+    )
+    .fails(5, "no recovery requests match '0000-0000'");
+
+    // A helpdesk shell names the server once, in the environment.
+    let env = [
+        ("LIFELINE_SERVER", srv.url.clone()),
+        (
+            "LIFELINE_CA",
+            sb.path("srv/tls/ca.pem").display().to_string(),
+        ),
+        ("LIFELINE_CREDENTIAL_FILE", srv.admin.display().to_string()),
+    ];
+    let approved = sb.server_env(
+        &[
+            "admin",
+            "approve-recovery",
+            &id_a,
+            "--passphrase-file",
+            "admin.pass",
+        ],
+        &env,
+    );
+    approved.ok();
+    assert!(
+        approved.stderr.contains(&format!("recovery-id: {id_a}")),
+        "{}",
+        approved.stderr
+    );
+    assert_eq!(
+        approved.stdout.trim().split('-').count(),
+        4,
+        "{}",
+        approved.stdout
+    );
+    let listed = sb.server_env(
+        &["admin", "requests", "--state", "approved", "--json"],
+        &env,
+    );
+    assert!(listed.ok().stdout.contains(&id_a) && !listed.stdout.contains(&id_b));
+    sb.server_env(&["admin", "requests"], &[])
+        .fails(2, "no administrator credential");
+}
+
+#[test]
 fn admin_calls_only_from_admin_networks_and_with_a_credential() {
     let sb = Sandbox::new();
     let srv = Server::start(&sb, &[("admin_networks", r#"["10.0.0.0/8"]"#)]);
-    srv.admin(&sb, &["requests"])
+    srv.admin(&sb, &["requests", "--json"])
         .fails(3, "is not in an administrator network");
     let srv2_sb = Sandbox::new();
     let srv2 = Server::start(&srv2_sb, &[]);
@@ -356,7 +493,7 @@ fn admin_calls_only_from_admin_networks_and_with_a_credential() {
             "nobody.cred",
         ])
         .fails(3, "an administrator credential is needed");
-    srv2.admin(&srv2_sb, &["requests"]).ok();
+    srv2.admin(&srv2_sb, &["requests", "--json"]).ok();
 }
 
 #[test]
@@ -758,9 +895,9 @@ fn admin_lists_shows_the_recovery_passphrase_retires_and_deletes() {
         "1000",
     ];
     sb.lifeline_as("a", &args, None).ok();
-    let machines = srv.admin(&sb, &["machines"]).ok().stdout.clone();
+    let machines = srv.admin(&sb, &["machines", "--json"]).ok().stdout.clone();
     assert!(machines.contains(r#""packets":1"#), "{machines}");
-    let packets = srv.admin(&sb, &["packets"]).ok().stdout.clone();
+    let packets = srv.admin(&sb, &["packets", "--json"]).ok().stdout.clone();
     let packet: serde_json::Value = serde_json::from_str(packets.lines().next().unwrap()).unwrap();
     let id = packet["packet"].as_str().unwrap();
 
@@ -792,7 +929,10 @@ fn admin_lists_shows_the_recovery_passphrase_retires_and_deletes() {
     )
     .fails(5, "no escrowed key");
     srv.admin(&sb, &["delete", id]).ok();
-    assert_eq!(srv.admin(&sb, &["packets"]).ok().stdout.trim(), "");
+    assert_eq!(
+        srv.admin(&sb, &["packets", "--json"]).ok().stdout.trim(),
+        ""
+    );
     srv.admin(&sb, &["delete", id]).fails(5, "no escrow packet");
     let audit = rusqlite::Connection::open(sb.path("srv/lifeline.db")).unwrap();
     let actions: Vec<String> = audit
@@ -876,7 +1016,7 @@ fn drsk_backup_and_board_swap_restore_over_https() {
         "{}",
         first.all()
     );
-    let rows = srv.admin(&sb, &["restores"]).ok().stdout.clone();
+    let rows = srv.admin(&sb, &["restores", "--json"]).ok().stdout.clone();
     let row: serde_json::Value = serde_json::from_str(rows.lines().next().unwrap()).unwrap();
     assert_eq!(row["client_id"], client_id.as_str());
     assert_eq!(row["state"], "pending");
@@ -937,7 +1077,7 @@ fn drsk_backup_and_board_swap_restore_over_https() {
 
     // The real client again: a new challenge, answered; alice approves; C restores and unseals.
     sb.lifeline_on(&c, &restore).fails(5, "is not approved yet");
-    let rows = srv.admin(&sb, &["restores"]).ok().stdout.clone();
+    let rows = srv.admin(&sb, &["restores", "--json"]).ok().stdout.clone();
     let row: serde_json::Value = serde_json::from_str(rows.lines().next().unwrap()).unwrap();
     assert_eq!(row["state"], "pending");
     srv.admin(&sb, &["approve-restore", row["request"].as_str().unwrap()])
@@ -982,7 +1122,7 @@ fn restore_requests_and_approvals_expire_and_can_be_deleted() {
     let c = Swtpm::start(&sb.path("tpm-c"));
     let restore = ["restore", "--server", &srv.url, "--device", image];
     let rows = |sb: &Sandbox| -> Vec<serde_json::Value> {
-        srv.admin(sb, &["restores"])
+        srv.admin(sb, &["restores", "--json"])
             .ok()
             .stdout
             .lines()

@@ -411,7 +411,12 @@ impl World {
             )
         };
         asked.fails(5, "is not approved yet");
-        let rows = self.srv.admin(&self.sb, &["restores"]).ok().stdout.clone();
+        let rows = self
+            .srv
+            .admin(&self.sb, &["restores", "--json"])
+            .ok()
+            .stdout
+            .clone();
         let row: serde_json::Value = serde_json::from_str(rows.lines().next().unwrap()).unwrap();
         assert_eq!(row["client_id"], self.client_id.as_str());
         self.srv

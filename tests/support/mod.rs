@@ -195,6 +195,11 @@ impl Sandbox {
         self.run(env!("CARGO_BIN_EXE_lifeline"), args, stdin, &env)
     }
 
+    /// `lifeline-server` with `env` set (a helpdesk shell).
+    pub fn server_env(&self, args: &[&str], env: &[(&str, String)]) -> Run {
+        self.run(env!("CARGO_BIN_EXE_lifeline-server"), args, None, env)
+    }
+
     /// `lifeline-server` with `tpm` as the server's TPM.
     pub fn server_on(&self, tpm: &swtpm::Swtpm, args: &[&str]) -> Run {
         self.run(

@@ -141,7 +141,7 @@ impl Server {
     /// alice approves the newest recovery request; returns its recovery ID and the OTP the
     /// helpdesk reads out.
     pub fn approve_newest_request(&self, sb: &Sandbox) -> (String, String) {
-        let requests = self.admin(sb, &["requests"]).ok().stdout.clone();
+        let requests = self.admin(sb, &["requests", "--json"]).ok().stdout.clone();
         let newest = requests.lines().last().expect("a recovery request");
         let request: serde_json::Value = serde_json::from_str(newest).unwrap();
         let id = request["request"].as_str().unwrap();

@@ -2,19 +2,16 @@
 //! bootstrap); the others are HTTPS calls, so the server checks the administrator credential
 //! and the administrator network.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
-use argh::FromArgs;
-use serde::de::DeserializeOwned;
-use serde::Serialize;
-
-use super::admin_secret;
+use super::{admin_secret, listing};
 use crate::api::{self, Route};
 use crate::cmd::{read_secret_line, read_small, CmdResult, Exit, Failure};
 use crate::escrow::https::Https;
 use crate::secret::Credential;
 use crate::server::{config, store};
+use argh::FromArgs;
 
 #[derive(FromArgs, Debug)]
 /// Administration: administrators, enrollment tokens, listings, approvals, packets.
@@ -53,10 +50,11 @@ pub struct AddArgs {
     pub name: String,
 }
 
-/// The HTTPS admin subcommands share how they reach the server; some also name a target and
-/// need the administrator passphrase.
+/// The HTTPS admin subcommands share how they reach the server (options, else the
+/// environment); some also name a target, need the administrator passphrase, or take options
+/// of their own.
 macro_rules! admin_args {
-    ($name:ident, $cmd:literal, $doc:literal $(, $target:ident: $target_doc:literal)? $(, passphrase: $pass:ident)?) => {
+    ($name:ident, $cmd:literal, $doc:literal $(, $target:ident: $target_doc:literal)? $(, passphrase: $pass:ident)? $(; $($extra:tt)*)?) => {
         #[derive(FromArgs, Debug)]
         #[doc = $doc]
         #[argh(subcommand, name = $cmd)]
@@ -70,14 +68,15 @@ macro_rules! admin_args {
             /// the server directory, to find the server's address and CA (or give --server and --ca)
             pub dir: Option<PathBuf>,
             #[argh(option)]
-            /// the server's URL
+            /// the server's URL (default: $LIFELINE_SERVER)
             pub server: Option<String>,
             #[argh(option)]
-            /// the server's CA certificate
+            /// the server's CA certificate (default: $LIFELINE_CA)
             pub ca: Option<PathBuf>,
             #[argh(option)]
-            /// file holding this administrator's credential
-            pub credential_file: PathBuf,
+            /// file holding this administrator's credential (default: $LIFELINE_CREDENTIAL_FILE)
+            pub credential_file: Option<PathBuf>,
+            $( $($extra)* )?
             $(
                 #[argh(option)]
                 /// read the administrator passphrase from this file's first line (default: ask)
@@ -90,7 +89,12 @@ macro_rules! admin_args {
 
         impl $name {
             fn connect(&self) -> Result<Https, Failure> {
-                connect(self.dir.as_deref(), self.server.as_deref(), self.ca.as_deref(), &self.credential_file)
+                connect(
+                    self.dir.clone(),
+                    self.server.clone(),
+                    self.ca.clone(),
+                    self.credential_file.clone(),
+                )
             }
         }
     };
@@ -104,35 +108,56 @@ admin_args!(
 admin_args!(
     MachinesArgs,
     "machines",
-    "List the machines that joined, with their packet counts."
+    "List the machines that joined, with their packet counts.";
+    #[argh(switch)]
+    /// one JSON object per line instead of a table
+    pub json: bool,
 );
 admin_args!(
     PacketsArgs,
     "packets",
-    "List the escrow packets (metadata only)."
+    "List the escrow packets (metadata only).";
+    #[argh(switch)]
+    /// one JSON object per line instead of a table
+    pub json: bool,
 );
 admin_args!(
     RequestsArgs,
     "requests",
-    "List recovery requests, with the recovery ID users read out."
+    "List recovery requests, with the recovery ID users read out.";
+    #[argh(option)]
+    /// only the requests with this recovery ID (as the user reads it out)
+    pub recovery_id: Option<String>,
+    #[argh(option)]
+    /// only the requests of this host
+    pub host: Option<String>,
+    #[argh(option)]
+    /// only the requests in this state: pending, approved or used
+    pub state: Option<String>,
+    #[argh(switch)]
+    /// one JSON object per line instead of a table
+    pub json: bool,
 );
 admin_args!(
     ApproveArgs,
     "approve-recovery",
     "Approve a recovery request: unlocks the authority with the administrator passphrase (on the server, in memory, for this one operation), publishes a recovery packet for the machine to fetch, and prints its one-time password once.",
-    request: "the request ID (lifeline-server admin requests)",
+    request: "the request: its ID, or the recovery ID the user reads out, or the host name (lifeline-server admin requests)",
     passphrase: passphrase_file
 );
 admin_args!(
     RestoresArgs,
     "restores",
-    "List DRSK restore requests from replacement machines, with whether their TPM proved genuine."
+    "List DRSK restore requests from replacement machines, with whether their TPM proved genuine.";
+    #[argh(switch)]
+    /// one JSON object per line instead of a table
+    pub json: bool,
 );
 admin_args!(
     ApproveRestoreArgs,
     "approve-restore",
     "Approve a DRSK restore request: the server's TPM re-duplicates the machine's DRSK to the replacement TPM's storage key, for lifeline restore --server to fetch. Only that TPM can load it.",
-    request: "the request ID (lifeline-server admin restores)"
+    request: "the request: its ID, or the restore ID the user reads out, or the host name (lifeline-server admin restores)"
 );
 admin_args!(
     DeleteRestoreArgs,
@@ -150,13 +175,24 @@ admin_args!(
     passphrase: passphrase_file
 );
 
+/// The server, its CA and the credential: from the options, else from `LIFELINE_SERVER`,
+/// `LIFELINE_CA` and `LIFELINE_CREDENTIAL_FILE` (so a helpdesk shell sets them once).
 fn connect(
-    dir: Option<&Path>,
-    server: Option<&str>,
-    ca: Option<&Path>,
-    credential_file: &Path,
+    dir: Option<PathBuf>,
+    server: Option<String>,
+    ca: Option<PathBuf>,
+    credential_file: Option<PathBuf>,
 ) -> Result<Https, Failure> {
-    let (url, ca_pem) = match (server, ca, dir) {
+    let env = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
+    let server = server.or_else(|| env("LIFELINE_SERVER").map(|v| v.to_string_lossy().into()));
+    let ca = ca.or_else(|| env("LIFELINE_CA").map(PathBuf::from));
+    let credential_file = credential_file
+        .or_else(|| env("LIFELINE_CREDENTIAL_FILE").map(PathBuf::from))
+        .ok_or_else(|| {
+            Failure::usage("no administrator credential")
+                .todo("give --credential-file FILE, or set LIFELINE_CREDENTIAL_FILE")
+        })?;
+    let (url, ca_pem) = match (server.as_deref(), ca.as_deref(), dir.as_deref()) {
         (Some(url), Some(ca), _) => (url.to_string(), read_small(ca, 64 * 1024)?),
         (None, None, Some(dir)) => {
             let c = config::Config::load(dir).map_err(Failure::usage)?;
@@ -170,9 +206,11 @@ fn connect(
                 read_small(&dir.join("tls/ca.pem"), 64 * 1024)?,
             )
         }
-        _ => return Err(Failure::usage("give --dir, or both --server and --ca")),
+        _ => return Err(Failure::usage("the server is not named").todo(
+            "give --dir on the server, or --server and --ca (or LIFELINE_SERVER and LIFELINE_CA)",
+        )),
     };
-    let credential = Credential::new(read_secret_line(credential_file, "credential")?);
+    let credential = Credential::new(read_secret_line(&credential_file, "credential")?);
     Ok(Https::new(&url, &ca_pem, Duration::from_secs(60))?.with_credential(credential))
 }
 
@@ -188,14 +226,24 @@ pub fn run(args: Args) -> CmdResult {
             println!("{}", answer.token.expose_secret());
             Ok(())
         }
-        Command::Machines(a) => list::<api::MachineRow>(a.connect()?, api::ADMIN_MACHINES),
-        Command::Packets(a) => list::<api::PacketRow>(a.connect()?, api::ADMIN_PACKETS),
-        Command::Requests(a) => list::<api::RequestRow>(a.connect()?, api::ADMIN_REQUESTS),
+        Command::Machines(a) => {
+            listing::print(&listing::fetch::<api::MachineRow>(&a.connect()?)?, a.json)
+        }
+        Command::Packets(a) => {
+            listing::print(&listing::fetch::<api::PacketRow>(&a.connect()?)?, a.json)
+        }
+        Command::Requests(a) => requests(a),
         Command::ApproveRecovery(a) => approve(a),
-        Command::Restores(a) => list::<api::RestoreRow>(a.connect()?, api::ADMIN_RESTORES),
+        Command::Restores(a) => {
+            listing::print(&listing::fetch::<api::RestoreRow>(&a.connect()?)?, a.json)
+        }
         Command::ApproveRestore(a) => {
-            let answer: api::RestoreApproved = a.connect()?.post_json(
-                &api::ADMIN_RESTORE_APPROVE.path(&[&a.request]),
+            let s = a.connect()?;
+            let rows = listing::fetch::<api::RestoreRow>(&s)?;
+            let row = listing::pick(&rows, &a.request)?;
+            listing::announce(row);
+            let answer: api::RestoreApproved = s.post_json(
+                &api::ADMIN_RESTORE_APPROVE.path(&[&row.request]),
                 &api::Empty {},
             )?;
             eprintln!(
@@ -233,49 +281,48 @@ fn add(args: AddArgs) -> CmdResult {
     }
     let mut db = store::open(&args.dir.join("lifeline.db"))
         .map_err(|e| Failure::new(Exit::Failure, e.to_string()))?;
-    let credential = store::random_id().map_err(|e| Failure::new(Exit::Failure, e.to_string()))?
-        + &store::random_id().map_err(|e| Failure::new(Exit::Failure, e.to_string()))?;
+    let random = || store::random_id().map_err(|e| Failure::new(Exit::Failure, e.to_string()));
+    let credential = zeroize::Zeroizing::new(random()? + &random()?);
     db.add_admin(&args.name, &credential)
         .map_err(|e| Failure::new(Exit::Exists, e.to_string()))?;
     eprintln!(
         "Administrator {} added. Their credential (shown once; keep it in a root-only file):",
         args.name
     );
-    println!("{credential}");
+    println!("{}", credential.as_str());
     Ok(())
 }
 
-/// Prints a listing, one JSON object per line.
-fn list<Row: DeserializeOwned + Serialize>(s: Https, route: Route) -> CmdResult {
-    let rows: Vec<Row> = s.get_json(&route.path(&[]))?;
-    for row in rows {
-        let line =
-            serde_json::to_string(&row).map_err(|e| Failure::new(Exit::Failure, e.to_string()))?;
-        println!("{line}");
-    }
-    Ok(())
+fn requests(a: RequestsArgs) -> CmdResult {
+    let mut rows = listing::fetch::<api::RequestRow>(&a.connect()?)?;
+    let same = |want: &Option<String>, have: &str| {
+        want.as_deref()
+            .is_none_or(|w| w.trim().eq_ignore_ascii_case(have))
+    };
+    rows.retain(|r| {
+        same(&a.recovery_id, &r.recovery_id) && same(&a.host, &r.host) && same(&a.state, &r.state)
+    });
+    listing::print(&rows, a.json)
 }
 
 fn retire(s: Https, packet: &str, route: Route) -> CmdResult {
     let done: api::Done = s.post_json(&route.path(&[packet]), &api::Empty {})?;
-    let action = if done.status == "deleted" {
-        "delete"
-    } else {
-        "obsolete"
-    };
-    eprintln!("Packet {packet}: {action} done.");
+    eprintln!("Packet {packet}: {}.", done.status);
     Ok(())
 }
 
 fn approve(a: ApproveArgs) -> CmdResult {
     let s = a.connect()?;
+    let rows = listing::fetch::<api::RequestRow>(&s)?;
+    let row = listing::pick(&rows, &a.request)?;
+    listing::announce(row);
     // The passphrase travels once, over TLS, to unlock the authority on the server.
     let body = api::Approve {
         passphrase: admin_secret(a.passphrase_file.as_deref(), &a.share_file)?,
         otp_groups: None,
     };
     let answer: api::Approved =
-        s.post_json(&api::ADMIN_REQUEST_APPROVE.path(&[&a.request]), &body)?;
+        s.post_json(&api::ADMIN_REQUEST_APPROVE.path(&[&row.request]), &body)?;
     eprintln!(
         "Recovery packet {} published for recovery ID {}, valid until {}.",
         answer.packet, answer.recovery_id, answer.expires

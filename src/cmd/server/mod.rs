@@ -3,6 +3,7 @@
 pub mod admin;
 pub mod drsk;
 pub mod init;
+mod listing;
 pub mod recovery;
 pub mod serve;
 

@@ -16,7 +16,7 @@ pub async fn enrollment_token(
     State(s): State<Shared>,
     Admin(name): Admin,
 ) -> Result<Json<api::EnrollmentTokenIssued>, ApiError> {
-    let token = store::random_id().map_err(internal)?;
+    let token = super::new_secret(1)?;
     let valid = s.config.token_valid_for().map_err(internal)?;
     let t = token.clone();
     with_db(&s, move |db| {
@@ -25,7 +25,7 @@ pub async fn enrollment_token(
     })
     .await?;
     Ok(Json(api::EnrollmentTokenIssued {
-        token: EnrollmentToken::new(zeroize::Zeroizing::new(token)),
+        token: EnrollmentToken::new(token),
         valid_for: s.config.enrollment_token_valid_for.clone(),
     }))
 }

@@ -7,7 +7,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
-use super::{bad, internal, new_credential, with_custody, with_db, ApiError, Caller, Shared};
+use super::{bad, internal, new_secret, with_custody, with_db, ApiError, Caller, Shared};
 use crate::api;
 use crate::escrow::EscrowPacket;
 use crate::server::store::{self, Machine, StoreError, Stored};
@@ -27,7 +27,7 @@ pub async fn join(
     if req.host.is_empty() || req.host.len() > 255 || req.host.chars().any(char::is_control) {
         return Err(bad("host must be a host name"));
     }
-    let credential = new_credential()?;
+    let credential = new_secret(2)?;
     let m = Machine {
         id: store::random_id().map_err(internal)?,
         machine_id,
@@ -46,7 +46,7 @@ pub async fn join(
     .await?;
     Ok(Json(api::Joined {
         machine: id,
-        credential: crate::secret::Credential::new(zeroize::Zeroizing::new(credential)),
+        credential: crate::secret::Credential::new(credential),
     }))
 }
 

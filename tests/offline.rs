@@ -474,7 +474,7 @@ fn usage_errors_name_the_problem() {
     sb.lifeline(&["recover"])
         .fails(2, "Required positional arguments not provided");
     sb.lifeline(&["inspect", "missing-file"])
-        .fails(1, "missing-file");
+        .fails(2, "missing-file");
     sb.write("not-luks.img", vec![0u8; 1 << 20]);
     sb.write("recipient.txt", "not a recipient");
     sb.lifeline(&[
@@ -496,6 +496,31 @@ fn usage_errors_name_the_problem() {
         "p",
     ])
     .fails(VOLUME, "is not a LUKS volume");
+    let recipient = auth.join("recipient.txt");
+    let args = [
+        "escrow",
+        "/dev/null",
+        "--recipient",
+        recipient.to_str().unwrap(),
+        "--out",
+        "p",
+    ];
+    sb.lifeline(&args)
+        .fails(VOLUME, "/dev/null is not a LUKS volume");
+    // A CA file that is not one is this side's mistake, not an answer from the server.
+    sb.write("ca.txt", "not a certificate");
+    let join = [
+        "join",
+        "--server",
+        "https://127.0.0.1:1",
+        "--ca",
+        "ca.txt",
+        "--token",
+        "t",
+    ];
+    let run = sb.lifeline(&join);
+    run.fails(2, "the CA file holds no certificate");
+    assert!(!run.stderr.contains("answer"), "{}", run.stderr);
 }
 
 #[test]

@@ -10,7 +10,8 @@ use lifeline::cmd::{self, server};
 /// are encrypted to, stores machines' escrow packets, and issues signed recovery packets with
 /// one-time passwords once an administrator approves. Holds clients' TPM storage keys (DRSKs)
 /// in its own TPM for motherboard-swap restores.
-/// Exit codes: 0 ok, 1 failure, 2 usage, 3 wrong passphrase, 4 bad packet, 7 target exists, 8 TPM.
+/// Exit codes: 0 ok, 1 failure, 2 usage, 3 wrong passphrase or refused credential, 4 bad
+/// packet, 5 not found or no longer applicable, 7 target exists, 8 TPM.
 struct LifelineServer {
     /// the server's TPM, as a TCTI string (default: $LIFELINE_TCTI, else device:/dev/tpmrm0)
     #[argh(option)]

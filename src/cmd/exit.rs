@@ -115,6 +115,17 @@ impl From<PacketError> for Failure {
             ),
             PacketError::ExcessiveWork(_) => (Exit::BadPacket, "this packet was not made by lifeline; do not use it"),
             PacketError::HeaderMismatch(_) => (Exit::BadPacket, "do not use this packet; find an unaltered copy"),
+            // A packet file that is missing, unreadable or not a regular file is bad input.
+            PacketError::Io(ref io)
+                if matches!(
+                    io.kind(),
+                    std::io::ErrorKind::NotFound
+                        | std::io::ErrorKind::PermissionDenied
+                        | std::io::ErrorKind::InvalidInput
+                ) =>
+            {
+                (Exit::Usage, "check the file name and permissions")
+            }
             PacketError::Io(_) => (Exit::Failure, "check the file name and permissions"),
         };
         Failure::new(code, what).todo(todo)
@@ -212,6 +223,7 @@ impl From<FetchError> for Failure {
     fn from(e: FetchError) -> Self {
         let code = match e {
             FetchError::NotFound(_) => Exit::NotApplicable,
+            FetchError::Setup(_) => Exit::Usage,
             FetchError::Refused {
                 status: 401 | 403, ..
             } => Exit::Denied,

@@ -33,6 +33,8 @@ pub enum FetchError {
     /// The answer was not what the protocol says: not HTTP, a redirect, too large, not JSON,
     /// not a packet.
     Bad(String),
+    /// Nothing was asked: the URL or the CA file given here is not usable.
+    Setup(String),
 }
 
 /// Why the server's certificate was refused.
@@ -75,6 +77,7 @@ impl std::fmt::Display for FetchError {
             }
             FetchError::NotFound(why) => write!(f, "{why}"),
             FetchError::Bad(why) => write!(f, "unexpected answer from the escrow server: {why}"),
+            FetchError::Setup(why) => f.write_str(why),
         }
     }
 }
@@ -109,6 +112,9 @@ impl FetchError {
             FetchError::NotFound(_) => return None,
             FetchError::Bad(_) => {
                 "check that the URL is the escrow server's (https://host:port, no path)"
+            }
+            FetchError::Setup(_) => {
+                "give the server as https://host:port and its CA certificate as a PEM file (--ca, or server-ca.pem from lifeline join)"
             }
         })
     }
@@ -220,7 +226,7 @@ impl Https {
     /// `ca_pem` holds the CA certificate(s) the server's certificate must chain to.
     pub fn new(base_url: &str, ca_pem: &[u8], timeout: Duration) -> Result<Https, FetchError> {
         if !base_url.starts_with("https://") {
-            return Err(FetchError::Bad(format!(
+            return Err(FetchError::Setup(format!(
                 "'{base_url}' is not an https:// URL"
             )));
         }
@@ -231,9 +237,9 @@ impl Https {
                 Err(e) => Some(Err(e)),
             })
             .collect::<Result<Vec<Certificate<'static>>, _>>()
-            .map_err(|e| FetchError::Bad(format!("the CA file is not PEM: {e}")))?;
+            .map_err(|e| FetchError::Setup(format!("the CA file is not PEM: {e}")))?;
         if certs.is_empty() {
-            return Err(FetchError::Bad("the CA file holds no certificate".into()));
+            return Err(FetchError::Setup("the CA file holds no certificate".into()));
         }
         let tls = TlsConfig::builder()
             .provider(TlsProvider::Rustls)

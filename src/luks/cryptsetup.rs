@@ -53,7 +53,8 @@ impl LuksVolume {
             path: shown.clone(),
             source,
         })?;
-        let mut device = CryptInit::init(path).map_err(other)?;
+        // A character device, a directory: libcryptsetup will not even look at it.
+        let mut device = CryptInit::init(path).map_err(|_| LuksError::NotLuks(shown.clone()))?;
         device
             .context_handle()
             .load::<()>(None, None)

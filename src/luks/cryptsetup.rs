@@ -53,8 +53,14 @@ impl LuksVolume {
             path: shown.clone(),
             source,
         })?;
-        // A character device, a directory: libcryptsetup will not even look at it.
-        let mut device = CryptInit::init(path).map_err(|_| LuksError::NotLuks(shown.clone()))?;
+        let mut device = CryptInit::init(path).map_err(|e| {
+            // A character device, a directory: libcryptsetup will not even look at it.
+            use std::os::unix::fs::FileTypeExt;
+            match std::fs::metadata(path).map(|m| m.file_type()) {
+                Ok(t) if !t.is_file() && !t.is_block_device() => LuksError::NotLuks(shown.clone()),
+                _ => other(e),
+            }
+        })?;
         device
             .context_handle()
             .load::<()>(None, None)

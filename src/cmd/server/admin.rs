@@ -281,8 +281,8 @@ fn add(args: AddArgs) -> CmdResult {
     }
     let mut db = store::open(&args.dir.join("lifeline.db"))
         .map_err(|e| Failure::new(Exit::Failure, e.to_string()))?;
-    let random = || store::random_id().map_err(|e| Failure::new(Exit::Failure, e.to_string()));
-    let credential = zeroize::Zeroizing::new(random()? + &random()?);
+    let credential =
+        store::random_secret(32).map_err(|e| Failure::new(Exit::Failure, e.to_string()))?;
     db.add_admin(&args.name, &credential)
         .map_err(|e| Failure::new(Exit::Exists, e.to_string()))?;
     eprintln!(

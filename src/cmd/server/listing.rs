@@ -170,6 +170,8 @@ fn table(head: &[&str], rows: &[Vec<String>]) -> String {
 
 /// A request someone can name: by its ID, by the short ID its user reads out, by host.
 pub trait Named: Row {
+    /// The `lifeline-server admin` listing that shows them.
+    const LISTING: &'static str;
     fn id(&self) -> &str;
     fn short_id(&self) -> &str;
     fn host(&self) -> Option<&str>;
@@ -182,6 +184,7 @@ pub trait Named: Row {
 }
 
 impl Named for api::RequestRow {
+    const LISTING: &'static str = "requests";
     fn id(&self) -> &str {
         &self.request
     }
@@ -200,6 +203,7 @@ impl Named for api::RequestRow {
 }
 
 impl Named for api::RestoreRow {
+    const LISTING: &'static str = "restores";
     fn id(&self) -> &str {
         &self.request
     }
@@ -242,11 +246,7 @@ pub fn pick<'a, R: Named>(rows: &'a [R], given: &str) -> Result<&'a R, Failure> 
         )
         .todo(format!(
             "check the ID with the caller, or list them: lifeline-server admin {}",
-            if R::WHAT == "recovery requests" {
-                "requests"
-            } else {
-                "restores"
-            }
+            R::LISTING
         ))),
         ([], some) => Err(Failure::new(
             Exit::NotApplicable,

@@ -16,7 +16,7 @@ pub async fn enrollment_token(
     State(s): State<Shared>,
     Admin(name): Admin,
 ) -> Result<Json<api::EnrollmentTokenIssued>, ApiError> {
-    let token = super::new_secret(1)?;
+    let token = super::new_secret(16)?;
     let valid = s.config.token_valid_for().map_err(internal)?;
     let t = token.clone();
     with_db(&s, move |db| {

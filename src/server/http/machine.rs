@@ -27,7 +27,7 @@ pub async fn join(
     if req.host.is_empty() || req.host.len() > 255 || req.host.chars().any(char::is_control) {
         return Err(bad("host must be a host name"));
     }
-    let credential = new_secret(2)?;
+    let credential = new_secret(32)?;
     let m = Machine {
         id: store::random_id().map_err(internal)?,
         machine_id,

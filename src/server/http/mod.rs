@@ -96,16 +96,9 @@ fn too_many() -> ApiError {
     )
 }
 
-/// A fresh secret (a credential, an enrollment token): `ids` random IDs, 32 hex digits each,
-/// in wiped memory.
-fn new_secret(ids: usize) -> Result<zeroize::Zeroizing<String>, ApiError> {
-    let mut text = zeroize::Zeroizing::new(String::with_capacity(32 * ids));
-    for _ in 0..ids {
-        text.push_str(&zeroize::Zeroizing::new(
-            store::random_id().map_err(internal)?,
-        ));
-    }
-    Ok(text)
+/// A fresh secret of `bytes` random bytes, as hex, in wiped memory.
+fn new_secret(bytes: usize) -> Result<zeroize::Zeroizing<String>, ApiError> {
+    store::random_secret(bytes).map_err(internal)
 }
 
 /// Runs a database operation on the writer thread; answers once it is on disk.

@@ -232,6 +232,13 @@ pub fn random_id() -> std::io::Result<String> {
     Ok(hex::encode(&raw))
 }
 
+/// A random secret (a credential: 32 bytes, an enrollment token: 16), as hex, in wiped memory.
+pub fn random_secret(bytes: usize) -> std::io::Result<zeroize::Zeroizing<String>> {
+    let mut raw = zeroize::Zeroizing::new(vec![0u8; bytes]);
+    crate::secret::random_bytes(&mut raw)?;
+    Ok(hex::encode_secret(&raw))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -12,7 +12,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::secret::{Credential, EnrollmentToken, Otp, Passphrase, UseToken};
+use crate::secret::{Credential, EnrollmentToken, Otp, Passphrase, ShareText, UseToken};
 
 /// An endpoint's path, with `{name}` for each variable segment (the syntax axum routes by).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -72,11 +72,15 @@ pub const RESTORE_FILE: Route = Route("/v1/drsk/restores/{client}/{srk}");
 pub const ADMIN_ENROLLMENT_TOKENS: Route = Route("/v1/admin/enrollment-tokens");
 pub const ADMIN_MACHINES: Route = Route("/v1/admin/machines");
 pub const ADMIN_PACKETS: Route = Route("/v1/admin/packets");
+pub const ADMIN_PACKET: Route = Route("/v1/admin/packets/{id}");
 pub const ADMIN_PACKET_OBSOLETE: Route = Route("/v1/admin/packets/{id}/obsolete");
 pub const ADMIN_PACKET_DELETE: Route = Route("/v1/admin/packets/{id}/delete");
 pub const ADMIN_PACKET_PASSPHRASE: Route = Route("/v1/admin/packets/{id}/recovery-passphrase");
 pub const ADMIN_REQUESTS: Route = Route("/v1/admin/requests");
 pub const ADMIN_REQUEST_APPROVE: Route = Route("/v1/admin/requests/{id}/approve");
+pub const ADMIN_REQUEST_SHARES: Route = Route("/v1/admin/requests/{id}/shares");
+pub const ADMIN_REQUEST_ESCROW: Route = Route("/v1/admin/requests/{id}/escrow");
+pub const ADMIN_REQUEST_PUBLISH: Route = Route("/v1/admin/requests/{id}/publish");
 pub const ADMIN_RESTORES: Route = Route("/v1/admin/restores");
 pub const ADMIN_RESTORE_APPROVE: Route = Route("/v1/admin/restores/{id}/approve");
 pub const ADMIN_RESTORE_DELETE: Route = Route("/v1/admin/restores/{id}/delete");
@@ -275,6 +279,54 @@ pub struct Approve {
 pub struct Approved {
     /// Given once, here; the server keeps no copy.
     pub otp: Otp,
+    pub packet: String,
+    /// RFC 3339.
+    pub expires: String,
+    pub recovery_id: String,
+}
+
+/// `POST ADMIN_REQUEST_SHARES`: one administrator's share toward a K-of-N approval.
+#[derive(Serialize, Deserialize, Debug)]
+pub struct Share {
+    pub share: ShareText,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub otp_groups: Option<usize>,
+}
+
+#[derive(Serialize, Deserialize, Debug)]
+pub struct ShareProgress {
+    /// Shares held for this request, from distinct administrators, this one included.
+    pub received: u8,
+    pub needed: u8,
+    /// Who gave them, in order.
+    pub from: Vec<String>,
+    /// Seconds until the held shares are discarded, if the rest do not arrive.
+    pub discarded_in: u64,
+    /// With the K-th share: the approval, as `ADMIN_REQUEST_APPROVE` answers it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approved: Option<Approved>,
+}
+
+/// `GET ADMIN_REQUEST_ESCROW` (the escrow packet a pending request opens) and `GET
+/// ADMIN_PACKET`: an escrow packet as stored, encrypted to the authority, for an administrator
+/// who keeps the authority on their own machine.
+#[derive(Serialize, Deserialize, Debug)]
+pub struct EscrowCopy {
+    pub escrow_packet: String,
+    /// The server's `recovery_valid_for`: the longest a recovery packet it publishes may live.
+    pub recovery_valid_for: String,
+}
+
+/// `POST ADMIN_REQUEST_PUBLISH`: a recovery packet made and signed off the server.
+#[derive(Serialize, Deserialize, Debug)]
+pub struct Publish {
+    pub recovery_packet: String,
+    /// SHA-256 (hex) of the use token inside the packet, to check the report of its use.
+    pub use_token_hash: String,
+}
+
+#[derive(Serialize, Deserialize, Debug)]
+pub struct Published {
     pub packet: String,
     /// RFC 3339.
     pub expires: String,

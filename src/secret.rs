@@ -179,6 +179,11 @@ secret_text!(
 );
 
 secret_text!(
+    /// One administrator's share of a K-of-N administrator passphrase (`lifeline-share v1 …`).
+    ShareText
+);
+
+secret_text!(
     /// A one-time enrollment token: an administrator's permission for one machine to join.
     EnrollmentToken
 );

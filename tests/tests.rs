@@ -18,6 +18,9 @@ mod tpm;
 /// The escrow server over HTTPS on 127.0.0.1 with real clients: flows and refusals.
 mod server;
 
+/// Approving recoveries: K-of-N shares from each administrator's seat, an off-server authority.
+mod approvals;
+
 /// `lifeline unlock` as the initramfs runs it: real swtpm, LUKS image, server, USB image, pty.
 mod unlock;
 

@@ -93,11 +93,71 @@ pub fn init(
     if text.chars().count() < MIN_PASSPHRASE_CHARS {
         return Err(AuthorityError::WeakPassphrase);
     }
+    create_whole(dir, |staging| {
+        write_keys(staging, passphrase, &text)?;
+        extra(staging)
+    })
+}
+
+/// Creates `dir` holding only the public halves of the authority in `from` (its recipient and
+/// trust key), for a server that never holds the secret keys. `extra` as for [`init`].
+pub fn init_public(
+    dir: &Path,
+    from: &Path,
+    extra: impl FnOnce(&Path) -> Result<(), AuthorityError>,
+) -> Result<(), AuthorityError> {
+    let read = |name: &str| {
+        let path = from.join(name);
+        match fs::read_to_string(&path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                Err(AuthorityError::Missing(from.to_path_buf()))
+            }
+            Err(e) => Err(e.into()),
+            Ok(text) if text.len() > 4096 => {
+                Err(AuthorityError::Corrupt(path.display().to_string()))
+            }
+            Ok(text) => Ok((path, text)),
+        }
+    };
+    let (recipient_path, recipient) = read(RECIPIENT_FILE)?;
+    if recipient.trim().parse::<age::x25519::Recipient>().is_err() {
+        return Err(AuthorityError::Corrupt(
+            recipient_path.display().to_string(),
+        ));
+    }
+    let (_, trust) = read(TRUST_KEY_FILE)?;
+    trust_key(from)?;
+    create_whole(dir, |staging| {
+        atomic_file::write_new(&staging.join(RECIPIENT_FILE), recipient.as_bytes(), 0o644)?;
+        atomic_file::write_new(&staging.join(TRUST_KEY_FILE), trust.as_bytes(), 0o644)?;
+        extra(staging)
+    })
+}
+
+/// The authority's public signing key: what every recovery packet it makes verifies against.
+pub fn trust_key(dir: &Path) -> Result<minisign::PublicKey, AuthorityError> {
+    let path = dir.join(TRUST_KEY_FILE);
+    let text = fs::read_to_string(&path)?;
+    minisign::PublicKeyBox::from_string(&text)
+        .and_then(|b| b.into_public_key())
+        .map_err(|_| AuthorityError::Corrupt(path.display().to_string()))
+}
+
+/// True when `dir` holds the authority's secret keys (not only its public halves).
+pub fn holds_secret_keys(dir: &Path) -> bool {
+    dir.join(IDENTITY_FILE).exists() && dir.join(SIGNING_KEY_FILE).exists()
+}
+
+/// Makes `dir` (missing or empty) with what `fill` writes, all or nothing: everything is built
+/// in a sibling directory that is renamed into place (atomic onto an empty directory), and
+/// removed again on failure.
+fn create_whole(
+    dir: &Path,
+    fill: impl FnOnce(&Path) -> Result<(), AuthorityError>,
+) -> Result<(), AuthorityError> {
     if dir.exists() && fs::read_dir(dir)?.next().is_some() {
         return Err(AuthorityError::Exists(dir.to_path_buf()));
     }
-    // Build everything in a sibling directory, then rename it into place: a failure leaves
-    // no half-made authority behind, and rename onto an empty directory is atomic.
     let parent = match dir.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
@@ -109,17 +169,15 @@ pub fn init(
         encode_secret(&tag).as_str()
     ));
     fs::create_dir(&staging)?;
-    let result = write_keys(&staging, passphrase, &text)
-        .and_then(|()| extra(&staging))
-        .and_then(|()| {
-            fs::set_permissions(
-                &staging,
-                std::os::unix::fs::PermissionsExt::from_mode(0o700),
-            )?;
-            fs::rename(&staging, dir)?;
-            fs::File::open(&parent)?.sync_all()?;
-            Ok(())
-        });
+    let result = fill(&staging).and_then(|()| {
+        fs::set_permissions(
+            &staging,
+            std::os::unix::fs::PermissionsExt::from_mode(0o700),
+        )?;
+        fs::rename(&staging, dir)?;
+        fs::File::open(&parent)?.sync_all()?;
+        Ok(())
+    });
     if result.is_err() {
         let _ = fs::remove_dir_all(&staging);
     }

@@ -43,6 +43,23 @@ pub struct Config {
     pub requests_per_minute_per_address: u32,
     #[serde(default = "default_per_machine")]
     pub requests_per_minute_per_machine: u32,
+    /// Where recovery packets are made: "server" (an approval sends the administrator
+    /// passphrase, which unlocks the authority in this process for that one operation) or
+    /// "offline" (the server holds no secret key; administrators approve with
+    /// `admin approve-recovery --authority DIR`, which builds the packet on their machine).
+    #[serde(default)]
+    pub authority: AuthorityMode,
+    /// How long shares toward one K-of-N approval are held (in memory) for the rest to arrive.
+    #[serde(default = "default_share_window")]
+    pub share_window: String,
+}
+
+#[derive(Debug, Default, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthorityMode {
+    #[default]
+    Server,
+    Offline,
 }
 
 fn default_admin_networks() -> Vec<String> {
@@ -69,6 +86,9 @@ fn default_per_address() -> u32 {
 fn default_per_machine() -> u32 {
     300
 }
+fn default_share_window() -> String {
+    "15m".into()
+}
 
 impl Config {
     pub fn load(dir: &Path) -> Result<Config, String> {
@@ -83,6 +103,7 @@ impl Config {
         config.recovery_valid_for()?;
         config.token_valid_for()?;
         config.restore_valid_for()?;
+        config.share_window()?;
         Ok(config)
     }
 
@@ -96,6 +117,10 @@ impl Config {
     pub fn recovery_valid_for(&self) -> Result<Duration, String> {
         humantime::parse_duration(&self.recovery_valid_for)
             .map_err(|e| format!("recovery_valid_for: {e}"))
+    }
+
+    pub fn share_window(&self) -> Result<Duration, String> {
+        humantime::parse_duration(&self.share_window).map_err(|e| format!("share_window: {e}"))
     }
 
     pub fn token_valid_for(&self) -> Result<Duration, String> {
@@ -114,7 +139,11 @@ impl Config {
 
 /// The configuration `init` writes: listening on the loopback only until an administrator says
 /// otherwise.
-pub fn default_text(listen: &str) -> String {
+pub fn default_text(listen: &str, authority: AuthorityMode) -> String {
+    let authority = match authority {
+        AuthorityMode::Server => "server",
+        AuthorityMode::Offline => "offline",
+    };
     format!(
         "# lifeline-server configuration. Paths are relative to this directory.\n\
          listen = \"{listen}\"\n\
@@ -133,7 +162,13 @@ pub fn default_text(listen: &str) -> String {
          audit_stream = \"stderr\"\n\
          # Rate limits (429 Too Many Requests beyond them).\n\
          requests_per_minute_per_address = 1200\n\
-         requests_per_minute_per_machine = 300\n"
+         requests_per_minute_per_machine = 300\n\
+         # \"server\": approvals send the administrator passphrase, which unlocks the authority\n\
+         # here for that one operation. \"offline\": this server holds no secret key; approve with\n\
+         # `lifeline-server admin approve-recovery ID --authority DIR` on your own machine.\n\
+         authority = \"{authority}\"\n\
+         # Shares toward a K-of-N approval wait this long (in memory) for the others.\n\
+         share_window = \"15m\"\n"
     )
 }
 

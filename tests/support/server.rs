@@ -32,20 +32,28 @@ impl Server {
         config: &[(&str, &str)],
         tpm: Option<&super::swtpm::Swtpm>,
     ) -> Server {
+        sb.write("admin.pass", format!("{}\n", super::ADMIN_PASSPHRASE));
+        Server::start_with(sb, &["--passphrase-file", "admin.pass"], config, tpm)
+    }
+
+    /// `start`, with `authority` the options of `lifeline-server init` that say where its
+    /// authority comes from (a passphrase file, shares, or `--authority-public DIR`).
+    pub fn start_with(
+        sb: &Sandbox,
+        authority: &[&str],
+        config: &[(&str, &str)],
+        tpm: Option<&super::swtpm::Swtpm>,
+    ) -> Server {
         let port = TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap()
             .port();
-        sb.write("admin.pass", format!("{}\n", super::ADMIN_PASSPHRASE));
         let dir = sb.path("srv");
         let listen = format!("127.0.0.1:{port}");
-        sb.server(&[
-            "init",
-            "--dir",
-            "srv",
-            "--passphrase-file",
-            "admin.pass",
+        let mut init = vec!["init", "--dir", "srv"];
+        init.extend_from_slice(authority);
+        init.extend([
             "--tls-name",
             "127.0.0.1",
             // The address QEMU guests reach the host's server by (qemu-tests/).
@@ -53,8 +61,8 @@ impl Server {
             "10.0.2.100",
             "--listen",
             &listen,
-        ])
-        .ok();
+        ]);
+        sb.server(&init).ok();
         let toml = dir.join("server.toml");
         let mut text = std::fs::read_to_string(&toml).unwrap();
         for (key, value) in config {
@@ -66,22 +74,16 @@ impl Server {
             text = text.replace(&line, &format!("{key} = {value}"));
         }
         std::fs::write(&toml, text).unwrap();
-        let credential = sb
-            .server(&["admin", "add", "--dir", "srv", "--name", "alice"])
-            .ok()
-            .stdout
-            .trim()
-            .to_string();
-        let admin = sb.write("alice.cred", credential);
         let mut server = Server {
             child: None,
             dir,
             url: format!("https://127.0.0.1:{port}"),
             port,
-            admin,
+            admin: PathBuf::new(),
             log: sb.path("serve.log"),
             tcti: tpm.map(|t| t.tcti()),
         };
+        server.admin = server.add_admin(sb, "alice");
         server.spawn();
         server
     }
@@ -130,8 +132,30 @@ impl Server {
 
     /// `lifeline-server admin ...` against this server as alice.
     pub fn admin(&self, sb: &Sandbox, args: &[&str]) -> super::Run {
+        self.admin_as(sb, &self.admin, args)
+    }
+
+    /// Adds an administrator; returns their credential file.
+    pub fn add_admin(&self, sb: &Sandbox, name: &str) -> PathBuf {
         let dir = self.dir.to_str().unwrap();
-        let admin = self.admin.to_str().unwrap();
+        let credential = sb
+            .server(&["admin", "add", "--dir", dir, "--name", name])
+            .ok()
+            .stdout
+            .trim()
+            .to_string();
+        sb.write(&format!("{name}.cred"), credential)
+    }
+
+    /// `lifeline-server admin ...` against this server with the credential in `credential`.
+    pub fn admin_as(
+        &self,
+        sb: &Sandbox,
+        credential: &std::path::Path,
+        args: &[&str],
+    ) -> super::Run {
+        let dir = self.dir.to_str().unwrap();
+        let admin = credential.to_str().unwrap();
         let mut all = vec!["admin"];
         all.extend_from_slice(args);
         all.extend(["--dir", dir, "--credential-file", admin]);

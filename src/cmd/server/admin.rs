@@ -9,8 +9,8 @@ use super::{admin_secret, listing};
 use crate::api::{self, Route};
 use crate::cmd::{read_secret_line, read_small, CmdResult, Exit, Failure};
 use crate::escrow::https::Https;
-use crate::secret::Credential;
-use crate::server::{config, store};
+use crate::secret::{Credential, ShareText};
+use crate::server::{authority, config, store};
 use argh::FromArgs;
 
 #[derive(FromArgs, Debug)]
@@ -82,8 +82,11 @@ macro_rules! admin_args {
                 /// read the administrator passphrase from this file's first line (default: ask)
                 pub $pass: Option<PathBuf>,
                 #[argh(option)]
-                /// instead of the passphrase, a share file (repeat for K shares of a K-of-N authority)
+                /// instead of the passphrase, a share file of a K-of-N authority: once, to submit your share to the server (the K-th administrator's completes it), or K times to combine them here
                 pub share_file: Vec<PathBuf>,
+                #[argh(option)]
+                /// the authority directory, kept on this machine: the escrow packet is opened here and only the result is uploaded, so the server never holds the passphrase
+                pub authority: Option<PathBuf>,
             )?
         }
 
@@ -141,7 +144,7 @@ admin_args!(
 admin_args!(
     ApproveArgs,
     "approve-recovery",
-    "Approve a recovery request: unlocks the authority with the administrator passphrase (on the server, in memory, for this one operation), publishes a recovery packet for the machine to fetch, and prints its one-time password once.",
+    "Approve a recovery request: unlocks the authority with the administrator passphrase (on the server, in memory, for this one operation; or here, with --authority), publishes a recovery packet for the machine to fetch, and prints its one-time password once. With one --share-file of a K-of-N authority, submits that share; the administrator whose share is the K-th gets the password.",
     request: "the request: its ID, or the recovery ID the user reads out, or the host name (lifeline-server admin requests)",
     passphrase: passphrase_file
 );
@@ -170,7 +173,7 @@ admin_args!(DeleteArgs, "delete", "Delete an escrow packet.", packet: "the packe
 admin_args!(
     ShowPassphraseArgs,
     "show-passphrase",
-    "Show the random recovery passphrase escrowed in a packet (needs the administrator passphrase; audited).",
+    "Show the random recovery passphrase escrowed in a packet (needs the administrator passphrase, and the authority with --authority; audited).",
     packet: "the packet ID",
     passphrase: passphrase_file
 );
@@ -316,6 +319,12 @@ fn approve(a: ApproveArgs) -> CmdResult {
     let rows = listing::fetch::<api::RequestRow>(&s)?;
     let row = listing::pick(&rows, &a.request)?;
     listing::announce(row);
+    if let Some(dir) = &a.authority {
+        return approve_here(&s, &row.request, dir, &a);
+    }
+    if let [share_file] = a.share_file.as_slice() {
+        return submit_share(&s, &row.request, share_file);
+    }
     // The passphrase travels once, over TLS, to unlock the authority on the server.
     let body = api::Approve {
         passphrase: admin_secret(a.passphrase_file.as_deref(), &a.share_file)?,
@@ -323,6 +332,11 @@ fn approve(a: ApproveArgs) -> CmdResult {
     };
     let answer: api::Approved =
         s.post_json(&api::ADMIN_REQUEST_APPROVE.path(&[&row.request]), &body)?;
+    print_approved(&answer);
+    Ok(())
+}
+
+fn print_approved(answer: &api::Approved) {
     eprintln!(
         "Recovery packet {} published for recovery ID {}, valid until {}.",
         answer.packet, answer.recovery_id, answer.expires
@@ -330,17 +344,95 @@ fn approve(a: ApproveArgs) -> CmdResult {
     eprintln!("One-time password (read it to the user group by group; it is not stored anywhere):");
     // expose_secret: reading it out to the user is what the administrator gets it for.
     println!("{}", answer.otp.expose_secret());
+}
+
+/// One administrator's share toward a K-of-N approval on the server.
+fn submit_share(s: &Https, request: &str, share_file: &std::path::Path) -> CmdResult {
+    let body = api::Share {
+        share: ShareText::new(read_secret_line(share_file, "share")?),
+        otp_groups: None,
+    };
+    let progress: api::ShareProgress =
+        s.post_json(&api::ADMIN_REQUEST_SHARES.path(&[request]), &body)?;
+    match &progress.approved {
+        Some(answer) => {
+            eprintln!(
+                "Share {} of {} received (from {}): approved.",
+                progress.received,
+                progress.needed,
+                progress.from.join(", ")
+            );
+            print_approved(answer);
+        }
+        None => eprintln!(
+            "Share {} of {} received for request {request} (from {}). {} more administrator(s) must submit theirs within {}; the held shares are discarded after that.",
+            progress.received,
+            progress.needed,
+            progress.from.join(", "),
+            progress.needed.saturating_sub(progress.received),
+            humantime::format_duration(Duration::from_secs(progress.discarded_in)),
+        ),
+    }
+    Ok(())
+}
+
+/// `--authority DIR`: opens the request's escrow packet with the authority on this machine,
+/// makes and signs the recovery packet here, and uploads only that.
+fn approve_here(s: &Https, request: &str, dir: &std::path::Path, a: &ApproveArgs) -> CmdResult {
+    let copy: api::EscrowCopy = s.get_json(&api::ADMIN_REQUEST_ESCROW.path(&[request]))?;
+    let valid_for = humantime::parse_duration(&copy.recovery_valid_for).map_err(|e| {
+        Failure::new(
+            Exit::Failure,
+            format!(
+                "the server's recovery_valid_for {}: {e}",
+                copy.recovery_valid_for
+            ),
+        )
+    })?;
+    let passphrase = admin_secret(a.passphrase_file.as_deref(), &a.share_file)?;
+    let issued = authority::unlock(dir, &passphrase)?
+        .issue_recovery(
+            copy.escrow_packet.as_bytes(),
+            valid_for,
+            crate::escrow::otp::DEFAULT_GROUPS,
+        )
+        .map_err(|e| Failure::from(e).context(format!("the escrow packet of request {request}")))?;
+    let body = api::Publish {
+        recovery_packet: String::from_utf8_lossy(&issued.packet).into_owned(),
+        use_token_hash: crate::hex::encode(&issued.use_token_hash),
+    };
+    let published: api::Published =
+        s.post_json(&api::ADMIN_REQUEST_PUBLISH.path(&[request]), &body)?;
+    print_approved(&api::Approved {
+        otp: issued.otp,
+        packet: published.packet,
+        expires: published.expires,
+        recovery_id: published.recovery_id,
+    });
     Ok(())
 }
 
 fn show_passphrase(a: ShowPassphraseArgs) -> CmdResult {
     let s = a.connect()?;
-    let body = api::AdminPassphrase {
-        passphrase: admin_secret(a.passphrase_file.as_deref(), &a.share_file)?,
+    let recovery_passphrase = match &a.authority {
+        Some(dir) => {
+            let copy: api::EscrowCopy = s.get_json(&api::ADMIN_PACKET.path(&[&a.packet]))?;
+            let passphrase = admin_secret(a.passphrase_file.as_deref(), &a.share_file)?;
+            authority::unlock(dir, &passphrase)?
+                .open_escrow(copy.escrow_packet.as_bytes())
+                .map_err(|e| Failure::from(e).context(format!("packet {}", a.packet)))?
+                .recovery_passphrase
+        }
+        None => {
+            let body = api::AdminPassphrase {
+                passphrase: admin_secret(a.passphrase_file.as_deref(), &a.share_file)?,
+            };
+            let answer: api::RecoveryPassphrase =
+                s.post_json(&api::ADMIN_PACKET_PASSPHRASE.path(&[&a.packet]), &body)?;
+            answer.recovery_passphrase
+        }
     };
-    let answer: api::RecoveryPassphrase =
-        s.post_json(&api::ADMIN_PACKET_PASSPHRASE.path(&[&a.packet]), &body)?;
-    match answer.recovery_passphrase {
+    match recovery_passphrase {
         Some(p) => {
             eprintln!("Recovery passphrase escrowed in packet {}:", a.packet);
             // expose_secret: showing it is what this audited command is for.

@@ -5,8 +5,9 @@ use std::path::PathBuf;
 use argh::FromArgs;
 
 use super::admin_passphrase;
-use crate::cmd::CmdResult;
-use crate::server::authority::{self, RECIPIENT_FILE, TRUST_KEY_FILE};
+use crate::cmd::{CmdResult, Failure};
+use crate::server::authority::{self, AuthorityError, RECIPIENT_FILE, TRUST_KEY_FILE};
+use crate::server::config::{self, AuthorityMode};
 
 #[derive(FromArgs, Debug)]
 /// Create a recovery authority: the age key that escrow packets are encrypted to and the
@@ -34,9 +35,17 @@ pub struct Args {
     /// with --tls-name: the address server.toml listens on (default 127.0.0.1:8443)
     #[argh(option, default = "String::from(\"127.0.0.1:8443\")")]
     pub listen: String,
+    /// make a server for the authority in this directory, kept elsewhere: only its public
+    /// files are copied, and server.toml says authority = "offline" (approvals are made with
+    /// admin approve-recovery --authority on the administrator's machine); needs --tls-name
+    #[argh(option)]
+    pub authority_public: Option<PathBuf>,
 }
 
 pub fn run(args: Args) -> CmdResult {
+    if let Some(from) = &args.authority_public {
+        return offline_server(&args, from);
+    }
     let (passphrase, shares) = match &args.shares {
         None => (
             admin_passphrase(args.passphrase_file.as_deref(), true)?,
@@ -95,13 +104,7 @@ pub fn run(args: Args) -> CmdResult {
         if names.is_empty() {
             return Ok(());
         }
-        crate::server::config::make_tls(dir, &names).map_err(std::io::Error::other)?;
-        crate::atomic_file::write_new(
-            &dir.join(crate::server::config::CONFIG_FILE),
-            crate::server::config::default_text(&listen).as_bytes(),
-            0o644,
-        )?;
-        Ok(())
+        write_server_files(dir, &names, &listen, AuthorityMode::Server)
     });
     if let Err(e) = made {
         if let Some((dir, _, _)) = &shares {
@@ -124,6 +127,55 @@ pub fn run(args: Args) -> CmdResult {
     );
     eprintln!(
         "  back up the whole directory; without it and the passphrase, escrowed keys are lost"
+    );
+    Ok(())
+}
+
+/// The TLS material and server.toml of a server directory.
+fn write_server_files(
+    dir: &std::path::Path,
+    names: &[String],
+    listen: &str,
+    mode: AuthorityMode,
+) -> Result<(), AuthorityError> {
+    config::make_tls(dir, names).map_err(std::io::Error::other)?;
+    crate::atomic_file::write_new(
+        &dir.join(config::CONFIG_FILE),
+        config::default_text(listen, mode).as_bytes(),
+        0o644,
+    )?;
+    Ok(())
+}
+
+/// `init --authority-public FROM`: a server directory without the authority's secret keys.
+fn offline_server(args: &Args, from: &std::path::Path) -> CmdResult {
+    if args.shares.is_some() || args.passphrase_file.is_some() {
+        return Err(Failure::usage(
+            "--authority-public makes a server without the authority's secret keys: it takes no passphrase and no shares",
+        ));
+    }
+    if args.tls_name.is_empty() {
+        return Err(Failure::usage(
+            "--authority-public needs --tls-name for the server's certificate",
+        ));
+    }
+    if args.listen.parse::<std::net::SocketAddr>().is_err() {
+        return Err(Failure::usage(format!(
+            "--listen {}: not an address:port",
+            args.listen
+        )));
+    }
+    authority::init_public(&args.dir, from, |dir| {
+        write_server_files(dir, &args.tls_name, &args.listen, AuthorityMode::Offline)
+    })?;
+    eprintln!(
+        "Server for the authority in {} created in {}; it holds no secret key (authority = \"offline\").",
+        from.display(),
+        args.dir.display()
+    );
+    eprintln!(
+        "  approve recoveries on your own machine: lifeline-server admin approve-recovery ID --authority {}",
+        from.display()
     );
     Ok(())
 }

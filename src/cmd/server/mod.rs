@@ -70,6 +70,6 @@ pub(crate) fn admin_secret(
             ))
         })
         .collect::<Result<Vec<_>, Failure>>()?;
-    crate::server::shares::combine(&texts)
+    crate::server::shares::combine(texts.iter().map(|t| t.as_str()))
         .map_err(|e| Failure::usage(e).todo("bring share files from enough administrators"))
 }

@@ -1,14 +1,21 @@
 //! What administrators call (an [`Admin`] caller): enrollment tokens, the listings, approving
 //! recoveries and DRSK restores, retiring packets, and reading an escrowed recovery passphrase.
 
+use std::time::{Duration, SystemTime};
+
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
 
-use super::{internal, recovery_id, restore_id, with_custody, with_db, Admin, ApiError, Shared};
+use super::{
+    bad, internal, recovery_id, restore_id, with_custody, with_db, Admin, ApiError, Shared,
+};
 use crate::api;
+use crate::escrow::{Binding, RecoveryPacket};
 use crate::secret::{EnrollmentToken, Passphrase};
 use crate::server::authority::{self, AuthorityError, Unlocked};
+use crate::server::config::AuthorityMode;
+use crate::server::shares::{Added, Refusal};
 use crate::server::store;
 
 /// `POST ADMIN_ENROLLMENT_TOKENS`.
@@ -111,6 +118,89 @@ async fn with_authority<T: Send + 'static>(
     .map_err(|_| internal("the authority's task failed"))?
 }
 
+/// Refuses what would unlock the authority on the server when it holds no secret key.
+fn refuse_offline(s: &Shared) -> Result<(), ApiError> {
+    match s.config.authority {
+        AuthorityMode::Server => Ok(()),
+        AuthorityMode::Offline => Err(ApiError(
+            StatusCode::CONFLICT,
+            "this server holds no authority key (authority = \"offline\"): make the recovery packet on the administrator's machine with lifeline-server admin approve-recovery ID --authority DIR".into(),
+        )),
+    }
+}
+
+/// Stores a recovery packet for a pending request, audited as `action` by `actor`.
+async fn publish(
+    s: &Shared,
+    actor: String,
+    action: &'static str,
+    request: store::RequestRow,
+    packet: Vec<u8>,
+    binding: &Binding,
+    use_token_hash: Vec<u8>,
+) -> Result<api::Published, ApiError> {
+    let expires = binding
+        .expires
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let packet_id = binding.packet_id.clone();
+    let recovery_id = recovery_id(&request.machine, &request.volume_uuid);
+    with_db(s, move |db| {
+        let new = store::NewRecovery {
+            id: &packet_id,
+            body: &packet,
+            expires,
+            use_token_hash: &use_token_hash,
+        };
+        db.publish_recovery(&actor, action, &request, &new)
+            .map_err(Into::into)
+    })
+    .await?;
+    Ok(api::Published {
+        packet: binding.packet_id.clone(),
+        expires: humantime::format_rfc3339_seconds(binding.expires).to_string(),
+        recovery_id,
+    })
+}
+
+/// Unlocks the authority with `passphrase`, issues the recovery packet for pending request
+/// `id`, publishes it, and answers its OTP, once.
+async fn approve_with(
+    s: &Shared,
+    actor: String,
+    id: String,
+    passphrase: Passphrase,
+    otp_groups: Option<usize>,
+) -> Result<api::Approved, ApiError> {
+    let valid_for = s.config.recovery_valid_for().map_err(internal)?;
+    let groups = otp_groups.unwrap_or(crate::escrow::otp::DEFAULT_GROUPS);
+    let (request, escrow) =
+        with_db(s, move |db| db.packet_for_request(&id).map_err(Into::into)).await?;
+    let issued = with_authority(s, passphrase, move |unlocked| {
+        unlocked
+            .issue_recovery(&escrow, valid_for, groups)
+            .map_err(|e| ApiError(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))
+    })
+    .await?;
+    let published = publish(
+        s,
+        actor,
+        "approve-recovery",
+        request,
+        issued.packet,
+        &issued.binding,
+        issued.use_token_hash,
+    )
+    .await?;
+    Ok(api::Approved {
+        otp: issued.otp,
+        packet: published.packet,
+        expires: published.expires,
+        recovery_id: published.recovery_id,
+    })
+}
+
 /// `POST ADMIN_REQUEST_APPROVE`: issues the recovery packet and answers its OTP, once.
 pub async fn approve(
     State(s): State<Shared>,
@@ -118,46 +208,185 @@ pub async fn approve(
     Path(id): Path<String>,
     Json(req): Json<api::Approve>,
 ) -> Result<Json<api::Approved>, ApiError> {
-    let valid_for = s.config.recovery_valid_for().map_err(internal)?;
-    let groups = req.otp_groups.unwrap_or(crate::escrow::otp::DEFAULT_GROUPS);
-    let (request, escrow) =
-        with_db(&s, move |db| db.packet_for_request(&id).map_err(Into::into)).await?;
-    let issued = with_authority(&s, req.passphrase, move |unlocked| {
-        unlocked
-            .issue_recovery(&escrow, valid_for, groups)
-            .map_err(|e| ApiError(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))
+    refuse_offline(&s)?;
+    Ok(Json(
+        approve_with(&s, name, id, req.passphrase, req.otp_groups).await?,
+    ))
+}
+
+/// `POST ADMIN_REQUEST_SHARES`: one administrator's share toward a K-of-N approval. The K-th
+/// completes the approval (its caller gets the OTP); before that, the answer says how many
+/// are held. Each submission is audited with who sent it.
+pub async fn share(
+    State(s): State<Shared>,
+    Admin(name): Admin,
+    Path(id): Path<String>,
+    Json(req): Json<api::Share>,
+) -> Result<Json<api::ShareProgress>, ApiError> {
+    Ok(Json(submit_share(&s, name, id, req).await?))
+}
+
+pub(super) async fn submit_share(
+    s: &Shared,
+    name: String,
+    id: String,
+    req: api::Share,
+) -> Result<api::ShareProgress, ApiError> {
+    refuse_offline(s)?;
+    let window = s.config.share_window().map_err(internal)?;
+    let id2 = id.clone();
+    // A share is held only for a request that is waiting for approval.
+    with_db(s, move |db| {
+        db.packet_for_request(&id2).map(|_| ()).map_err(Into::into)
     })
     .await?;
-    let expires = issued
-        .binding
-        .expires
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0);
-    let (packet_id, body, request_for_db, token_hash) = (
-        issued.binding.packet_id.clone(),
-        issued.packet.clone(),
-        request.clone(),
-        issued.use_token_hash.clone(),
-    );
-    with_db(&s, move |db| {
-        db.publish_recovery(
-            &name,
-            &request_for_db,
-            &packet_id,
-            &body,
-            expires,
-            &token_hash,
-        )
-        .map_err(Into::into)
+    // expose_secret: the board keeps it, in wiped memory, until the approval or the window ends.
+    let added = s
+        .shares
+        .add(&id, &name, req.share.expose_secret(), window)
+        .map_err(|r| match r {
+            Refusal::Bad(m) => bad(m),
+            Refusal::Twice(m) => ApiError(StatusCode::CONFLICT, m),
+        })?;
+    let (received, needed): (u8, u8) = match &added {
+        Added::Waiting { from, needed, .. } => (from.len() as u8, *needed),
+        Added::Complete { from, .. } => (from.len() as u8, from.len() as u8),
+    };
+    let (who, request) = (name.clone(), id.clone());
+    let audited = with_db(s, move |db| {
+        db.audit_share(&who, &request, received, needed)
+            .map_err(Into::into)
+    })
+    .await;
+    if let Err(e) = audited {
+        s.shares.withdraw(&id, &name);
+        return Err(e);
+    }
+    match added {
+        Added::Waiting { from, needed, left } => Ok(api::ShareProgress {
+            received,
+            needed,
+            from,
+            discarded_in: left.as_secs(),
+            approved: None,
+        }),
+        Added::Complete { shares, from } => {
+            let discarded = |e: String| {
+                ApiError(
+                    StatusCode::FORBIDDEN,
+                    format!("{e}; the {received} shares held were discarded: submit them again"),
+                )
+            };
+            let passphrase = crate::server::shares::combine(shares.iter().map(|s| s.as_str()))
+                .map_err(discarded)?;
+            drop(shares);
+            let approved = approve_with(s, from.join("+"), id, passphrase, req.otp_groups)
+                .await
+                .map_err(|e| match e.0 {
+                    StatusCode::FORBIDDEN => discarded(
+                        "the shares do not rebuild this authority's administrator passphrase"
+                            .into(),
+                    ),
+                    _ => e,
+                })?;
+            Ok(api::ShareProgress {
+                received,
+                needed,
+                from,
+                discarded_in: 0,
+                approved: Some(approved),
+            })
+        }
+    }
+}
+
+/// `GET ADMIN_REQUEST_ESCROW`: the escrow packet a pending request opens, for an administrator
+/// who keeps the authority on their own machine (audited).
+pub async fn request_escrow(
+    State(s): State<Shared>,
+    Admin(name): Admin,
+    Path(id): Path<String>,
+) -> Result<Json<api::EscrowCopy>, ApiError> {
+    let (_, body) = with_db(&s, move |db| {
+        db.escrow_for_request(&name, &id).map_err(Into::into)
     })
     .await?;
-    Ok(Json(api::Approved {
-        expires: humantime::format_rfc3339_seconds(issued.binding.expires).to_string(),
-        recovery_id: recovery_id(&request.machine, &request.volume_uuid),
-        packet: issued.binding.packet_id,
-        otp: issued.otp,
+    escrow_copy(&s, body)
+}
+
+/// `GET ADMIN_PACKET`: an escrow packet by ID (audited).
+pub async fn packet(
+    State(s): State<Shared>,
+    Admin(name): Admin,
+    Path(id): Path<String>,
+) -> Result<Json<api::EscrowCopy>, ApiError> {
+    let body = with_db(&s, move |db| {
+        db.read_packet_for_admin(&name, &id, "read-escrow")
+            .map_err(Into::into)
+    })
+    .await?;
+    escrow_copy(&s, body)
+}
+
+fn escrow_copy(s: &Shared, body: Vec<u8>) -> Result<Json<api::EscrowCopy>, ApiError> {
+    Ok(Json(api::EscrowCopy {
+        escrow_packet: String::from_utf8(body)
+            .map_err(|_| internal("a stored escrow packet is not text"))?,
+        recovery_valid_for: s.config.recovery_valid_for.clone(),
     }))
+}
+
+/// Clock difference allowed between the administrator's machine and the server.
+const CLOCK_SKEW: Duration = Duration::from_secs(300);
+
+/// `POST ADMIN_REQUEST_PUBLISH`: a recovery packet made on the administrator's machine. The
+/// server checks it as the booting machine will (the authority's signature, the request's
+/// machine and volume, not expired) and that it lives no longer than `recovery_valid_for`,
+/// then serves it exactly as one it made; the audit names who published it.
+pub async fn publish_made(
+    State(s): State<Shared>,
+    Admin(name): Admin,
+    Path(id): Path<String>,
+    Json(req): Json<api::Publish>,
+) -> Result<Json<api::Published>, ApiError> {
+    let refused = |e: &dyn std::fmt::Display| {
+        ApiError(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("the recovery packet is refused: {e}"),
+        )
+    };
+    let trusted = authority::trust_key(&s.dir).map_err(internal)?;
+    let body = req.recovery_packet.into_bytes();
+    let packet = RecoveryPacket::verify(&body, &trusted).map_err(|e| refused(&e))?;
+    let hash = crate::hex::decode(&req.use_token_hash)
+        .filter(|h| h.len() == 32)
+        .ok_or_else(|| bad("use_token_hash is not a SHA-256 in hex"))?;
+    let (request, _) =
+        with_db(&s, move |db| db.packet_for_request(&id).map_err(Into::into)).await?;
+    let now = SystemTime::now();
+    packet
+        .check_binding(&request.machine.machine_id, &request.volume_uuid, now)
+        .map_err(|e| refused(&e))?;
+    let valid_for = s.config.recovery_valid_for().map_err(internal)?;
+    if packet.binding.expires > now + valid_for + CLOCK_SKEW {
+        return Err(refused(&format!(
+            "it is valid until {}, longer than this server's recovery_valid_for ({})",
+            humantime::format_rfc3339_seconds(packet.binding.expires),
+            s.config.recovery_valid_for
+        )));
+    }
+    Ok(Json(
+        publish(
+            &s,
+            name,
+            "publish-recovery",
+            request,
+            body,
+            &packet.binding,
+            hash,
+        )
+        .await?,
+    ))
 }
 
 async fn retire(
@@ -203,8 +432,10 @@ pub async fn show_passphrase(
     Path(id): Path<String>,
     Json(req): Json<api::AdminPassphrase>,
 ) -> Result<Json<api::RecoveryPassphrase>, ApiError> {
+    refuse_offline(&s)?;
     let body = with_db(&s, move |db| {
-        db.read_packet_for_admin(&name, &id).map_err(Into::into)
+        db.read_packet_for_admin(&name, &id, "show-passphrase")
+            .map_err(Into::into)
     })
     .await?;
     let recovery_passphrase = with_authority(&s, req.passphrase, move |unlocked| {

@@ -40,6 +40,8 @@ pub struct AppState {
     pub config: Config,
     pub db: store::Db,
     pub limits: super::limits::Limits,
+    /// Shares toward K-of-N approvals, in memory only.
+    pub shares: super::shares::Board,
 }
 
 type Shared = Arc<AppState>;
@@ -274,6 +276,7 @@ pub fn router(state: Shared) -> Router {
         )
         .route(r(api::ADMIN_MACHINES), get(admin::machines))
         .route(r(api::ADMIN_PACKETS), get(admin::packets))
+        .route(r(api::ADMIN_PACKET), get(admin::packet))
         .route(r(api::ADMIN_PACKET_OBSOLETE), post(admin::obsolete))
         .route(r(api::ADMIN_PACKET_DELETE), post(admin::delete))
         .route(
@@ -282,6 +285,9 @@ pub fn router(state: Shared) -> Router {
         )
         .route(r(api::ADMIN_REQUESTS), get(admin::requests))
         .route(r(api::ADMIN_REQUEST_APPROVE), post(admin::approve))
+        .route(r(api::ADMIN_REQUEST_SHARES), post(admin::share))
+        .route(r(api::ADMIN_REQUEST_ESCROW), get(admin::request_escrow))
+        .route(r(api::ADMIN_REQUEST_PUBLISH), post(admin::publish_made))
         .route(r(api::ADMIN_RESTORES), get(admin::restores))
         .route(r(api::ADMIN_RESTORE_APPROVE), post(admin::approve_restore))
         .route(r(api::ADMIN_RESTORE_DELETE), post(admin::delete_restore))
@@ -324,6 +330,15 @@ async fn json_errors(response: Response) -> Response {
 /// `tcti` names the server's TPM, which holds the DRSKs in custody.
 pub fn serve(dir: PathBuf, tcti: String) -> Result<(), String> {
     let config = Config::load(&dir)?;
+    if config.authority == super::config::AuthorityMode::Server
+        && !super::authority::holds_secret_keys(&dir)
+    {
+        return Err(format!(
+            "{} holds no authority secret keys: set authority = \"offline\" in {} (approvals then use admin approve-recovery --authority DIR)",
+            dir.display(),
+            super::config::CONFIG_FILE
+        ));
+    }
     let db = store::open(&dir.join("lifeline.db")).map_err(|e| e.to_string())?;
     let stream = store::AuditStream::open(&config.audit_stream, &dir)
         .map_err(|e| format!("audit_stream {}: {e}", config.audit_stream))?;
@@ -347,6 +362,7 @@ pub fn serve(dir: PathBuf, tcti: String) -> Result<(), String> {
             config,
             db,
             limits: Default::default(),
+            shares: Default::default(),
         });
         let app = router(state);
         let handle = axum_server::Handle::new();

@@ -32,7 +32,7 @@ pub use audit::AuditStream;
 use audit::{audit, stream_lines, STREAM_TAG};
 pub use machines::{Machine, MachineRow};
 pub use packets::{PacketRow, Stored};
-pub use recovery::RequestRow;
+pub use recovery::{NewRecovery, RequestRow};
 pub use restores::{Advance, RestoreRow};
 
 pub type Result<T> = std::result::Result<T, StoreError>;

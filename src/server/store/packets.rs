@@ -114,8 +114,13 @@ impl Store {
     }
 
     /// An escrow packet's ciphertext, for an administrator about to decrypt it; the read is audited
-    /// (and fails if the audit entry cannot be written).
-    pub fn read_packet_for_admin(&mut self, admin: &str, packet: &str) -> Result<Vec<u8>> {
+    /// as `action` (and fails if the audit entry cannot be written).
+    pub fn read_packet_for_admin(
+        &mut self,
+        admin: &str,
+        packet: &str,
+        action: &str,
+    ) -> Result<Vec<u8>> {
         let conn = &mut self.conn;
         let tx = conn.savepoint()?;
         let body: Option<Vec<u8>> = tx
@@ -127,7 +132,7 @@ impl Store {
             .optional()?;
         let body =
             body.ok_or_else(|| StoreError::NotFound(format!("no escrow packet {packet}")))?;
-        audit(&tx, admin, "show-passphrase", packet)?;
+        audit(&tx, admin, action, packet)?;
         tx.commit()?;
         Ok(body)
     }

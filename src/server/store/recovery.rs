@@ -39,6 +39,15 @@ fn request_by_id(conn: &Connection, request: &str) -> Result<RequestRow> {
     .ok_or_else(|| StoreError::NotFound(format!("no recovery request {request}")))
 }
 
+/// A recovery packet to publish: its ID, the file, when it expires (seconds since the epoch),
+/// and the SHA-256 of the use token inside.
+pub struct NewRecovery<'a> {
+    pub id: &'a str,
+    pub body: &'a [u8],
+    pub expires: i64,
+    pub use_token_hash: &'a [u8],
+}
+
 impl Store {
     /// Files a recovery request for a machine (named by its machine ID or client ID) and volume
     /// that have a packet in escrow. Returns the request ID and the machine.
@@ -112,16 +121,63 @@ impl Store {
         Ok((req, body))
     }
 
-    /// Publishes an approved recovery packet (replacing any earlier one for that volume).
+    /// `packet_for_request` for an administrator who opens it on their own machine: audited.
+    pub fn escrow_for_request(
+        &mut self,
+        admin: &str,
+        request: &str,
+    ) -> Result<(RequestRow, Vec<u8>)> {
+        let found = self.packet_for_request(request)?;
+        let tx = self.conn.savepoint()?;
+        audit(
+            &tx,
+            admin,
+            "read-escrow",
+            &format!("{} {request}", found.0.volume_uuid),
+        )?;
+        tx.commit()?;
+        Ok(found)
+    }
+
+    /// Audits one administrator's share toward a K-of-N approval of a pending request.
+    pub fn audit_share(
+        &mut self,
+        admin: &str,
+        request: &str,
+        received: u8,
+        needed: u8,
+    ) -> Result<()> {
+        let tx = self.conn.savepoint()?;
+        if request_by_id(&tx, request)?.state != "pending" {
+            return Err(StoreError::Refused(format!(
+                "recovery request {request} is not pending"
+            )));
+        }
+        audit(
+            &tx,
+            admin,
+            "share-submitted",
+            &format!("{request} {received}/{needed}"),
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Publishes an approved recovery packet (replacing any earlier one for that volume),
+    /// audited as `action` by `admin`.
     pub fn publish_recovery(
         &mut self,
         admin: &str,
+        action: &str,
         request: &RequestRow,
-        packet_id: &str,
-        body: &[u8],
-        expires: i64,
-        use_token_hash: &[u8],
+        packet: &NewRecovery<'_>,
     ) -> Result<()> {
+        let NewRecovery {
+            id: packet_id,
+            body,
+            expires,
+            use_token_hash,
+        } = *packet;
         let conn = &mut self.conn;
         let tx = conn.savepoint()?;
         // Approved twice at once: only the first publishes.
@@ -146,7 +202,7 @@ impl Store {
         audit(
             &tx,
             admin,
-            "approve-recovery",
+            action,
             &format!("{} {} {packet_id}", request.volume_uuid, request.id),
         )?;
         tx.commit()?;

@@ -6,7 +6,7 @@
 CARGO ?= cargo
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: all deps build release test fuzz demo demo-offline clean
+.PHONY: all deps build release test fuzz demo demo-offline screenshots clean
 
 all: build
 
@@ -34,6 +34,10 @@ fuzz: deps
 
 demo: deps
 	./scripts/demo.sh
+
+# The web console's pages, as the tests' Chromium sees them, into docs/screenshots/.
+screenshots: deps
+	LIFELINE_SCREENSHOTS=docs/screenshots $(CARGO) test --all-features --test tests -- console approvals drsk_backup
 
 demo-offline: release
 	./scripts/demo-offline.sh

@@ -42,6 +42,13 @@ impl Route {
         debug_assert!(args.next().is_none(), "more arguments than {}", self.0);
         out
     }
+
+    /// `text` as one percent-encoded path segment.
+    pub fn segment(text: &str) -> String {
+        let mut out = String::with_capacity(text.len());
+        encode_segment(text, &mut out);
+        out
+    }
 }
 
 fn encode_segment(text: &str, out: &mut String) {
@@ -52,6 +59,12 @@ fn encode_segment(text: &str, out: &mut String) {
             out.push_str(&format!("%{b:02X}"));
         }
     }
+}
+
+/// A time in an answer (seconds since the epoch) as ISO 8601, UTC.
+pub fn iso8601(epoch: i64) -> String {
+    let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(epoch.max(0) as u64);
+    humantime::format_rfc3339_seconds(at).to_string()
 }
 
 // Anyone.

@@ -5,11 +5,12 @@ use lifeline::escrow::https::{FetchError, Https};
 use lifeline::secret::Credential;
 use serde_json::Value;
 
+use crate::support::browser::Browser;
 use crate::support::server::Server;
 use crate::support::*;
 
 /// The machine `state` joins, escrows `img` and asks for its recovery; returns the recovery ID.
-fn escrow_and_request(sb: &Sandbox, srv: &Server, state: &str, img: &Image) -> String {
+pub fn escrow_and_request(sb: &Sandbox, srv: &Server, state: &str, img: &Image) -> String {
     srv.join(sb, &[], |args| sb.lifeline_as(state, args, None));
     let disk = img.path.to_str().unwrap();
     let key = img.key_file.to_str().unwrap();
@@ -27,7 +28,7 @@ fn escrow_and_request(sb: &Sandbox, srv: &Server, state: &str, img: &Image) -> S
 }
 
 /// `lifeline recover` over the server with `otp`; the volume then takes the new passphrase.
-fn recover_with(sb: &Sandbox, srv: &Server, state: &str, img: &Image, otp: &str) {
+pub fn recover_with(sb: &Sandbox, srv: &Server, state: &str, img: &Image, otp: &str) {
     sb.write("new.pass", "set after the approval");
     let args = [
         "recover",
@@ -44,7 +45,7 @@ fn recover_with(sb: &Sandbox, srv: &Server, state: &str, img: &Image, otp: &str)
 }
 
 /// The audit log as (actor, action, subject).
-fn audit(sb: &Sandbox) -> Vec<(String, String, String)> {
+pub fn audit(sb: &Sandbox) -> Vec<(String, String, String)> {
     let db = rusqlite::Connection::open(sb.path("srv/lifeline.db")).unwrap();
     let mut stmt = db
         .prepare("SELECT actor, action, subject FROM audit ORDER BY seq")
@@ -55,7 +56,7 @@ fn audit(sb: &Sandbox) -> Vec<(String, String, String)> {
         .collect()
 }
 
-fn is_otp(text: &str) -> bool {
+pub fn is_otp(text: &str) -> bool {
     text.trim().len() == 27 && text.trim().split('-').count() == 4
 }
 
@@ -153,13 +154,51 @@ fn k_of_n_each_administrator_submits_their_own_share() {
     assert!(is_otp(&last.stdout), "{}", last.stdout);
     recover_with(&sb, &srv, "state", &img, last.stdout.trim());
 
+    // Again, with alice's share given in the web console, which shows how far it got.
+    sb.lifeline_as(
+        "state",
+        &["recovery", "request", img.path.to_str().unwrap()],
+        None,
+    )
+    .ok();
+    let browser = Browser::start(&sb, &sb.path("srv/tls/ca.pem"));
+    browser.sign_in(&srv.url, &srv.admin);
+    browser.type_into("#q", &id);
+    browser.submit("#search");
+    browser.submit("#requests tbody a");
+    let share = std::fs::read_to_string(sb.path("shares/share-2.txt")).unwrap();
+    browser.type_into("#share", share.trim());
+    browser.submit("#give-share");
+    assert_eq!(browser.text("#progress"), "Share 1 of 2 received");
+    browser.screenshot("console-share");
+    let last = srv.admin_as(
+        &sb,
+        &carol,
+        &[
+            "approve-recovery",
+            &id,
+            "--share-file",
+            "shares/share-1.txt",
+        ],
+    );
+    assert!(
+        last.ok().stderr.contains("(from alice, carol): approved"),
+        "{}",
+        last.stderr
+    );
+    assert!(is_otp(&last.stdout), "{}", last.stdout);
+
     let log = audit(&sb);
     let shares: Vec<&str> = log
         .iter()
         .filter(|(_, action, _)| action == "share-submitted")
         .map(|(actor, _, _)| actor.as_str())
         .collect();
-    assert_eq!(shares, ["alice", "carol", "alice", "bob"], "{log:?}");
+    assert_eq!(
+        shares,
+        ["alice", "carol", "alice", "bob", "alice", "carol"],
+        "{log:?}"
+    );
     assert!(
         log.iter()
             .any(|(actor, action, _)| actor == "alice+bob" && action == "approve-recovery"),
@@ -235,6 +274,20 @@ fn an_offline_authority_never_reaches_the_server() {
         }
         other => panic!("a packet of another authority was published: {other:?}"),
     }
+
+    // The console lists and shows the request, and says what to run instead of approving.
+    let browser = Browser::start(&sb, &sb.path("srv/tls/ca.pem"));
+    browser.sign_in(&srv.url, &srv.admin);
+    browser.submit("#requests tbody a");
+    assert_eq!(browser.count("#approve") + browser.count("#give-share"), 0);
+    assert!(
+        browser.text("main").contains(&format!(
+            "lifeline-server admin approve-recovery {id} --authority DIR"
+        )),
+        "{}",
+        browser.text("main")
+    );
+    drop(browser);
 
     let approved = srv.admin(
         &sb,

@@ -1080,8 +1080,19 @@ fn drsk_backup_and_board_swap_restore_over_https() {
     let rows = srv.admin(&sb, &["restores", "--json"]).ok().stdout.clone();
     let row: serde_json::Value = serde_json::from_str(rows.lines().next().unwrap()).unwrap();
     assert_eq!(row["state"], "pending");
-    srv.admin(&sb, &["approve-restore", row["request"].as_str().unwrap()])
-        .ok();
+    // Approved in the web console, which shows that the new TPM proved genuine.
+    let browser = crate::support::browser::Browser::start(&sb, &sb.path("srv/tls/ca.pem"));
+    browser.sign_in(&srv.url, &srv.admin);
+    browser.submit("#restores tbody a");
+    assert_eq!(browser.text("#genuine"), "yes");
+    browser.screenshot("console-restore");
+    browser.submit("#approve-restore");
+    assert!(
+        browser.text("main").contains("Approved."),
+        "{}",
+        browser.text("main")
+    );
+    assert_eq!(browser.text("#state"), "approved");
     let restored = sb
         .lifeline_on(&c, &[&restore[..], &["--persist"]].concat())
         .ok()

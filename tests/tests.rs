@@ -21,6 +21,9 @@ mod server;
 /// Approving recoveries: K-of-N shares from each administrator's seat, an off-server authority.
 mod approvals;
 
+/// The web console in a real headless Chromium.
+mod console;
+
 /// `lifeline unlock` as the initramfs runs it: real swtpm, LUKS image, server, USB image, pty.
 mod unlock;
 

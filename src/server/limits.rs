@@ -31,6 +31,16 @@ impl Limits {
         entry.1 += 1;
         entry.1 <= per_minute
     }
+
+    /// True when `key` used up `per_minute` in its current window (counts nothing).
+    pub fn exhausted(&self, key: &str, per_minute: u32) -> bool {
+        let Ok(windows) = self.windows.lock() else {
+            return true;
+        };
+        windows
+            .get(key)
+            .is_some_and(|(start, count)| start.elapsed() < WINDOW && *count >= per_minute)
+    }
 }
 
 #[cfg(test)]
@@ -39,6 +49,7 @@ mod tests {
     fn counts_per_key() {
         let l = super::Limits::default();
         assert!((0..3).all(|_| l.allow("a", 3)));
+        assert!(l.exhausted("a", 3) && !l.exhausted("b", 3));
         assert!(!l.allow("a", 3));
         assert!(l.allow("b", 3));
     }

@@ -439,6 +439,7 @@ impl Drop for LoopDevice {
     }
 }
 
+pub mod browser;
 pub mod hostile;
 pub mod server;
 pub mod swtpm;

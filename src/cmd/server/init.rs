@@ -13,6 +13,7 @@ use crate::server::config::{self, AuthorityMode};
 /// Create a recovery authority: the age key that escrow packets are encrypted to and the
 /// minisign key that signs recovery packets, both encrypted under an administrator passphrase.
 /// Hand DIR/recipient.txt and DIR/minisign.pub to clients; back up the whole directory.
+/// With --authority-public, make a server directory that holds only an authority's public keys.
 #[argh(subcommand, name = "init")]
 pub struct Args {
     /// directory to create (must be missing or empty)

@@ -18,11 +18,7 @@ pub trait Row: Serialize + DeserializeOwned {
     fn cells(&self) -> Vec<String>;
 }
 
-/// Seconds since the epoch as ISO 8601, UTC.
-pub fn time(epoch: i64) -> String {
-    let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(epoch.max(0) as u64);
-    humantime::format_rfc3339_seconds(at).to_string()
-}
+pub use crate::api::iso8601 as time;
 
 fn or_dash(text: Option<&str>) -> String {
     text.unwrap_or("-").to_string()

@@ -8,7 +8,8 @@ use crate::cmd::{CmdResult, Exit, Failure};
 use crate::server::{http, store};
 
 #[derive(FromArgs, Debug)]
-/// Run the escrow server over HTTPS, as configured in DIR/server.toml.
+/// Run the escrow server over HTTPS, as configured in DIR/server.toml: the API under /v1/ and
+/// the helpdesk's web console under /ui/ (administrator networks only).
 #[argh(subcommand, name = "serve")]
 pub struct Args {
     /// the server directory (from lifeline-server init --tls-name)

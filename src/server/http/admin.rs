@@ -42,19 +42,7 @@ pub async fn packets(
     State(s): State<Shared>,
     _: Admin,
 ) -> Result<Json<Vec<api::PacketRow>>, ApiError> {
-    let rows = with_db(&s, |db| db.list_packets().map_err(Into::into)).await?;
-    Ok(Json(
-        rows.into_iter()
-            .map(|p| api::PacketRow {
-                packet: p.id,
-                machine: p.machine,
-                host: p.host,
-                volume_uuid: p.volume_uuid,
-                created: p.created,
-                obsolete: p.obsolete,
-            })
-            .collect(),
-    ))
+    Ok(Json(packet_rows(&s).await?))
 }
 
 /// `GET ADMIN_REQUESTS`.
@@ -62,20 +50,7 @@ pub async fn requests(
     State(s): State<Shared>,
     _: Admin,
 ) -> Result<Json<Vec<api::RequestRow>>, ApiError> {
-    let rows = with_db(&s, |db| db.list_requests().map_err(Into::into)).await?;
-    Ok(Json(
-        rows.into_iter()
-            .map(|r| api::RequestRow {
-                recovery_id: recovery_id(&r.machine, &r.volume_uuid),
-                request: r.id,
-                host: r.machine.host,
-                machine_id: r.machine.machine_id,
-                volume_uuid: r.volume_uuid,
-                created: r.created,
-                state: r.state,
-            })
-            .collect(),
-    ))
+    Ok(Json(request_rows(&s).await?))
 }
 
 /// `GET ADMIN_MACHINES`.
@@ -83,19 +58,76 @@ pub async fn machines(
     State(s): State<Shared>,
     _: Admin,
 ) -> Result<Json<Vec<api::MachineRow>>, ApiError> {
-    let rows = with_db(&s, |db| db.list_machines().map_err(Into::into)).await?;
-    Ok(Json(
-        rows.into_iter()
-            .map(|r| api::MachineRow {
-                machine: r.machine.id,
-                host: r.machine.host,
-                machine_id: r.machine.machine_id,
-                client_id: r.machine.client_id,
-                created: r.created,
-                packets: r.packets,
-            })
-            .collect(),
-    ))
+    Ok(Json(machine_rows(&s).await?))
+}
+
+// The listings, as the API answers them and the web console shows them.
+
+pub(super) async fn packet_rows(s: &Shared) -> Result<Vec<api::PacketRow>, ApiError> {
+    let rows = with_db(s, |db| db.list_packets().map_err(Into::into)).await?;
+    Ok(rows
+        .into_iter()
+        .map(|p| api::PacketRow {
+            packet: p.id,
+            machine: p.machine,
+            host: p.host,
+            volume_uuid: p.volume_uuid,
+            created: p.created,
+            obsolete: p.obsolete,
+        })
+        .collect())
+}
+
+pub(super) async fn request_rows(s: &Shared) -> Result<Vec<api::RequestRow>, ApiError> {
+    let rows = with_db(s, |db| db.list_requests().map_err(Into::into)).await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| api::RequestRow {
+            recovery_id: recovery_id(&r.machine, &r.volume_uuid),
+            request: r.id,
+            host: r.machine.host,
+            machine_id: r.machine.machine_id,
+            volume_uuid: r.volume_uuid,
+            created: r.created,
+            state: r.state,
+        })
+        .collect())
+}
+
+pub(super) async fn machine_rows(s: &Shared) -> Result<Vec<api::MachineRow>, ApiError> {
+    let rows = with_db(s, |db| db.list_machines().map_err(Into::into)).await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| api::MachineRow {
+            machine: r.machine.id,
+            host: r.machine.host,
+            machine_id: r.machine.machine_id,
+            client_id: r.machine.client_id,
+            created: r.created,
+            packets: r.packets,
+        })
+        .collect())
+}
+
+pub(super) async fn restore_rows(s: &Shared) -> Result<Vec<api::RestoreRow>, ApiError> {
+    let rows = with_db(s, |db| db.list_restores().map_err(Into::into)).await?;
+    let valid_for = s.restore_valid_for();
+    Ok(rows
+        .iter()
+        .map(|r| api::RestoreRow {
+            request: r.id.clone(),
+            restore_id: restore_id(r),
+            client_id: r.client_id.clone(),
+            host: r.host.clone(),
+            created: r.created,
+            state: match r.expired(valid_for) {
+                true => "expired".into(),
+                false => r.state.clone(),
+            },
+            expires: r.expires(valid_for),
+            tpm_proven: r.secret_hash.is_some() && r.state != "challenged",
+        })
+        .collect())
 }
 
 /// Runs `f` with the authority unlocked by the administrator passphrase, in a blocking task
@@ -166,7 +198,7 @@ async fn publish(
 
 /// Unlocks the authority with `passphrase`, issues the recovery packet for pending request
 /// `id`, publishes it, and answers its OTP, once.
-async fn approve_with(
+pub(super) async fn approve_with(
     s: &Shared,
     actor: String,
     id: String,
@@ -389,7 +421,7 @@ pub async fn publish_made(
     ))
 }
 
-async fn retire(
+pub(super) async fn retire(
     s: Shared,
     name: String,
     id: String,
@@ -455,25 +487,7 @@ pub async fn restores(
     State(s): State<Shared>,
     _: Admin,
 ) -> Result<Json<Vec<api::RestoreRow>>, ApiError> {
-    let rows = with_db(&s, |db| db.list_restores().map_err(Into::into)).await?;
-    let valid_for = s.restore_valid_for();
-    Ok(Json(
-        rows.iter()
-            .map(|r| api::RestoreRow {
-                request: r.id.clone(),
-                restore_id: restore_id(r),
-                client_id: r.client_id.clone(),
-                host: r.host.clone(),
-                created: r.created,
-                state: match r.expired(valid_for) {
-                    true => "expired".into(),
-                    false => r.state.clone(),
-                },
-                expires: r.expires(valid_for),
-                tpm_proven: r.secret_hash.is_some() && r.state != "challenged",
-            })
-            .collect(),
-    ))
+    Ok(Json(restore_rows(&s).await?))
 }
 
 /// `POST ADMIN_RESTORE_DELETE`: withdraws a restore request, approved or not.
@@ -498,21 +512,29 @@ pub async fn approve_restore(
     Admin(name): Admin,
     Path(id): Path<String>,
 ) -> Result<Json<api::RestoreApproved>, ApiError> {
+    Ok(Json(restore_approval(&s, name, id).await?))
+}
+
+pub(super) async fn restore_approval(
+    s: &Shared,
+    name: String,
+    id: String,
+) -> Result<api::RestoreApproved, ApiError> {
     let id2 = id.clone();
     let valid_for = s.restore_valid_for();
     // Checked before the TPM works, and again when the result is stored.
-    let row = with_db(&s, move |db| {
+    let row = with_db(s, move |db| {
         db.restore_in_state(&id2, "pending", valid_for)
             .map_err(Into::into)
     })
     .await?;
     let (client, srk) = (row.client_id.clone(), row.srk_public.clone());
-    let file = with_custody(&s, move |custody, tpm| {
+    let file = with_custody(s, move |custody, tpm| {
         custody.restore(tpm, &client, &srk, None)
     })
     .await?;
     let body = file.to_text().into_bytes();
-    with_db(&s, move |db| {
+    with_db(s, move |db| {
         let step = store::Advance {
             from: "pending",
             to: "approved",
@@ -522,10 +544,10 @@ pub async fn approve_restore(
             .map_err(Into::into)
     })
     .await?;
-    Ok(Json(api::RestoreApproved {
+    Ok(api::RestoreApproved {
         status: "approved".into(),
         restore_id: restore_id(&row),
         client_id: row.client_id,
         host: row.host,
-    }))
+    })
 }

@@ -32,6 +32,7 @@ use crate::tpm::TssTpm;
 mod admin;
 mod boot;
 mod machine;
+mod ui;
 
 pub struct AppState {
     pub dir: PathBuf,
@@ -42,6 +43,8 @@ pub struct AppState {
     pub limits: super::limits::Limits,
     /// Shares toward K-of-N approvals, in memory only.
     pub shares: super::shares::Board,
+    /// The web console's sessions, in memory only.
+    pub sessions: ui::Sessions,
 }
 
 type Shared = Arc<AppState>;
@@ -291,6 +294,7 @@ pub fn router(state: Shared) -> Router {
         .route(r(api::ADMIN_RESTORES), get(admin::restores))
         .route(r(api::ADMIN_RESTORE_APPROVE), post(admin::approve_restore))
         .route(r(api::ADMIN_RESTORE_DELETE), post(admin::delete_restore))
+        .merge(ui::router())
         .layer(DefaultBodyLimit::max(limit))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -302,14 +306,16 @@ pub fn router(state: Shared) -> Router {
 
 /// axum answers a request it rejects itself (JSON that does not parse, a body over the limit,
 /// an unknown path) in plain text, or with no body at all; every error leaves as the
-/// documented `{"error": …}`.
+/// documented `{"error": …}` (the web console's own error pages stay pages).
 async fn json_errors(response: Response) -> Response {
     let status = response.status();
-    let is_json = response
+    let kept = response
         .headers()
         .get(axum::http::header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
-    if status.as_u16() < 400 || is_json {
+        .is_some_and(|v| {
+            v.as_bytes().starts_with(b"application/json") || v.as_bytes().starts_with(b"text/html")
+        });
+    if status.as_u16() < 400 || kept {
         return response;
     }
     let body = axum::body::to_bytes(response.into_body(), 4096)
@@ -363,6 +369,7 @@ pub fn serve(dir: PathBuf, tcti: String) -> Result<(), String> {
             db,
             limits: Default::default(),
             shares: Default::default(),
+            sessions: Default::default(),
         });
         let app = router(state);
         let handle = axum_server::Handle::new();

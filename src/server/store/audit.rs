@@ -114,7 +114,42 @@ pub(super) fn stream_lines(conn: &Connection, after: i64) -> Result<(String, i64
     Ok((text, head))
 }
 
+/// An audit entry as the web console shows it.
+#[derive(Debug, Clone)]
+pub struct AuditRow {
+    pub seq: i64,
+    pub time: i64,
+    pub actor: String,
+    pub action: String,
+    pub subject: String,
+}
+
 impl Store {
+    /// Writes an audit entry that records no other change (a sign-in, a refused one).
+    pub fn audit_event(&mut self, actor: &str, action: &str, subject: &str) -> Result<()> {
+        let tx = self.conn.savepoint()?;
+        audit(&tx, actor, action, subject)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The newest `limit` audit entries, newest first.
+    pub fn newest_audit(&self, limit: u32) -> Result<Vec<AuditRow>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT seq, time, actor, action, subject FROM audit ORDER BY seq DESC LIMIT ?1",
+        )?;
+        let rows = stmt.query_map(params![limit], |r| {
+            Ok(AuditRow {
+                seq: r.get(0)?,
+                time: r.get(1)?,
+                actor: r.get(2)?,
+                action: r.get(3)?,
+                subject: r.get(4)?,
+            })
+        })?;
+        Ok(rows.collect::<std::result::Result<_, _>>()?)
+    }
+
     /// Walks the audit chain; `Err` names the first entry that is not what the chain says.
     pub fn verify_audit(&self) -> Result<std::result::Result<usize, String>> {
         let conn = &self.conn;

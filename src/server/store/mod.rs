@@ -28,8 +28,8 @@ mod packets;
 mod recovery;
 mod restores;
 
-pub use audit::AuditStream;
 use audit::{audit, stream_lines, STREAM_TAG};
+pub use audit::{AuditRow, AuditStream};
 pub use machines::{Machine, MachineRow};
 pub use packets::{PacketRow, Stored};
 pub use recovery::{NewRecovery, RequestRow};

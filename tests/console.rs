@@ -10,26 +10,19 @@ use crate::support::browser::Browser;
 use crate::support::server::Server;
 use crate::support::*;
 
-/// The state of the request with recovery ID `rid` that was filed last.
-fn state(sb: &Sandbox, srv: &Server, rid: &str) -> String {
+/// The newest request with recovery ID `rid`, as `admin requests --json` lists it.
+fn newest(sb: &Sandbox, srv: &Server, rid: &str) -> Value {
     let listed = srv
         .admin(sb, &["requests", "--recovery-id", rid, "--json"])
         .ok()
         .stdout
         .clone();
-    let last: Value = serde_json::from_str(listed.lines().last().unwrap()).unwrap();
-    last["state"].as_str().unwrap().to_string()
+    serde_json::from_str(listed.lines().last().unwrap()).unwrap()
 }
 
-/// The ID of the newest request with recovery ID `rid`.
-fn request_id(sb: &Sandbox, srv: &Server, rid: &str) -> String {
-    let listed = srv
-        .admin(sb, &["requests", "--recovery-id", rid, "--json"])
-        .ok()
-        .stdout
-        .clone();
-    let last: Value = serde_json::from_str(listed.lines().last().unwrap()).unwrap();
-    last["request"].as_str().unwrap().to_string()
+/// The state of the newest request with recovery ID `rid`.
+fn state(sb: &Sandbox, srv: &Server, rid: &str) -> String {
+    newest(sb, srv, rid)["state"].as_str().unwrap().to_string()
 }
 
 #[test]
@@ -143,7 +136,10 @@ fn the_helpdesk_approves_a_recovery_in_the_browser() {
         None,
     )
     .ok();
-    let pending = request_id(&sb, &srv, &rid);
+    let pending = newest(&sb, &srv, &rid)["request"]
+        .as_str()
+        .unwrap()
+        .to_string();
     b.goto(&format!("{ui}requests/{pending}"));
     let csrf = b.script(
         "arguments[arguments.length - 1](document.querySelector('input[name=csrf]').value);",
@@ -157,15 +153,9 @@ fn the_helpdesk_approves_a_recovery_in_the_browser() {
     );
     sb.write("forged.html", forged);
     b.goto(&format!("file://{}", sb.path("forged.html").display()));
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while !b.url().starts_with("https://") {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the forged form was not sent"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    b.wait_loaded();
+    b.wait_for_url("the forged form was not sent", |u| {
+        u.starts_with("https://")
+    });
     assert!(
         b.text("main").contains("Nothing was done"),
         "{}",
@@ -203,15 +193,9 @@ fn the_helpdesk_approves_a_recovery_in_the_browser() {
         "document.getElementById('replayed').submit(); arguments[arguments.length - 1](0);",
         json!([]),
     );
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while !b.url().ends_with("/approve") {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the replayed form was not sent"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    b.wait_loaded();
+    b.wait_for_url("the replayed form was not sent", |u| {
+        u.ends_with("/approve")
+    });
     assert!(
         b.text("main").contains("You are signed out"),
         "{}",

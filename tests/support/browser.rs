@@ -199,6 +199,17 @@ impl Browser {
         self.wait_loaded();
     }
 
+    /// Waits until the page the browser shows has a URL `is_it` accepts, and has loaded (after
+    /// a navigation the page started itself).
+    pub fn wait_for_url(&self, what: &str, is_it: impl Fn(&str) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !is_it(&self.url()) {
+            assert!(Instant::now() < deadline, "{what}: still at {}", self.url());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        self.wait_loaded();
+    }
+
     /// Waits until the page (after a navigation the page started itself) has loaded.
     pub fn wait_loaded(&self) {
         let deadline = Instant::now() + Duration::from_secs(30);

@@ -472,7 +472,28 @@ fn authority_is_never_overwritten_and_wants_the_right_passphrase() {
 fn usage_errors_name_the_problem() {
     let sb = Sandbox::new();
     sb.lifeline(&["recover"])
-        .fails(2, "Required positional arguments not provided");
+        .fails(2, "Required positional arguments not provided")
+        .fails(2, "Run lifeline recover --help");
+    // A mistyped option or subcommand gets the nearest real one.
+    sb.lifeline(&["escrow", "disk.img", "--recipent", "r"])
+        .fails(2, "Did you mean --recipient?");
+    sb.server(&["admin", "aprove-recovery", "x"])
+        .fails(2, "Did you mean approve-recovery?")
+        .fails(2, "Run lifeline-server admin --help");
+    for (run, name) in [
+        (sb.lifeline(&["-V"]), "lifeline"),
+        (sb.server(&["--version"]), "lifeline-server"),
+    ] {
+        assert_eq!(
+            run.ok().stdout.trim(),
+            format!("{name} {}", env!("CARGO_PKG_VERSION"))
+        );
+    }
+    assert!(sb
+        .lifeline(&["escrow", "-h"])
+        .ok()
+        .stdout
+        .starts_with("Usage: lifeline escrow "));
     sb.lifeline(&["inspect", "missing-file"])
         .fails(2, "missing-file");
     sb.write("not-luks.img", vec![0u8; 1 << 20]);
@@ -497,6 +518,21 @@ fn usage_errors_name_the_problem() {
     ])
     .fails(VOLUME, "is not a LUKS volume");
     let recipient = auth.join("recipient.txt");
+    // `-` is standard input on every option that names a file: here the volume's key file.
+    let img = sb.luks_image("stdin.img", 2);
+    let key = std::fs::read_to_string(&img.key_file).unwrap();
+    let from_stdin = [
+        "escrow",
+        img.path.to_str().unwrap(),
+        "--recipient",
+        recipient.to_str().unwrap(),
+        "--out",
+        "from-stdin.escrow",
+        "--key-file",
+        "-",
+    ];
+    sb.lifeline_stdin(&from_stdin, &key).ok();
+    assert!(sb.path("from-stdin.escrow").exists());
     let args = [
         "escrow",
         "/dev/null",

@@ -878,6 +878,42 @@ fn rate_limits_per_address_and_per_machine() {
 }
 
 #[test]
+fn a_state_file_only_root_can_read_is_named_not_called_missing() {
+    use std::os::unix::fs::PermissionsExt;
+    let sb = Sandbox::new();
+    let srv = Server::start(&sb, &[]);
+    join(&sb, &srv, "state", None);
+    let img = sb.luks_image("disk.img", 2);
+    for path in [sb.path(""), img.path.clone(), img.key_file.clone()] {
+        let mode = if path.is_dir() { 0o755 } else { 0o644 };
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+    // An administrator who forgot sudo: the credential is root's.
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(env!("CARGO_BIN_EXE_lifeline"))
+        .args(["escrow", img.path.to_str().unwrap(), "--server", &srv.url])
+        .args(["--key-file", img.key_file.to_str().unwrap()])
+        .env("LIFELINE_STATE_DIR", sb.path("state"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("credential: Permission denied") && stderr.contains("run it as root"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("has not joined"), "{stderr}");
+}
+
+/// The recovery ID of the only recovery request.
+fn img_recovery_id(sb: &Sandbox, srv: &Server) -> String {
+    let listed = srv.admin(sb, &["requests", "--json"]).ok().stdout.clone();
+    let row: Value = serde_json::from_str(listed.lines().next().unwrap()).unwrap();
+    row["recovery_id"].as_str().unwrap().to_string()
+}
+
+#[test]
 fn admin_lists_shows_the_recovery_passphrase_retires_and_deletes() {
     let sb = Sandbox::new();
     let srv = Server::start(&sb, &[]);
@@ -921,7 +957,28 @@ fn admin_lists_shows_the_recovery_passphrase_retires_and_deletes() {
         "the escrowed recovery passphrase opens the volume"
     );
 
+    // A request filed before its packet was retired cannot be approved, and says why.
+    sb.lifeline_as(
+        "a",
+        &["recovery", "request", img.path.to_str().unwrap()],
+        None,
+    )
+    .ok();
     srv.admin(&sb, &["obsolete", id]).ok();
+    let stale = srv.admin(
+        &sb,
+        &[
+            "approve-recovery",
+            &img_recovery_id(&sb, &srv),
+            "--passphrase-file",
+            "admin.pass",
+        ],
+    );
+    stale.fails(
+        5,
+        "escrow packets were retired or deleted since it was filed",
+    );
+    assert!(!stale.stderr.contains("Query returned"), "{}", stale.stderr);
     sb.lifeline_as(
         "a",
         &["recovery", "request", img.path.to_str().unwrap()],

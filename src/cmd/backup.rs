@@ -27,7 +27,12 @@ fn write_out(path: &std::path::Path, bytes: &[u8]) -> CmdResult {
 /// duplicate holds no usable secret: upload it to the escrow server this machine joined
 /// (--server), which imports it into its TPM at once, or write it to a file (--out) for
 /// lifeline-server drsk import.
-#[argh(subcommand, name = "backup")]
+#[argh(
+    subcommand,
+    name = "backup",
+    example = "{command_name} --server https://escrow.example.org:8443",
+    example = "{command_name} --server-key drsk.pub --out drsk.backup"
+)]
 pub struct Args {
     /// the server's key (drsk.pub); must be one the DRSK was provisioned with (default with
     /// --server: the key that server announces)
@@ -118,7 +123,11 @@ fn announced_server_key(s: &Https) -> Result<(Vec<u8>, Vec<u8>), Failure> {
 #[derive(FromArgs, Debug)]
 /// Write this TPM's storage root key (public part), which a backup server needs to restore the
 /// DRSK to it after a motherboard swap.
-#[argh(subcommand, name = "srk-public")]
+#[argh(
+    subcommand,
+    name = "srk-public",
+    example = "{command_name} --out new.srk --ek-out new.ek"
+)]
 pub struct SrkArgs {
     /// where to write it (binary TPM2B_PUBLIC; must not exist)
     #[argh(option)]
@@ -162,7 +171,11 @@ pub fn run_srk(args: SrkArgs, g: &Globals) -> CmdResult {
 #[derive(FromArgs, Debug)]
 /// Answer a backup server's genuine-TPM challenge: the TPM's endorsement key activates the
 /// credential only if this TPM holds the storage key the server bound it to.
-#[argh(subcommand, name = "activate")]
+#[argh(
+    subcommand,
+    name = "activate",
+    example = "{command_name} --in challenge.txt --out proof.txt"
+)]
 pub struct ActivateArgs {
     /// the challenge from lifeline-server drsk challenge
     #[argh(option, long = "in")]
@@ -296,7 +309,12 @@ pub fn run_activate(args: ActivateArgs, g: &Globals) -> CmdResult {
 /// server's genuine-TPM challenge when it asks) and names it for the administrator; once
 /// approved, the next run (or --wait) fetches and restores. Without --persist the DRSK is only
 /// loaded and checked (the initramfs does this on every boot until it is persisted).
-#[argh(subcommand, name = "restore")]
+#[argh(
+    subcommand,
+    name = "restore",
+    example = "{command_name} --server https://escrow.example.org:8443 --device /dev/nvme0n1p3",
+    example = "{command_name} --in restore.txt --persist"
+)]
 pub struct RestoreArgs {
     /// the restore file from lifeline-server drsk restore
     #[argh(option, long = "in")]

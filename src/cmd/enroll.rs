@@ -14,7 +14,12 @@ use crate::tpm::{self, TssTpm};
 /// Seal a volume's key under the TPM's DRSK so it can be unlocked without a passphrase,
 /// optionally only while the given PCRs hold their current values. Stored in a LUKS2 token of
 /// type lifeline-tpm2 (LUKS1: a file in the state directory). Enrolling again replaces it.
-#[argh(subcommand, name = "enroll")]
+#[argh(
+    subcommand,
+    name = "enroll",
+    example = "{command_name} /dev/nvme0n1p3 --pcrs 7",
+    example = "{command_name} /dev/sda2 --key-file - < passphrase.txt"
+)]
 pub struct Args {
     /// the LUKS block device or image file
     #[argh(positional)]
@@ -98,7 +103,11 @@ pub fn find_sealed(
 #[derive(FromArgs, Debug)]
 /// Check that the TPM unseals this volume's enrolled key and that the key opens the volume
 /// (nothing is activated). Says which step fails.
-#[argh(subcommand, name = "unseal-check")]
+#[argh(
+    subcommand,
+    name = "unseal-check",
+    example = "{command_name} /dev/nvme0n1p3"
+)]
 pub struct CheckArgs {
     /// the LUKS block device or image file
     #[argh(positional)]

@@ -15,7 +15,12 @@ use crate::{api, atomic_file};
 /// Escrow a LUKS volume's key: read it with a passphrase and write it to an escrow packet,
 /// encrypted to your recovery authority, as a file (--out), uploaded to the escrow server this
 /// machine joined (--server), or both. The packet holds no secret in clear.
-#[argh(subcommand, name = "escrow")]
+#[argh(
+    subcommand,
+    name = "escrow",
+    example = "{command_name} /dev/nvme0n1p3 --server https://escrow.example.org:8443",
+    example = "{command_name} /dev/sda2 --recipient recipient.txt --out sda2.escrow --random-passphrase"
+)]
 pub struct Args {
     /// the LUKS block device or image file
     #[argh(positional)]

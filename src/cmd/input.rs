@@ -1,6 +1,6 @@
 //! What a person hands a command: files named on the command line (regular files only, of
-//! a bounded size, `-` for standard input where a secret may come from a pipe), passphrases
-//! typed or in files, machine IDs.
+//! a bounded size; `-` for standard input, on every option that names a file to read),
+//! passphrases typed or in files, machine IDs.
 
 use std::io::Read;
 use std::path::Path;
@@ -55,38 +55,56 @@ pub fn read_secret_line(path: &Path, what: &str) -> Result<Zeroizing<String>, Fa
 /// The first line of a small file (or of standard input for `-`), in wiped memory; an empty
 /// one is refused.
 fn first_line(path: &Path, what: &str) -> Result<Zeroizing<Vec<u8>>, Failure> {
-    const LIMIT: u64 = 8192;
-    let bytes = if path == Path::new("-") {
-        let mut bytes = Zeroizing::new(Vec::with_capacity(LIMIT as usize + 1));
-        std::io::stdin()
-            .take(LIMIT + 1)
-            .read_to_end(&mut bytes)
-            .map_err(|e| Failure::usage(format!("cannot read standard input: {e}")))?;
-        if bytes.len() as u64 > LIMIT {
-            return Err(Failure::usage(format!(
-                "the {what} on standard input is longer than {LIMIT} bytes"
-            )));
-        }
-        bytes
-    } else {
-        Zeroizing::new(read_small(path, LIMIT)?)
-    };
+    let bytes = Zeroizing::new(read_small(path, 8192)?);
     let line = bytes.split(|&b| b == b'\n').next().unwrap_or(&[]);
     let line = line.strip_suffix(b"\r").unwrap_or(line);
     if line.is_empty() {
-        let from = match path == Path::new("-") {
-            true => "standard input".to_string(),
-            false => path.display().to_string(),
-        };
-        return Err(Failure::usage(format!("{from}: the {what} file is empty")));
+        return Err(Failure::usage(format!(
+            "{}: the {what} file is empty",
+            shown(path)
+        )));
     }
     Ok(Zeroizing::new(line.to_vec()))
 }
 
-/// Reads a small regular file, refusing anything larger than `limit` (and FIFOs, devices).
+/// A file that is there but cannot be read, with the fix when it is a matter of permissions.
+pub fn unreadable(path: &Path, e: &std::io::Error) -> Failure {
+    let failure = Failure::usage(format!("cannot read {}: {e}", path.display()));
+    match e.kind() {
+        std::io::ErrorKind::PermissionDenied => {
+            failure.todo("run it as root (lifeline's files are readable by root only), or give a file you can read")
+        }
+        _ => failure,
+    }
+}
+
+/// How a file given on the command line is named in messages.
+fn shown(path: &Path) -> String {
+    match path == Path::new("-") {
+        true => "standard input".to_string(),
+        false => path.display().to_string(),
+    }
+}
+
+/// Reads a small regular file, refusing anything larger than `limit` (and FIFOs, devices);
+/// `-` is standard input, read up to the same limit. Callers wrap secrets in wiped memory;
+/// the buffer is allocated once, so no copy is left behind by growing it.
 pub fn read_small(path: &Path, limit: u64) -> Result<Vec<u8>, Failure> {
-    crate::input::read_regular(path, limit)
-        .map_err(|e| Failure::usage(format!("cannot read {}: {e}", path.display())))
+    if path != Path::new("-") {
+        return crate::input::read_regular(path, limit).map_err(|e| unreadable(path, &e));
+    }
+    let mut bytes = Vec::with_capacity(limit as usize + 1);
+    std::io::stdin()
+        .take(limit + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| Failure::usage(format!("cannot read standard input: {e}")))?;
+    if bytes.len() as u64 > limit {
+        zeroize::Zeroize::zeroize(&mut bytes);
+        return Err(Failure::usage(format!(
+            "standard input holds more than {limit} bytes"
+        )));
+    }
+    Ok(bytes)
 }
 
 /// Passphrase attempts at the prompt, as cryptsetup allows.

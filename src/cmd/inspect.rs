@@ -10,7 +10,7 @@ use crate::escrow::{read_packet_file, EscrowPacket, PacketError, RecoveryPacket,
 #[derive(FromArgs, Debug)]
 /// Show the non-secret description of an escrow or recovery packet. A recovery packet's
 /// signature is not checked here; lifeline recover checks it.
-#[argh(subcommand, name = "inspect")]
+#[argh(subcommand, name = "inspect", example = "{command_name} sda2.escrow")]
 pub struct Args {
     /// the packet file
     #[argh(positional)]

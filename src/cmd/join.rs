@@ -26,29 +26,45 @@ pub fn joined_server(
         Failure::usage("this machine has not joined an escrow server")
             .todo("run lifeline join first")
     };
-    let recorded = std::fs::read_to_string(g.state_dir.join("server-url")).ok();
-    let url = url
-        .map(str::to_string)
-        .or(recorded.map(|u| u.trim().to_string()))
-        .ok_or_else(not_joined)?;
-    let ca = std::fs::read(g.state_dir.join("server-ca.pem")).map_err(|_| not_joined())?;
+    let recorded = read_state(g, "server-url")?;
+    let url = match (url, recorded) {
+        (Some(url), _) => url.to_string(),
+        (None, Some(bytes)) => String::from_utf8_lossy(&bytes).trim().to_string(),
+        (None, None) => return Err(not_joined()),
+    };
+    let ca = read_state(g, "server-ca.pem")?.ok_or_else(not_joined)?;
     let https = Https::new(&url, &ca, TIMEOUT)?;
     if !with_credential {
         return Ok(https);
     }
     let file = g.state_dir.join("credential");
-    if !file.exists() {
+    if read_state(g, "credential")?.is_none() {
         return Err(not_joined());
     }
     let credential = read_secret_line(&file, "credential")?;
     Ok(https.with_credential(Credential::new(credential)))
 }
 
+/// A state file `join` wrote: `None` when it is not there; one that is there but cannot be
+/// read is that, not "not joined".
+fn read_state(g: &Globals, name: &str) -> Result<Option<Vec<u8>>, Failure> {
+    let path = g.state_dir.join(name);
+    match std::fs::read(&path) {
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(super::unreadable(&path, &e)),
+    }
+}
+
 #[derive(FromArgs, Debug)]
 /// Register this machine with an escrow server, using a one-time enrollment token from an
 /// administrator. Stores the server's address, CA, the authority's public keys and this
 /// machine's credential (readable by root only) in the state directory.
-#[argh(subcommand, name = "join")]
+#[argh(
+    subcommand,
+    name = "join",
+    example = "{command_name} --server https://escrow.example.org:8443 --ca ca.pem --token-file token.txt"
+)]
 pub struct Args {
     /// the server's URL, e.g. https://escrow.example.org:8443
     #[argh(option)]

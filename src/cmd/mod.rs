@@ -4,6 +4,7 @@
 //! [`Exit`], the one place exit codes are defined (`docs/EXIT-CODES.md` repeats the table;
 //! `exit.rs`). What a person hands a command — files, passphrases, IDs — is read in `input.rs`.
 
+mod args;
 pub mod backup;
 pub mod enroll;
 pub mod escrow;
@@ -18,13 +19,14 @@ pub mod recovery;
 pub mod server;
 pub mod unlock;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
+pub use args::parse_args;
 pub use exit::{finish, CmdResult, Exit, Failure};
 pub use input::{
     machine_id, owner_auth, parse_duration, passphrase_from, read_key_file, read_passphrase_file,
-    read_secret_line, read_small, volume_key_from_user,
+    read_secret_line, read_small, unreadable, volume_key_from_user,
 };
 
 use crate::tpm::{TssTpm, DEFAULT_TCTI};
@@ -56,34 +58,6 @@ impl Globals {
     pub fn open_tpm(&self) -> Result<TssTpm, Failure> {
         Ok(TssTpm::open(&self.tcti, TPM_WAIT)?)
     }
-}
-
-/// Parses the command line like `argh::from_env`, but exits with [`Exit::Usage`] on bad
-/// arguments (argh's own choice is 1, which we reserve for failures).
-pub fn parse_args<T: argh::TopLevelCommand>() -> T {
-    let strings: Vec<String> = std::env::args_os()
-        .map(|s| s.to_string_lossy().into_owned())
-        .collect();
-    let cmd = strings
-        .first()
-        .map(|p| {
-            Path::new(p)
-                .file_name()
-                .and_then(|n| n.to_str())
-                .unwrap_or(p)
-        })
-        .unwrap_or("lifeline");
-    let rest: Vec<&str> = strings.iter().skip(1).map(String::as_str).collect();
-    T::from_args(&[cmd], &rest).unwrap_or_else(|early| match early.status {
-        Ok(()) => {
-            println!("{}", early.output);
-            std::process::exit(Exit::Ok as i32);
-        }
-        Err(()) => {
-            eprintln!("{}\nRun {cmd} --help for more information.", early.output);
-            std::process::exit(Exit::Usage as i32);
-        }
-    })
 }
 
 /// Keeps the TSS libraries' own error logging off the console: lifeline reports every TPM

@@ -12,7 +12,11 @@ use crate::tpm::{self, policy, transfer, Provisioned};
 /// Provision the TPM: the storage root key at 0x81000003 and the recoverable storage key (DRSK)
 /// at 0x81000004, whose duplication policy allows backups to exactly the servers named here.
 /// Safe to run again: keys that exist and match are kept. Prints the client ID.
-#[argh(subcommand, name = "provision")]
+#[argh(
+    subcommand,
+    name = "provision",
+    example = "{command_name} --backup-server-key drsk.pub"
+)]
 pub struct Args {
     /// a backup server's key (drsk.pub from lifeline-server drsk init); repeat for up to 4
     #[argh(option)]
@@ -109,7 +113,7 @@ pub const POLICY_FILE: &str = "drsk-policy";
 #[derive(FromArgs, Debug)]
 /// Print this machine's client ID (SHA-256 of the DRSK's public part), which names it to
 /// backup servers and survives a motherboard swap.
-#[argh(subcommand, name = "id")]
+#[argh(subcommand, name = "id", example = "{command_name}")]
 pub struct IdArgs {}
 
 pub fn run_id(_args: IdArgs, g: &Globals) -> CmdResult {

@@ -18,7 +18,12 @@ use crate::prompt::{Prompt, Terminal};
 /// password they read to you. Checks the packet's signature and that it is for this volume and
 /// machine before asking for the password, then proves the escrowed key opens the volume and,
 /// if asked, adds a new passphrase.
-#[argh(subcommand, name = "recover")]
+#[argh(
+    subcommand,
+    name = "recover",
+    example = "{command_name} /dev/nvme0n1p3 --server https://escrow.example.org:8443 --new-passphrase-file new.txt",
+    example = "{command_name} /dev/sda2 --packet /media/stick/lifeline/recovery.packet --trust minisign.pub --new-passphrase-file -"
+)]
 pub struct Args {
     /// the LUKS block device, image file, or LUKS header backup file
     /// (cryptsetup luksHeaderBackup)

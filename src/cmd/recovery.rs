@@ -25,7 +25,11 @@ pub enum Command {
 #[derive(FromArgs, Debug)]
 /// File a recovery request for a volume: it shows up for the helpdesk, who approve it. Prints
 /// the recovery ID to read to them over the phone. Needs no credential.
-#[argh(subcommand, name = "request")]
+#[argh(
+    subcommand,
+    name = "request",
+    example = "{command_name} /dev/nvme0n1p3"
+)]
 pub struct RequestArgs {
     /// the LUKS device, image or header backup
     #[argh(positional)]

@@ -23,7 +23,12 @@ use crate::unlock::{self, EscrowSource, Opened, Settings, Tpm, Volume};
 /// from the escrow server or a USB stick with the one-time password from the helpdesk, or the
 /// volume's passphrase, typed at one prompt. Exits 0 when every volume is open, 9 when lifeline
 /// steps aside (the distribution's own unlock step takes over), 2 on a configuration error.
-#[argh(subcommand, name = "unlock")]
+#[argh(
+    subcommand,
+    name = "unlock",
+    example = "{command_name} --check-only",
+    example = "{command_name} --tpm-only"
+)]
 pub struct Args {
     /// the configuration file (default /etc/lifeline/lifeline.toml)
     #[argh(option, default = "PathBuf::from(\"/etc/lifeline/lifeline.toml\")")]

@@ -40,7 +40,11 @@ pub enum Command {
 
 #[derive(FromArgs, Debug)]
 /// Add an administrator (on the server host) and print their credential once.
-#[argh(subcommand, name = "add")]
+#[argh(
+    subcommand,
+    name = "add",
+    example = "{command_name} --dir /var/lib/lifeline --name alice > alice.cred"
+)]
 pub struct AddArgs {
     /// the server directory
     #[argh(option)]
@@ -54,10 +58,10 @@ pub struct AddArgs {
 /// environment); some also name a target, need the administrator passphrase, or take options
 /// of their own.
 macro_rules! admin_args {
-    ($name:ident, $cmd:literal, $doc:literal $(, $target:ident: $target_doc:literal)? $(, passphrase: $pass:ident)? $(; $($extra:tt)*)?) => {
+    ($name:ident, $cmd:tt, $doc:literal, $example:tt $(, $target:ident: $target_doc:literal)? $(, passphrase: $pass:ident)? $(; $($extra:tt)*)?) => {
         #[derive(FromArgs, Debug)]
         #[doc = $doc]
-        #[argh(subcommand, name = $cmd)]
+        #[argh(subcommand, name = $cmd, example = $example)]
         pub struct $name {
             $(
                 #[argh(positional)]
@@ -106,12 +110,14 @@ macro_rules! admin_args {
 admin_args!(
     TokenArgs,
     "enrollment-token",
-    "Make a one-time enrollment token for lifeline join."
+    "Make a one-time enrollment token for lifeline join.",
+    "LIFELINE_CREDENTIAL_FILE=alice.cred {command_name} --dir /var/lib/lifeline"
 );
 admin_args!(
     MachinesArgs,
     "machines",
-    "List the machines that joined, with their packet counts.";
+    "List the machines that joined, with their packet counts.",
+    "{command_name} --server https://escrow.example.org:8443 --ca ca.pem --credential-file alice.cred";
     #[argh(switch)]
     /// one JSON object per line instead of a table
     pub json: bool,
@@ -119,7 +125,8 @@ admin_args!(
 admin_args!(
     PacketsArgs,
     "packets",
-    "List the escrow packets (metadata only).";
+    "List the escrow packets (metadata only).",
+    "{command_name} --dir /var/lib/lifeline --credential-file alice.cred --json";
     #[argh(switch)]
     /// one JSON object per line instead of a table
     pub json: bool,
@@ -127,7 +134,8 @@ admin_args!(
 admin_args!(
     RequestsArgs,
     "requests",
-    "List recovery requests, with the recovery ID users read out.";
+    "List recovery requests, with the recovery ID users read out.",
+    "{command_name} --recovery-id 3d12-2535    # with LIFELINE_SERVER, LIFELINE_CA and LIFELINE_CREDENTIAL_FILE set";
     #[argh(option)]
     /// only the requests with this recovery ID (as the user reads it out)
     pub recovery_id: Option<String>,
@@ -145,13 +153,15 @@ admin_args!(
     ApproveArgs,
     "approve-recovery",
     "Approve a recovery request: unlocks the authority with the administrator passphrase (on the server, in memory, for this one operation; or here, with --authority), publishes a recovery packet for the machine to fetch, and prints its one-time password once. With one --share-file of a K-of-N authority, submits that share; the administrator whose share is the K-th gets the password.",
+    "{command_name} 3d12-2535    # asks for the administrator passphrase",
     request: "the request: its ID, or the recovery ID the user reads out, or the host name (lifeline-server admin requests)",
     passphrase: passphrase_file
 );
 admin_args!(
     RestoresArgs,
     "restores",
-    "List DRSK restore requests from replacement machines, with whether their TPM proved genuine.";
+    "List DRSK restore requests from replacement machines, with whether their TPM proved genuine.",
+    "{command_name} --dir /var/lib/lifeline --credential-file alice.cred";
     #[argh(switch)]
     /// one JSON object per line instead of a table
     pub json: bool,
@@ -160,20 +170,25 @@ admin_args!(
     ApproveRestoreArgs,
     "approve-restore",
     "Approve a DRSK restore request: the server's TPM re-duplicates the machine's DRSK to the replacement TPM's storage key, for lifeline restore --server to fetch. Only that TPM can load it.",
+    "{command_name} 4ccb-3667",
     request: "the request: its ID, or the restore ID the user reads out, or the host name (lifeline-server admin restores)"
 );
 admin_args!(
     DeleteRestoreArgs,
     "delete-restore",
     "Delete a DRSK restore request, approved or not (requests and approvals also expire by themselves after restore_valid_for).",
+    "{command_name} 5f8b8f985d2b36fe54cac6405813ba5e",
     request: "the request ID (lifeline-server admin restores)"
 );
-admin_args!(ObsoleteArgs, "obsolete", "Mark an escrow packet obsolete: kept, no longer used for recovery.", packet: "the packet ID");
-admin_args!(DeleteArgs, "delete", "Delete an escrow packet.", packet: "the packet ID");
+admin_args!(ObsoleteArgs, "obsolete", "Mark an escrow packet obsolete: kept, no longer used for recovery.",
+    "{command_name} 67bb36faf4d6944dc99a548e7732cd94", packet: "the packet ID");
+admin_args!(DeleteArgs, "delete", "Delete an escrow packet.",
+    "{command_name} 67bb36faf4d6944dc99a548e7732cd94", packet: "the packet ID");
 admin_args!(
     ShowPassphraseArgs,
     "show-passphrase",
     "Show the random recovery passphrase escrowed in a packet (needs the administrator passphrase, and the authority with --authority; audited).",
+    "{command_name} 67bb36faf4d6944dc99a548e7732cd94 --share-file alice.share --share-file bob.share",
     packet: "the packet ID",
     passphrase: passphrase_file
 );

@@ -31,7 +31,11 @@ pub enum Command {
 #[derive(FromArgs, Debug)]
 /// Create the server's own storage key in its TPM and write its public part (DIR/drsk.pub) for
 /// clients to provision with.
-#[argh(subcommand, name = "init")]
+#[argh(
+    subcommand,
+    name = "init",
+    example = "{command_name} --dir /var/lib/lifeline --ek-ca ek-ca.pem"
+)]
 pub struct InitArgs {
     /// the server directory
     #[argh(option)]
@@ -48,7 +52,11 @@ pub struct InitArgs {
 #[derive(FromArgs, Debug)]
 /// Import a client's DRSK backup (from lifeline backup) into this server's TPM. Only the
 /// TPM-wrapped copy is kept, under the client ID.
-#[argh(subcommand, name = "import")]
+#[argh(
+    subcommand,
+    name = "import",
+    example = "{command_name} --dir /var/lib/lifeline drsk.backup"
+)]
 pub struct ImportArgs {
     /// the server directory
     #[argh(option)]
@@ -64,7 +72,11 @@ pub struct ImportArgs {
 #[derive(FromArgs, Debug)]
 /// Re-duplicate a client's DRSK to a replacement TPM's storage key (from lifeline srk-public),
 /// for lifeline restore on the replacement machine.
-#[argh(subcommand, name = "restore")]
+#[argh(
+    subcommand,
+    name = "restore",
+    example = "{command_name} --dir /var/lib/lifeline --client 4ccb07… --new-parent new.srk --proof proof.txt --out restore.txt"
+)]
 pub struct RestoreArgs {
     /// the server directory
     #[argh(option)]
@@ -210,7 +222,11 @@ fn restore(args: RestoreArgs, g: &Globals) -> CmdResult {
 /// Challenge a replacement machine to prove that its storage key lives in a genuine TPM: checks
 /// its EK certificate against DIR/ek-ca.pem, then makes a credential that only that TPM can
 /// activate, and only while holding that storage key. Answer with lifeline activate.
-#[argh(subcommand, name = "challenge")]
+#[argh(
+    subcommand,
+    name = "challenge",
+    example = "{command_name} --dir /var/lib/lifeline --client 4ccb07… --new-parent new.srk --ek new.ek --out challenge.txt"
+)]
 pub struct ChallengeArgs {
     /// the server directory
     #[argh(option)]

@@ -14,7 +14,13 @@ use crate::server::config::{self, AuthorityMode};
 /// minisign key that signs recovery packets, both encrypted under an administrator passphrase.
 /// Hand DIR/recipient.txt and DIR/minisign.pub to clients; back up the whole directory.
 /// With --authority-public, make a server directory that holds only an authority's public keys.
-#[argh(subcommand, name = "init")]
+#[argh(
+    subcommand,
+    name = "init",
+    example = "{command_name} --dir /var/lib/lifeline --tls-name escrow.example.org --listen 0.0.0.0:8443",
+    example = "{command_name} --dir /var/lib/lifeline --tls-name escrow.example.org --shares 2/3 --shares-dir shares",
+    example = "{command_name} --dir /var/lib/lifeline --tls-name escrow.example.org --authority-public ~/authority"
+)]
 pub struct Args {
     /// directory to create (must be missing or empty)
     #[argh(option)]

@@ -29,7 +29,11 @@ pub enum Command {
 /// Issue a recovery packet from an escrow packet: bound to its machine and volume, encrypted
 /// under a new one-time password, signed by the authority. Prints the one-time password once,
 /// on standard output; read it to the user over the phone and do not keep it.
-#[argh(subcommand, name = "issue")]
+#[argh(
+    subcommand,
+    name = "issue",
+    example = "{command_name} --dir authority --escrow sda2.escrow --out recovery.packet"
+)]
 pub struct IssueArgs {
     /// the authority directory
     #[argh(option)]

@@ -10,7 +10,11 @@ use crate::server::{http, store};
 #[derive(FromArgs, Debug)]
 /// Run the escrow server over HTTPS, as configured in DIR/server.toml: the API under /v1/ and
 /// the helpdesk's web console under /ui/ (administrator networks only).
-#[argh(subcommand, name = "serve")]
+#[argh(
+    subcommand,
+    name = "serve",
+    example = "{command_name} --dir /var/lib/lifeline"
+)]
 pub struct Args {
     /// the server directory (from lifeline-server init --tls-name)
     #[argh(option)]
@@ -40,7 +44,12 @@ pub enum AuditCommand {
 /// --stream, also check it against the audit stream the server wrote (server.toml's
 /// audit_stream): entries deleted from the newest end, which the chain alone cannot show, are
 /// named too.
-#[argh(subcommand, name = "verify")]
+#[argh(
+    subcommand,
+    name = "verify",
+    example = "{command_name} --dir /var/lib/lifeline",
+    example = "journalctl -u lifeline-server -o cat > stream.txt; {command_name} --dir /var/lib/lifeline --stream stream.txt"
+)]
 pub struct VerifyArgs {
     /// the server directory
     #[argh(option)]

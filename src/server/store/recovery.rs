@@ -113,11 +113,18 @@ impl Store {
                 req.state
             )));
         }
-        let body: Vec<u8> = conn.query_row(
-            "SELECT body FROM packets WHERE machine = ?1 AND volume_uuid = ?2 AND obsolete = 0 ORDER BY created DESC LIMIT 1",
-            params![req.machine.id, req.volume_uuid],
-            |r| r.get(0),
-        )?;
+        let body: Option<Vec<u8>> = conn
+            .query_row(
+                "SELECT body FROM packets WHERE machine = ?1 AND volume_uuid = ?2 AND obsolete = 0 ORDER BY created DESC LIMIT 1",
+                params![req.machine.id, req.volume_uuid],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let body = body.ok_or_else(|| {
+            StoreError::NotFound(format!(
+                "recovery request {request}: the volume's escrow packets were retired or deleted since it was filed; escrow the volume again"
+            ))
+        })?;
         Ok((req, body))
     }
 

@@ -69,6 +69,9 @@ pub fn iso8601(epoch: i64) -> String {
 
 // Anyone.
 pub const AUTHORITY: Route = Route("/v1/authority");
+pub const HEALTH: Route = Route("/v1/health");
+// Anyone in `metrics_networks`.
+pub const METRICS: Route = Route("/metrics");
 // An enrollment token.
 pub const JOIN: Route = Route("/v1/join");
 // A machine's credential.
@@ -102,6 +105,14 @@ pub const ADMIN_RESTORE_DELETE: Route = Route("/v1/admin/restores/{id}/delete");
 #[derive(Serialize, Deserialize, Debug)]
 pub struct Failure {
     pub error: String,
+}
+
+/// `GET HEALTH`: "ok", or what is wrong (then the status is 503). `tpm` is "not configured"
+/// when the server keeps no DRSKs.
+#[derive(Serialize, Deserialize, Debug)]
+pub struct Health {
+    pub storage: String,
+    pub tpm: String,
 }
 
 /// The body of a POST that needs none.

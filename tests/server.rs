@@ -477,9 +477,20 @@ fn the_helpdesk_finds_a_request_by_the_recovery_id_the_user_reads_out() {
 #[test]
 fn admin_calls_only_from_admin_networks_and_with_a_credential() {
     let sb = Sandbox::new();
-    let srv = Server::start(&sb, &[("admin_networks", r#"["10.0.0.0/8"]"#)]);
+    let srv = Server::start(
+        &sb,
+        &[
+            ("admin_networks", r#"["10.0.0.0/8"]"#),
+            ("metrics_networks", r#"["10.0.0.0/8"]"#),
+        ],
+    );
     srv.admin(&sb, &["requests", "--json"])
         .fails(3, "is not in an administrator network");
+    assert_refused(
+        client(&srv, &sb).get("/metrics"),
+        403,
+        "127.0.0.1 is not in metrics_networks",
+    );
     let srv2_sb = Sandbox::new();
     let srv2 = Server::start(&srv2_sb, &[]);
     srv2_sb.write("nobody.cred", "not a credential");
@@ -906,6 +917,109 @@ fn a_state_file_only_root_can_read_is_named_not_called_missing() {
     assert!(!stderr.contains("has not joined"), "{stderr}");
 }
 
+#[test]
+fn every_request_is_logged_and_counted_and_refusals_are_audited() {
+    let sb = Sandbox::new();
+    let srv = Server::start(&sb, &[]);
+    let health: Value = client(&srv, &sb).get_json("/v1/health").unwrap();
+    assert_eq!(
+        health,
+        serde_json::json!({"storage": "ok", "tpm": "not configured"})
+    );
+    join(&sb, &srv, "state", None);
+    let img = sb.luks_image("disk.img", 2);
+    escrow(&sb, &srv, "state", &img).ok();
+    sb.lifeline_as(
+        "state",
+        &["recovery", "request", img.path.to_str().unwrap()],
+        None,
+    )
+    .ok();
+    let rid = img_recovery_id(&sb, &srv);
+    sb.write("wrong.pass", "not the administrator passphrase");
+    srv.admin(
+        &sb,
+        &["approve-recovery", &rid, "--passphrase-file", "wrong.pass"],
+    )
+    .fails(3, "administrator passphrase is wrong");
+    let intruder = client(&srv, &sb).with_credential(cred("guessed credential"));
+    assert_refused(
+        intruder.get_json::<Value>("/v1/admin/requests"),
+        401,
+        "administrator credential",
+    );
+
+    let metrics = String::from_utf8(client(&srv, &sb).get("/metrics").unwrap().to_vec()).unwrap();
+    for line in [
+        r#"lifeline_requests_total{route="/v1/escrow",status="201"} 1"#,
+        r#"lifeline_requests_total{route="/v1/admin/requests/{id}/approve",status="403"} 1"#,
+        r#"lifeline_requests_total{route="/v1/admin/requests",status="401"} 1"#,
+        r#"lifeline_request_duration_seconds_count{route="/v1/escrow"} 1"#,
+        "lifeline_pending_recovery_requests 1",
+        "lifeline_storage_errors_total 0",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "no {line} in:\n{metrics}"
+        );
+    }
+    let db = rusqlite::Connection::open(sb.path("srv/lifeline.db")).unwrap();
+    let audited: i64 = db
+        .query_row("SELECT COUNT(*) FROM audit", [], |r| r.get(0))
+        .unwrap();
+    assert!(
+        metrics.contains(&format!("lifeline_audit_entries {audited}\n")),
+        "{metrics}"
+    );
+    let actions: Vec<(String, String)> = db
+        .prepare("SELECT actor, action FROM audit")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert!(
+        actions.contains(&("alice".into(), "wrong-passphrase".into())),
+        "{actions:?}"
+    );
+    assert!(
+        actions.contains(&(
+            "anonymous@127.0.0.1".into(),
+            "admin-credential-refused".into()
+        )),
+        "{actions:?}"
+    );
+
+    // One line per request: the route's template, the status, who; no IDs, no secrets.
+    let log = std::fs::read_to_string(&srv.log).unwrap();
+    let requests: Vec<&str> = log.lines().filter(|l| l.contains(" actor=")).collect();
+    for expected in [
+        "POST /v1/admin/requests/{id}/approve 403 actor=admin alice",
+        "GET /v1/admin/requests 401 actor=anonymous",
+        "POST /v1/escrow 201 actor=machine ",
+        "GET /v1/health 200 actor=none",
+    ] {
+        assert!(
+            requests.iter().any(|l| l.contains(expected)),
+            "no {expected:?} in:\n{}",
+            requests.join("\n")
+        );
+    }
+    let secrets = [
+        std::fs::read_to_string(&srv.admin).unwrap(),
+        credential(&sb, "state"),
+        ADMIN_PASSPHRASE.to_string(),
+        "guessed credential".to_string(),
+    ];
+    for secret in secrets {
+        assert!(!log.contains(secret.trim()), "a secret in the server log");
+    }
+    assert!(
+        !requests.iter().any(|l| l.contains(&img.uuid)),
+        "an ID in a request line"
+    );
+}
+
 /// The recovery ID of the only recovery request.
 fn img_recovery_id(sb: &Sandbox, srv: &Server) -> String {
     let listed = srv.admin(sb, &["requests", "--json"]).ok().stdout.clone();
@@ -1159,6 +1273,24 @@ fn drsk_backup_and_board_swap_restore_over_https() {
     assert_eq!(restored, client_id);
     sb.lifeline_on(&c, &["unseal-check", image]).ok();
     sb.server(&["audit", "verify", "--dir", "srv"]).ok();
+
+    // Health names the server's TPM: reachable, then gone.
+    let health = |expect: u16| -> Value {
+        match client(&srv, &sb).get_json::<Value>("/v1/health") {
+            Ok(v) if expect == 200 => v,
+            Err(FetchError::Refused { status, reason }) if status == expect => {
+                serde_json::json!({ "reason": reason })
+            }
+            other => panic!("health: expected {expect}: {other:?}"),
+        }
+    };
+    assert_eq!(
+        health(200),
+        serde_json::json!({"storage": "ok", "tpm": "ok"})
+    );
+    drop(b);
+    let down = health(503);
+    assert!(down["reason"].as_str().unwrap().contains("TPM"), "{down}");
 }
 
 #[test]

@@ -19,6 +19,9 @@ pub struct Config {
     /// Networks (CIDR) administrators may connect from.
     #[serde(default = "default_admin_networks")]
     pub admin_networks: Vec<String>,
+    /// Networks (CIDR) that may read `/metrics`.
+    #[serde(default = "default_admin_networks")]
+    pub metrics_networks: Vec<String>,
     #[serde(default = "default_max_packets")]
     pub max_packets_per_machine: u32,
     #[serde(default = "default_max_body")]
@@ -100,6 +103,9 @@ impl Config {
         for net in &config.admin_networks {
             Cidr::parse(net).map_err(|e| format!("{}: admin_networks: {e}", path.display()))?;
         }
+        for net in &config.metrics_networks {
+            Cidr::parse(net).map_err(|e| format!("{}: metrics_networks: {e}", path.display()))?;
+        }
         config.recovery_valid_for()?;
         config.token_valid_for()?;
         config.restore_valid_for()?;
@@ -130,11 +136,20 @@ impl Config {
 
     /// True when `ip` is inside one of the administrator networks.
     pub fn is_admin_address(&self, ip: IpAddr) -> bool {
-        self.admin_networks
-            .iter()
-            .filter_map(|n| Cidr::parse(n).ok())
-            .any(|c| c.contains(ip))
+        inside(&self.admin_networks, ip)
     }
+
+    /// True when `ip` may read `/metrics`.
+    pub fn is_metrics_address(&self, ip: IpAddr) -> bool {
+        inside(&self.metrics_networks, ip)
+    }
+}
+
+fn inside(networks: &[String], ip: IpAddr) -> bool {
+    networks
+        .iter()
+        .filter_map(|n| Cidr::parse(n).ok())
+        .any(|c| c.contains(ip))
 }
 
 /// The configuration `init` writes: listening on the loopback only until an administrator says
@@ -151,6 +166,8 @@ pub fn default_text(listen: &str, authority: AuthorityMode) -> String {
          tls_key = \"tls/server.key\"\n\
          # Administrators may call admin endpoints only from these networks.\n\
          admin_networks = [\"127.0.0.0/8\", \"::1/128\"]\n\
+         # Prometheus may read /metrics only from these networks.\n\
+         metrics_networks = [\"127.0.0.0/8\", \"::1/128\"]\n\
          max_packets_per_machine = 1000\n\
          max_body_bytes = 65536\n\
          recovery_valid_for = \"72h\"\n\

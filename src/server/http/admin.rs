@@ -130,16 +130,25 @@ pub(super) async fn restore_rows(s: &Shared) -> Result<Vec<api::RestoreRow>, Api
         .collect())
 }
 
+/// Who wants the authority unlocked, and for what: named in the audit when the passphrase is
+/// wrong.
+struct Asking {
+    admin: String,
+    /// The audit subject: the request or packet it was for.
+    subject: String,
+}
+
 /// Runs `f` with the authority unlocked by the administrator passphrase, in a blocking task
 /// (scrypt takes a second; it does not hold up the database). The authority's keys exist
-/// decrypted only inside it.
+/// decrypted only inside it. A wrong passphrase is logged and audited (`wrong-passphrase`).
 async fn with_authority<T: Send + 'static>(
     s: &Shared,
+    asking: Asking,
     passphrase: Passphrase,
     f: impl FnOnce(Unlocked) -> Result<T, ApiError> + Send + 'static,
 ) -> Result<T, ApiError> {
     let dir = s.dir.clone();
-    tokio::task::spawn_blocking(move || {
+    let result = tokio::task::spawn_blocking(move || {
         let unlocked = authority::unlock(&dir, &passphrase).map_err(|e| match e {
             AuthorityError::WrongPassphrase => ApiError(StatusCode::FORBIDDEN, e.to_string()),
             other => internal(other),
@@ -147,7 +156,21 @@ async fn with_authority<T: Send + 'static>(
         f(unlocked)
     })
     .await
-    .map_err(|_| internal("the authority's task failed"))?
+    .map_err(|_| internal("the authority's task failed"))?;
+    if matches!(&result, Err(ApiError(StatusCode::FORBIDDEN, _))) {
+        tracing::warn!(
+            target: "lifeline_server::auth",
+            "wrong administrator passphrase from admin {} for {}",
+            asking.admin,
+            asking.subject
+        );
+        with_db(s, move |db| {
+            db.audit_event(&asking.admin, "wrong-passphrase", &asking.subject)
+                .map_err(Into::into)
+        })
+        .await?;
+    }
+    result
 }
 
 /// Refuses what would unlock the authority on the server when it holds no secret key.
@@ -207,9 +230,13 @@ pub(super) async fn approve_with(
 ) -> Result<api::Approved, ApiError> {
     let valid_for = s.config.recovery_valid_for().map_err(internal)?;
     let groups = otp_groups.unwrap_or(crate::escrow::otp::DEFAULT_GROUPS);
+    let asking = Asking {
+        admin: actor.clone(),
+        subject: id.clone(),
+    };
     let (request, escrow) =
         with_db(s, move |db| db.packet_for_request(&id).map_err(Into::into)).await?;
-    let issued = with_authority(s, passphrase, move |unlocked| {
+    let issued = with_authority(s, asking, passphrase, move |unlocked| {
         unlocked
             .issue_recovery(&escrow, valid_for, groups)
             .map_err(|e| ApiError(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))
@@ -465,12 +492,16 @@ pub async fn show_passphrase(
     Json(req): Json<api::AdminPassphrase>,
 ) -> Result<Json<api::RecoveryPassphrase>, ApiError> {
     refuse_offline(&s)?;
+    let asking = Asking {
+        admin: name.clone(),
+        subject: id.clone(),
+    };
     let body = with_db(&s, move |db| {
         db.read_packet_for_admin(&name, &id, "show-passphrase")
             .map_err(Into::into)
     })
     .await?;
-    let recovery_passphrase = with_authority(&s, req.passphrase, move |unlocked| {
+    let recovery_passphrase = with_authority(&s, asking, req.passphrase, move |unlocked| {
         let record = unlocked
             .open_escrow(&body)
             .map_err(|e| ApiError(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))?;

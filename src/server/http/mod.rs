@@ -32,6 +32,7 @@ use crate::tpm::TssTpm;
 mod admin;
 mod boot;
 mod machine;
+mod observe;
 mod ui;
 
 pub struct AppState {
@@ -45,6 +46,7 @@ pub struct AppState {
     pub shares: super::shares::Board,
     /// The web console's sessions, in memory only.
     pub sessions: ui::Sessions,
+    pub metrics: observe::Metrics,
 }
 
 type Shared = Arc<AppState>;
@@ -111,7 +113,11 @@ async fn with_db<T: Send + 'static>(
     s: &Shared,
     f: impl FnOnce(&mut store::Store) -> Result<T, ApiError> + Send + 'static,
 ) -> Result<T, ApiError> {
-    s.db.run(f).await
+    let result = s.db.run(f).await;
+    if matches!(&result, Err(ApiError(StatusCode::SERVICE_UNAVAILABLE, _))) {
+        s.metrics.storage_error();
+    }
+    result
 }
 
 /// How long a request waits for the server's TPM to answer.
@@ -172,15 +178,45 @@ impl FromRequestParts<Shared> for Admin {
                 "an administrator credential is needed".into(),
             )
         };
-        let credential = bearer(parts).ok_or_else(unauthorized)?;
-        with_db(s, move |db| {
+        let Some(credential) = bearer(parts) else {
+            observe::Slot::actor(parts, "anonymous");
+            return Err(unauthorized());
+        };
+        let found = with_db(s, move |db| {
             // expose_secret: looked up by hash.
             db.admin_by_credential(credential.expose_secret())
                 .map_err(Into::into)
         })
-        .await?
-        .map(Admin)
-        .ok_or_else(unauthorized)
+        .await?;
+        match found {
+            Some(name) => {
+                observe::Slot::actor(parts, format!("admin {name}"));
+                Ok(Admin(name))
+            }
+            None => {
+                observe::Slot::actor(parts, "anonymous");
+                refused_credential(s, from.ip(), "admin-credential-refused").await;
+                Err(unauthorized())
+            }
+        }
+    }
+}
+
+/// Refused administrator credentials per address and minute that are audited (every one is
+/// logged): enough to see an attack in the audit log, too few to flood it.
+const AUDITED_REFUSALS_PER_MINUTE: u32 = 10;
+
+/// Audits a refused administrator credential (API or console) from `ip`.
+async fn refused_credential(s: &Shared, ip: std::net::IpAddr, action: &'static str) {
+    tracing::warn!(target: "lifeline_server::auth", "{action} from={ip}");
+    if s.limits
+        .allow(&format!("audit {action} {ip}"), AUDITED_REFUSALS_PER_MINUTE)
+    {
+        let actor = format!("anonymous@{ip}");
+        let _ = with_db(s, move |db| {
+            db.audit_event(&actor, action, "").map_err(Into::into)
+        })
+        .await;
     }
 }
 
@@ -205,6 +241,7 @@ impl FromRequestParts<Shared> for Caller {
         })
         .await?
         .ok_or_else(unauthorized)?;
+        observe::Slot::actor(parts, format!("machine {}", m.id));
         if !s.limits.allow(
             &format!("machine {}", m.id),
             s.config.requests_per_minute_per_machine,
@@ -222,6 +259,7 @@ impl FromRequestParts<Shared> for Anonymous {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _: &Shared) -> Result<Self, ApiError> {
+        observe::Slot::actor(parts, "anonymous");
         Ok(Anonymous(format!("anonymous@{}", peer(parts)?.ip())))
     }
 }
@@ -264,6 +302,8 @@ pub fn router(state: Shared) -> Router {
     let r = |route: api::Route| route.template();
     Router::new()
         .route(r(api::AUTHORITY), get(boot::authority))
+        .route(r(api::HEALTH), get(observe::health))
+        .route(r(api::METRICS), get(observe::metrics))
         .route(r(api::JOIN), post(machine::join))
         .route(r(api::ESCROW), post(machine::escrow))
         .route(r(api::DRSK_BACKUP), post(machine::drsk_backup))
@@ -295,12 +335,17 @@ pub fn router(state: Shared) -> Router {
         .route(r(api::ADMIN_RESTORE_APPROVE), post(admin::approve_restore))
         .route(r(api::ADMIN_RESTORE_DELETE), post(admin::delete_restore))
         .merge(ui::router())
+        .route_layer(axum::middleware::from_fn(observe::note_route))
         .layer(DefaultBodyLimit::max(limit))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             limit_address,
         ))
         .layer(axum::middleware::map_response(json_errors))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            observe::observe,
+        ))
         .with_state(state)
 }
 
@@ -350,6 +395,11 @@ pub fn serve(dir: PathBuf, tcti: String) -> Result<(), String> {
         .map_err(|e| format!("audit_stream {}: {e}", config.audit_stream))?;
     let db = store::Db::start(db, stream).map_err(|e| e.to_string())?;
     let _ = rustls::crypto::ring::default_provider().install_default();
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .with_target(false)
+        .try_init();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -370,6 +420,7 @@ pub fn serve(dir: PathBuf, tcti: String) -> Result<(), String> {
             limits: Default::default(),
             shares: Default::default(),
             sessions: Default::default(),
+            metrics: Default::default(),
         });
         let app = router(state);
         let handle = axum_server::Handle::new();

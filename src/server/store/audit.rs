@@ -114,6 +114,14 @@ pub(super) fn stream_lines(conn: &Connection, after: i64) -> Result<(String, i64
     Ok((text, head))
 }
 
+/// Sizes an operator watches.
+#[derive(Debug, Clone, Copy)]
+pub struct Counts {
+    pub pending_recoveries: u64,
+    pub pending_restores: u64,
+    pub audit_entries: u64,
+}
+
 /// An audit entry as the web console shows it.
 #[derive(Debug, Clone)]
 pub struct AuditRow {
@@ -131,6 +139,22 @@ impl Store {
         audit(&tx, actor, action, subject)?;
         tx.commit()?;
         Ok(())
+    }
+
+    /// What `/metrics` and `/v1/health` count.
+    pub fn counts(&self) -> Result<Counts> {
+        let count = |sql: &str| -> Result<u64> {
+            Ok(self.conn.query_row(sql, [], |r| r.get::<_, i64>(0))?.max(0) as u64)
+        };
+        Ok(Counts {
+            pending_recoveries: count(
+                "SELECT COUNT(*) FROM recovery_requests WHERE state = 'pending'",
+            )?,
+            pending_restores: count(
+                "SELECT COUNT(*) FROM restore_requests WHERE state IN ('pending', 'challenged')",
+            )?,
+            audit_entries: count("SELECT COUNT(*) FROM audit")?,
+        })
     }
 
     /// The newest `limit` audit entries, newest first.

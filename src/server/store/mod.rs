@@ -29,7 +29,7 @@ mod recovery;
 mod restores;
 
 use audit::{audit, stream_lines, STREAM_TAG};
-pub use audit::{AuditRow, AuditStream};
+pub use audit::{AuditRow, AuditStream, Counts};
 pub use machines::{Machine, MachineRow};
 pub use packets::{PacketRow, Stored};
 pub use recovery::{NewRecovery, RequestRow};

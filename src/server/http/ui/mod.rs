@@ -187,7 +187,10 @@ impl FromRequestParts<Shared> for Signed {
         admin_network(parts, s)?;
         let found = session_cookie(parts).and_then(|id| Some((s.sessions.find(&id)?, id)));
         match found {
-            Some((session, id)) => Ok(Signed { session, id }),
+            Some((session, id)) => {
+                super::observe::Slot::actor(parts, format!("admin {} (console)", session.admin));
+                Ok(Signed { session, id })
+            }
             // Looking: off to sign in. Doing: refused, never done.
             None if parts.method == Method::GET => {
                 Err(Page::of(Redirect::to("/ui/sign-in").into_response()))
@@ -315,13 +318,7 @@ async fn sign_in(
     .map_err(|e| Page::of(problem(e.0, None, &e.1, None)))?;
     let Some(admin) = found else {
         s.limits.allow(&limited, SIGN_INS_PER_MINUTE);
-        let actor = format!("anonymous@{}", from.ip());
-        with_db(&s, move |db| {
-            db.audit_event(&actor, "ui-sign-in-refused", "")
-                .map_err(Into::into)
-        })
-        .await
-        .map_err(|e| Page::of(problem(e.0, None, &e.1, None)))?;
+        super::refused_credential(&s, from.ip(), "ui-sign-in-refused").await;
         return Ok(html(
             StatusCode::UNAUTHORIZED,
             sign_in_form(Some("That is not an administrator credential.")),

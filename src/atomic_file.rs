@@ -104,6 +104,39 @@ fn parent(path: &Path) -> &Path {
     }
 }
 
+/// Makes the directory `dir` (missing or empty) with what `fill` writes into it, all or
+/// nothing: everything is built in a sibling directory that is renamed into place (atomic onto
+/// an empty directory), mode 0700, and removed again when anything fails. `exists` is the
+/// error for a `dir` that holds something already.
+pub fn create_dir_whole<E: From<io::Error>>(
+    dir: &Path,
+    exists: impl FnOnce() -> E,
+    fill: impl FnOnce(&Path) -> Result<(), E>,
+) -> Result<(), E> {
+    if dir.exists() && std::fs::read_dir(dir)?.next().is_some() {
+        return Err(exists());
+    }
+    let parent = match dir.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => std::path::PathBuf::from("."),
+    };
+    let mut tag = [0u8; 8];
+    crate::secret::random_bytes(&mut tag)?;
+    let staging = parent.join(format!(".lifeline-new.{}.tmp", crate::hex::encode(&tag)));
+    std::fs::create_dir(&staging)?;
+    let result = fill(&staging).and_then(|()| {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(0o700))?;
+        std::fs::rename(&staging, dir)?;
+        std::fs::File::open(&parent)?.sync_all()?;
+        Ok(())
+    });
+    if result.is_err() {
+        let _ = std::fs::remove_dir_all(&staging);
+    }
+    result
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1020,6 +1020,113 @@ fn every_request_is_logged_and_counted_and_refusals_are_audited() {
     );
 }
 
+#[test]
+fn a_backup_taken_while_serving_restores_a_server_that_still_recovers() {
+    let sb = Sandbox::new();
+    let mut srv = Server::start(&sb, &[]);
+    join(&sb, &srv, "state", None);
+    let img = sb.luks_image("disk.img", 2);
+    escrow(&sb, &srv, "state", &img).ok();
+    // Taken while the server runs, and writes: another machine joins at the same time.
+    let joining = std::thread::scope(|scope| {
+        let second = scope.spawn(|| join(&sb, &srv, "other", Some(MACHINE_B)));
+        let taken = sb.server(&["backup", "--dir", "srv", "--out", "srv.tar"]);
+        second.join().unwrap();
+        taken
+    });
+    joining.ok();
+    sb.server(&["backup", "--dir", "srv", "--out", "srv.tar"])
+        .fails(7, "srv.tar exists already");
+    // Stock tar reads it.
+    let listed = Command::new("tar")
+        .args(["-tf", "srv.tar"])
+        .current_dir(sb.path(""))
+        .output()
+        .unwrap();
+    let listed = String::from_utf8_lossy(&listed.stdout);
+    for name in [
+        "lifeline.db",
+        "identity.age",
+        "minisign.key",
+        "server.toml",
+        "tls/ca.pem",
+    ] {
+        assert!(listed.lines().any(|l| l == name), "{name} not in: {listed}");
+    }
+    assert!(!listed.contains("lifeline.db-wal"), "{listed}");
+
+    // The server's disk is lost: restore, serve, and the escrowed key still recovers.
+    srv.kill();
+    std::fs::rename(sb.path("srv"), sb.path("lost-srv")).unwrap();
+    sb.write("garbage.tar", vec![7u8; 4096]);
+    sb.server(&["restore", "--from", "garbage.tar", "--dir", "srv"])
+        .fails(2, "garbage.tar is not a lifeline backup");
+    assert!(
+        !sb.path("srv").exists(),
+        "a failed restore left a directory"
+    );
+    sb.server(&["restore", "--from", "srv.tar", "--dir", "lost-srv"])
+        .fails(7, "exists already");
+    sb.server(&["restore", "--from", "srv.tar", "--dir", "srv"])
+        .ok();
+    srv.crash_and_restart();
+    let otp = request_and_approve(&sb, &srv, "state", &img);
+    let args = [
+        "recover",
+        img.path.to_str().unwrap(),
+        "--server",
+        &srv.url,
+        "--new-passphrase-file",
+        "new.pass",
+        "--pbkdf2-iterations",
+        "1000",
+    ];
+    sb.write("new.pass", "after the restore");
+    sb.lifeline_as("state", &args, Some(&format!("{otp}\n")))
+        .ok();
+    assert!(cryptsetup_accepts(&img.path, "after the restore"));
+    sb.server(&["audit", "verify", "--dir", "srv"]).ok();
+}
+
+#[test]
+fn a_database_made_by_lifeline_0_1_0_is_upgraded_in_place() {
+    // Made by lifeline-server 0.1.0 (before schema versions): one machine, one escrow packet,
+    // one recovery request, five audit entries.
+    let sb = Sandbox::new();
+    std::fs::create_dir(sb.path("srv")).unwrap();
+    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/server-db-0.1.0.sqlite");
+    std::fs::copy(&fixture, sb.path("srv/lifeline.db")).unwrap();
+    let verified = sb.server(&["audit", "verify", "--dir", "srv"]);
+    assert!(
+        verified.ok().stderr.contains("Audit log intact: 5 entries"),
+        "{}",
+        verified.stderr
+    );
+    let db = rusqlite::Connection::open(sb.path("srv/lifeline.db")).unwrap();
+    let version: i64 = db
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, 1);
+    let count = |table: &str| -> i64 {
+        db.query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |r| r.get(0))
+            .unwrap()
+    };
+    assert_eq!(
+        (
+            count("machines"),
+            count("packets"),
+            count("recovery_requests")
+        ),
+        (1, 1, 1)
+    );
+    // A database from a newer server is refused, not written to.
+    db.pragma_update(None, "user_version", 99).unwrap();
+    drop(db);
+    sb.server(&["audit", "verify", "--dir", "srv"])
+        .fails(1, "made by a newer lifeline-server");
+}
+
 /// The recovery ID of the only recovery request.
 fn img_recovery_id(sb: &Sandbox, srv: &Server) -> String {
     let listed = srv.admin(sb, &["requests", "--json"]).ok().stdout.clone();

@@ -29,6 +29,8 @@ enum Command {
     Serve(server::serve::Args),
     Admin(server::admin::Args),
     Audit(server::serve::AuditArgs),
+    Backup(server::backup::BackupArgs),
+    Restore(server::backup::RestoreArgs),
 }
 
 fn main() {
@@ -42,6 +44,8 @@ fn main() {
         Command::Serve(a) => server::serve::run(a, &g),
         Command::Admin(a) => server::admin::run(a),
         Command::Audit(a) => server::serve::run_audit(a),
+        Command::Backup(a) => server::backup::run_backup(a),
+        Command::Restore(a) => server::backup::run_restore(a),
     };
     std::process::exit(cmd::finish("lifeline-server", result));
 }

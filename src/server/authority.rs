@@ -148,40 +148,12 @@ pub fn holds_secret_keys(dir: &Path) -> bool {
     dir.join(IDENTITY_FILE).exists() && dir.join(SIGNING_KEY_FILE).exists()
 }
 
-/// Makes `dir` (missing or empty) with what `fill` writes, all or nothing: everything is built
-/// in a sibling directory that is renamed into place (atomic onto an empty directory), and
-/// removed again on failure.
+/// Makes `dir` (missing or empty) with what `fill` writes, all or nothing.
 fn create_whole(
     dir: &Path,
     fill: impl FnOnce(&Path) -> Result<(), AuthorityError>,
 ) -> Result<(), AuthorityError> {
-    if dir.exists() && fs::read_dir(dir)?.next().is_some() {
-        return Err(AuthorityError::Exists(dir.to_path_buf()));
-    }
-    let parent = match dir.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let mut tag = [0u8; 8];
-    random_bytes(&mut tag)?;
-    let staging = parent.join(format!(
-        ".lifeline-authority.{}.tmp",
-        encode_secret(&tag).as_str()
-    ));
-    fs::create_dir(&staging)?;
-    let result = fill(&staging).and_then(|()| {
-        fs::set_permissions(
-            &staging,
-            std::os::unix::fs::PermissionsExt::from_mode(0o700),
-        )?;
-        fs::rename(&staging, dir)?;
-        fs::File::open(&parent)?.sync_all()?;
-        Ok(())
-    });
-    if result.is_err() {
-        let _ = fs::remove_dir_all(&staging);
-    }
-    result
+    atomic_file::create_dir_whole(dir, || AuthorityError::Exists(dir.to_path_buf()), fill)
 }
 
 fn write_keys(

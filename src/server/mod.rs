@@ -2,6 +2,7 @@
 //! custody in the server's TPM, storage, and the HTTPS API.
 
 pub mod authority;
+pub mod backup;
 pub mod config;
 pub mod custody;
 pub mod ekcert;

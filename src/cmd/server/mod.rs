@@ -1,6 +1,7 @@
 //! Subcommands of `lifeline-server`.
 
 pub mod admin;
+pub mod backup;
 pub mod drsk;
 pub mod init;
 mod listing;

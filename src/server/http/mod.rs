@@ -425,8 +425,15 @@ pub fn serve(dir: PathBuf, tcti: String) -> Result<(), String> {
         let app = router(state);
         let handle = axum_server::Handle::new();
         let shutdown = handle.clone();
+        // Interrupted, or stopped by systemd (SIGTERM): answer what is in flight, then stop.
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .map_err(|e| format!("cannot watch for SIGTERM: {e}"))?;
         tokio::spawn(async move {
-            let _ = tokio::signal::ctrl_c().await;
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = terminate.recv() => {}
+            }
             shutdown.graceful_shutdown(Some(Duration::from_secs(5)));
         });
         eprintln!("lifeline-server: listening on https://{listen}");

@@ -17,7 +17,7 @@
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use rusqlite::Connection;
+use rusqlite::{params, Connection};
 use sha2::{Digest, Sha256};
 
 use crate::hex;
@@ -65,6 +65,8 @@ impl From<rusqlite::Error> for StoreError {
     }
 }
 
+/// The tables of schema version 1. Never edited: a later change is a new entry in
+/// `MIGRATIONS`, so that every database, new or old, goes through the same steps.
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS admins (name TEXT PRIMARY KEY, credential_hash BLOB NOT NULL, created INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS enrollment_tokens (token_hash BLOB PRIMARY KEY, created INTEGER NOT NULL, expires INTEGER NOT NULL, used_by TEXT);
@@ -201,25 +203,64 @@ pub fn open(path: &Path) -> Result<Store> {
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
-    conn.execute_batch(SCHEMA)?;
     migrate(&conn)?;
     Ok(Store { conn })
 }
 
-/// Brings a database made by an older server up to `SCHEMA`.
+/// Writes a consistent copy of the database at `path` to `out` (which must not exist) while a
+/// server may be writing to it: SQLite's `VACUUM INTO` copies one snapshot.
+pub fn snapshot(path: &Path, out: &Path) -> Result<()> {
+    let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    let out = out
+        .to_str()
+        .ok_or_else(|| StoreError::Refused(format!("{}: not a UTF-8 path", out.display())))?;
+    conn.execute("VACUUM INTO ?1", params![out])?;
+    Ok(())
+}
+
+/// The schema version this server writes (SQLite's `user_version`). Databases made before
+/// versions were recorded (lifeline 0.1.0) have 0.
+pub const SCHEMA_VERSION: i64 = 1;
+
+/// `MIGRATIONS[v]` brings a database from version `v` to `v + 1`.
+const MIGRATIONS: [fn(&Connection) -> Result<()>; SCHEMA_VERSION as usize] = [to_v1];
+
+/// Brings a database made by this or an older server up to [`SCHEMA_VERSION`], one version at a
+/// time, each step in its own transaction with the version it reaches. A database from a newer
+/// server is refused: this one would not know what its newer tables mean.
 fn migrate(conn: &Connection) -> Result<()> {
-    let has = |table: &str, column: &str| -> Result<bool> {
-        let mut stmt = conn.prepare(&format!("SELECT name FROM pragma_table_info('{table}')"))?;
-        let names = stmt.query_map([], |r| r.get::<_, String>(0))?;
-        for name in names {
-            if name? == column {
-                return Ok(true);
-            }
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if version > SCHEMA_VERSION {
+        return Err(StoreError::Refused(format!(
+            "the database has schema version {version}, made by a newer lifeline-server; this one knows versions up to {SCHEMA_VERSION}: run the newer lifeline-server"
+        )));
+    }
+    for (from, step) in MIGRATIONS.iter().enumerate().skip(version.max(0) as usize) {
+        conn.execute_batch("BEGIN IMMEDIATE")?;
+        let done = step(conn).and_then(|()| {
+            conn.pragma_update(None, "user_version", from as i64 + 1)?;
+            Ok(conn.execute_batch("COMMIT")?)
+        });
+        if done.is_err() {
+            let _ = conn.execute_batch("ROLLBACK");
         }
-        Ok(false)
-    };
-    // Restore approvals expire from the time they were approved.
-    if !has("restore_requests", "approved")? {
+        done?;
+    }
+    Ok(())
+}
+
+/// Version 1: the tables of lifeline 0.1.0 (created when missing), with `approved` on restore
+/// requests, which restore expiry counts from and which early 0.1.0 databases lack.
+fn to_v1(conn: &Connection) -> Result<()> {
+    conn.execute_batch(SCHEMA)?;
+    let mut stmt = conn.prepare("SELECT name FROM pragma_table_info('restore_requests')")?;
+    let has_approved = stmt
+        .query_map([], |r| r.get::<_, String>(0))?
+        .collect::<std::result::Result<Vec<_>, _>>()?
+        .iter()
+        .any(|c| c == "approved");
+    if !has_approved {
         conn.execute_batch("ALTER TABLE restore_requests ADD COLUMN approved INTEGER")?;
     }
     Ok(())
@@ -264,5 +305,26 @@ mod tests {
         assert!(row.expired(3600));
         drop(store);
         open(&path).unwrap();
+    }
+
+    #[test]
+    fn a_new_database_has_the_current_version_and_a_newer_one_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("new.db");
+        drop(open(&path).unwrap());
+        let conn = Connection::open(&path).unwrap();
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+            .unwrap();
+        drop(conn);
+        match open(&path) {
+            Err(StoreError::Refused(why)) => {
+                assert!(why.contains("newer lifeline-server"), "{why}")
+            }
+            other => panic!("a newer database was opened: {:?}", other.map(|_| ())),
+        }
     }
 }

@@ -337,3 +337,79 @@ fn mkinitcpio_runtime_hook_runs_under_busybox_and_never_stops_the_boot() {
         run.all()
     );
 }
+
+#[test]
+fn make_install_puts_everything_where_the_tools_look() {
+    let sb = Sandbox::new();
+    let built = Path::new(env!("CARGO_BIN_EXE_lifeline")).parent().unwrap();
+    let out = Command::new("make")
+        .args(["-s", "install-files", "PREFIX=/usr"])
+        .arg(format!("DESTDIR={}", sb.path("stage").display()))
+        .arg(format!("BUILT={}", built.display()))
+        .current_dir(repo(""))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stage = |p: &str| sb.path("stage").join(p.trim_start_matches('/'));
+    for file in [
+        "/usr/sbin/lifeline",
+        "/usr/sbin/lifeline-server",
+        "/usr/lib/dracut/modules.d/90lifeline/module-setup.sh",
+        "/usr/share/initramfs-tools/hooks/lifeline",
+        "/usr/share/initramfs-tools/scripts/init-premount/lifeline",
+        "/usr/lib/initcpio/install/lifeline",
+        "/usr/lib/initcpio/install/sd-lifeline",
+        "/usr/lib/initcpio/hooks/lifeline",
+        "/usr/lib/lifeline/udhcpc",
+        "/usr/lib/lifeline/lifeline-unlock.service",
+        "/usr/share/doc/lifeline/UNLOCK.md",
+    ] {
+        assert!(stage(file).is_file(), "{file} not installed");
+    }
+    // The unit starts the binary that was installed.
+    let unit =
+        std::fs::read_to_string(stage("/usr/lib/systemd/system/lifeline-server.service")).unwrap();
+    assert!(
+        unit.contains("\nExecStart=/usr/sbin/lifeline-server serve "),
+        "{unit}"
+    );
+    for man in ["lifeline", "lifeline-server"] {
+        let page = std::fs::read_to_string(stage(&format!("/usr/share/man/man8/{man}.8"))).unwrap();
+        assert!(
+            page.contains(&format!(".TH {}", man.to_uppercase())),
+            "{page}"
+        );
+    }
+    // The completions know the subcommands.
+    let completion = stage("/usr/share/bash-completion/completions/lifeline-server");
+    let script = format!(
+        ". '{}'; COMP_WORDS=(lifeline-server admin appr); COMP_CWORD=2; _lifeline_server; echo \"${{COMPREPLY[@]}}\"",
+        completion.display()
+    );
+    let run = sh("bash", &[], &script, &[]);
+    assert_eq!(run.ok().stdout.trim(), "approve-recovery approve-restore");
+    // The sample configuration changes nothing as installed (only lifeline.toml is read), and
+    // is a valid one once its lines are uncommented.
+    assert!(!stage("/etc/lifeline/lifeline.toml").exists());
+    let sample = std::fs::read_to_string(stage("/etc/lifeline/lifeline.toml.example")).unwrap();
+    let filled: String = sample
+        .lines()
+        .filter_map(|l| l.strip_prefix('#'))
+        .filter(|l| l.starts_with(|c: char| c.is_ascii_lowercase() || c == '['))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    sb.write("lifeline.toml", filled);
+    sb.lifeline(&[
+        "unlock",
+        "--config",
+        sb.path("lifeline.toml").to_str().unwrap(),
+        "--cmdline",
+        "/dev/null",
+        "--list-files",
+    ])
+    .ok();
+}

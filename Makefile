@@ -23,7 +23,7 @@ SYSCONFDIR ?= /etc
 # Where install-files takes the binaries from (install builds them in target/release).
 BUILT ?= target/release
 
-.PHONY: all deps build release test fuzz demo demo-offline screenshots install install-files clean
+.PHONY: all deps build release test fuzz demo demo-offline screenshots install install-files deb clean
 
 all: build
 
@@ -90,6 +90,12 @@ install-files:
 	done
 	install -D -m 0644 README.md $(DESTDIR)$(DOCDIR)/README.md
 	install -m 0644 docs/*.md $(DESTDIR)$(DOCDIR)/
+
+# lifeline and lifeline-server .deb packages in target/debian, checked by lintian.
+deb: deps
+	$(CARGO) build --release --bin lifeline
+	$(CARGO) build --release --features server --bin lifeline-server
+	./scripts/build-debs.sh target/release target/debian
 
 clean:
 	$(CARGO) clean

@@ -413,3 +413,59 @@ fn make_install_puts_everything_where_the_tools_look() {
     ])
     .ok();
 }
+
+#[test]
+fn the_debian_packages_build_and_pass_lintian() {
+    let sb = Sandbox::new();
+    let built = Path::new(env!("CARGO_BIN_EXE_lifeline")).parent().unwrap();
+    let out = Command::new(repo("scripts/build-debs.sh"))
+        .arg(built)
+        .arg(sb.path("debs"))
+        .output()
+        .unwrap();
+    let said =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{said}");
+    assert!(said.contains("lintian: no errors or warnings"), "{said}");
+    let version = env!("CARGO_PKG_VERSION");
+    let deb = |pkg: &str| sb.path(&format!("debs/{pkg}_{version}_amd64.deb"));
+    let contents = |pkg: &str, what: &str| -> String {
+        let o = Command::new("dpkg-deb")
+            .arg(what)
+            .arg(deb(pkg))
+            .output()
+            .unwrap();
+        assert!(o.status.success());
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let client = contents("lifeline", "-c");
+    for file in [
+        "./usr/sbin/lifeline",
+        "./usr/share/initramfs-tools/hooks/lifeline",
+        "./usr/lib/dracut/modules.d/90lifeline/module-setup.sh",
+        "./etc/lifeline/lifeline.toml.example",
+        "./usr/share/man/man8/lifeline.8.gz",
+    ] {
+        assert!(client.contains(file), "{file} not in lifeline: {client}");
+    }
+    assert!(
+        !client.contains("initcpio") && !client.contains("lifeline-server"),
+        "{client}"
+    );
+    let server = contents("lifeline-server", "-c");
+    for file in [
+        "./usr/sbin/lifeline-server",
+        "./usr/lib/systemd/system/lifeline-server.service",
+    ] {
+        assert!(
+            server.contains(file),
+            "{file} not in lifeline-server: {server}"
+        );
+    }
+    let info = contents("lifeline", "-I");
+    assert!(
+        info.contains("libtss2-tcti-device0") && info.contains("libcryptsetup12"),
+        "{info}"
+    );
+    assert!(contents("lifeline-server", "-I").contains("adduser"));
+}

@@ -1127,6 +1127,73 @@ fn a_database_made_by_lifeline_0_1_0_is_upgraded_in_place() {
         .fails(1, "made by a newer lifeline-server");
 }
 
+#[test]
+fn join_writes_the_servers_lines_into_lifeline_toml() {
+    let sb = Sandbox::new();
+    let srv = Server::start(&sb, &[]);
+    let config = sb.write(
+        "lifeline.toml",
+        "# mine\nserver = \"https://old.example.org:8443\"\ntimeout = 60\n\n[[volume]]\nuuid = \"8f14e45f-ceea-467a-9af3-6b1d2c3e4f50\"\nname = \"cryptroot\"\n",
+    );
+    let extra = ["--config", config.to_str().unwrap()];
+    srv.join(&sb, &extra, |args| sb.lifeline_as("state", args, None));
+    let text = std::fs::read_to_string(&config).unwrap();
+    let state = sb.path("state");
+    for line in [
+        format!("server = \"{}\"", srv.url),
+        format!("ca = \"{}\"", state.join("server-ca.pem").display()),
+        format!("trust = \"{}\"", state.join("minisign.pub").display()),
+        "timeout = 60".to_string(),
+        "name = \"cryptroot\"".to_string(),
+    ] {
+        assert!(text.lines().any(|l| l == line), "no {line} in:\n{text}");
+    }
+    assert!(!text.contains("old.example.org"), "{text}");
+    // What the initramfs glue asks of it: it parses, and names the files to carry.
+    let listed = sb
+        .lifeline(&[
+            "unlock",
+            "--config",
+            config.to_str().unwrap(),
+            "--cmdline",
+            "/dev/null",
+            "--list-files",
+        ])
+        .ok()
+        .stdout
+        .clone();
+    assert!(
+        listed.contains("server-ca.pem") && listed.contains("minisign.pub"),
+        "{listed}"
+    );
+    // A file that does not parse is left alone, and the token is not spent on it.
+    let broken = sb.write("broken.toml", "server = unquoted\n");
+    let extra = ["--config", broken.to_str().unwrap()];
+    let token = srv.token(&sb);
+    sb.lifeline_as(
+        "state2",
+        &[
+            &[
+                "join",
+                "--server",
+                &srv.url,
+                "--ca",
+                "srv/tls/ca.pem",
+                "--token",
+                &token,
+            ][..],
+            &extra[..],
+        ]
+        .concat(),
+        None,
+    )
+    .fails(2, "is not a quoted string");
+    assert_eq!(
+        std::fs::read_to_string(&broken).unwrap(),
+        "server = unquoted\n"
+    );
+}
+
 /// The recovery ID of the only recovery request.
 fn img_recovery_id(sb: &Sandbox, srv: &Server) -> String {
     let listed = srv.admin(sb, &["requests", "--json"]).ok().stdout.clone();

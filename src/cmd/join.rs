@@ -82,6 +82,11 @@ pub struct Args {
     /// this machine's ID (default: /etc/machine-id)
     #[argh(option)]
     pub machine_id: Option<String>,
+    /// also write the server, ca and trust lines into this lifeline.toml (made if missing;
+    /// its other lines are kept), e.g. /etc/lifeline/lifeline.toml, so that the next
+    /// initramfs carries them
+    #[argh(option)]
+    pub config: Option<PathBuf>,
 }
 
 fn write_state(dir: &Path, name: &str, bytes: &[u8], mode: u32) -> CmdResult {
@@ -94,6 +99,8 @@ fn write_state(dir: &Path, name: &str, bytes: &[u8], mode: u32) -> CmdResult {
 }
 
 pub fn run(args: Args, g: &Globals) -> CmdResult {
+    // A configuration to edit is checked before the token is spent.
+    let config = args.config.as_deref().map(read_config).transpose()?;
     let token = EnrollmentToken::new(match (args.token, &args.token_file) {
         (Some(t), None) => zeroize::Zeroizing::new(t),
         (None, Some(file)) => read_secret_line(file, "enrollment token")?,
@@ -147,5 +154,117 @@ pub fn run(args: Args, g: &Globals) -> CmdResult {
     let credential = answer.credential.expose_secret().as_bytes();
     write_state(&g.state_dir, "credential", credential, 0o600)?;
     eprintln!("Joined {} as machine {}.", args.server, answer.machine);
+    if let (Some(path), Some(old)) = (&args.config, config) {
+        write_config(path, &old, &args.server, &g.state_dir)?;
+    }
     Ok(())
+}
+
+/// The configuration file `join --config` edits (or the start of a new one), checked to parse.
+fn read_config(path: &Path) -> Result<String, Failure> {
+    let text = match path.exists() {
+        true => String::from_utf8(read_small(path, 64 * 1024)?)
+            .map_err(|_| Failure::usage(format!("{} is not text", path.display())))?,
+        false => {
+            "# Written by lifeline join. Add a [[volume]] block per volume (docs/UNLOCK.md).\n"
+                .into()
+        }
+    };
+    crate::config::Config::parse(&text, &path.display().to_string())
+        .map_err(|e| Failure::usage(e.to_string()).todo("fix the file first; nothing was done"))?;
+    Ok(text)
+}
+
+/// Sets `server`, `ca` and `trust` in the configuration `old` (read from `path`) to what `join`
+/// just stored: lines that set them are replaced, missing ones added before the first table,
+/// everything else kept. The result must parse before it replaces the file.
+fn write_config(path: &Path, old: &str, server: &str, state_dir: &Path) -> CmdResult {
+    let absolute = |name: &str| -> Result<String, Failure> {
+        let p = std::path::absolute(state_dir.join(name))
+            .map_err(|e| Failure::new(Exit::Failure, e.to_string()))?;
+        Ok(p.display().to_string())
+    };
+    let settings = [
+        ("server", server.to_string()),
+        ("ca", absolute("server-ca.pem")?),
+        ("trust", absolute("minisign.pub")?),
+    ];
+    if let Some((key, _)) = settings.iter().find(|(_, v)| v.contains(['"', '\\', '\n'])) {
+        return Err(Failure::usage(format!(
+            "the {key} has a quote, backslash or line break, which lifeline.toml cannot hold"
+        )));
+    }
+    let text = set_top_level(old, &settings);
+    crate::config::Config::parse(&text, &path.display().to_string()).map_err(|e| {
+        Failure::new(
+            Exit::Failure,
+            format!("the edited file would not parse: {e}"),
+        )
+    })?;
+    atomic_file::replace(path, text.as_bytes(), 0o644).map_err(|e| {
+        Failure::new(
+            Exit::Failure,
+            format!("cannot write {}: {e}", path.display()),
+        )
+    })?;
+    eprintln!(
+        "{}: server, ca and trust set. Rebuild the initramfs so it carries them: update-initramfs -u (initramfs-tools), dracut -f, or mkinitcpio -P.",
+        path.display()
+    );
+    Ok(())
+}
+
+/// `text` with each `key = "value"` of `settings` set among the lines before the first table.
+fn set_top_level(text: &str, settings: &[(&str, String)]) -> String {
+    let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+    let tables = lines
+        .iter()
+        .position(|l| l.trim_start().starts_with('['))
+        .unwrap_or(lines.len());
+    let mut missing = Vec::new();
+    for (key, value) in settings {
+        let line = format!("{key} = \"{value}\"");
+        let sets = |l: &String| {
+            l.trim_start()
+                .strip_prefix(key)
+                .is_some_and(|rest| rest.trim_start().starts_with('='))
+        };
+        match lines[..tables].iter().position(sets) {
+            Some(i) => lines[i] = line,
+            None => missing.push(line),
+        }
+    }
+    // After the top-level lines, before the first table (and the blank lines leading to it).
+    let mut at = tables;
+    while at > 0 && lines[at - 1].trim().is_empty() && at < lines.len() {
+        at -= 1;
+    }
+    for (i, line) in missing.into_iter().enumerate() {
+        lines.insert(at + i, line);
+    }
+    let mut out = lines.join("\n");
+    out.push('\n');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::set_top_level;
+
+    #[test]
+    fn settings_replace_their_lines_and_the_rest_stays() {
+        let settings = [
+            ("server", "https://b:8443".to_string()),
+            ("ca", "/x/ca.pem".into()),
+        ];
+        let text = "# mine\nserver = \"https://a:8443\"\ntimeout = 60\n\n[[volume]]\nuuid = \"u\"\nname = \"n\"\nca = \"kept\"\n";
+        assert_eq!(
+            set_top_level(text, &settings),
+            "# mine\nserver = \"https://b:8443\"\ntimeout = 60\nca = \"/x/ca.pem\"\n\n[[volume]]\nuuid = \"u\"\nname = \"n\"\nca = \"kept\"\n"
+        );
+        assert_eq!(
+            set_top_level("# new\n", &settings),
+            "# new\nserver = \"https://b:8443\"\nca = \"/x/ca.pem\"\n"
+        );
+    }
 }

@@ -1071,20 +1071,7 @@ fn a_backup_taken_while_serving_restores_a_server_that_still_recovers() {
         .ok();
     srv.crash_and_restart();
     let otp = request_and_approve(&sb, &srv, "state", &img);
-    let args = [
-        "recover",
-        img.path.to_str().unwrap(),
-        "--server",
-        &srv.url,
-        "--new-passphrase-file",
-        "new.pass",
-        "--pbkdf2-iterations",
-        "1000",
-    ];
-    sb.write("new.pass", "after the restore");
-    sb.lifeline_as("state", &args, Some(&format!("{otp}\n")))
-        .ok();
-    assert!(cryptsetup_accepts(&img.path, "after the restore"));
+    crate::approvals::recover_with(&sb, &srv, "state", &img, &otp);
     sb.server(&["audit", "verify", "--dir", "srv"]).ok();
 }
 

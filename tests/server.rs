@@ -1524,6 +1524,89 @@ fn restore_requests_and_approvals_expire_and_can_be_deleted() {
 }
 
 #[test]
+fn two_servers_keep_the_drsk_each_in_its_own_tpm_and_either_restores_it() {
+    use crate::support::swtpm::Swtpm;
+    // The machine and server 1 here; server 2 elsewhere, with its own TPM.
+    let sb = Sandbox::new();
+    let sb2 = Sandbox::new();
+    let b1 = Swtpm::start(&sb.path("tpm-b"));
+    let b2 = Swtpm::start(&sb2.path("tpm-b"));
+    let srv1 = Server::start_with_tpm(&sb, &[], Some(&b1));
+    let srv2 = Server::start_with_tpm(&sb2, &[], Some(&b2));
+    sb.server_on(&b1, &["drsk", "init", "--dir", "srv"]).ok();
+    sb2.server_on(&b2, &["drsk", "init", "--dir", "srv"]).ok();
+    std::fs::copy(sb2.path("srv/drsk.pub"), sb.path("srv2-drsk.pub")).unwrap();
+    std::fs::copy(sb2.path("srv/tls/ca.pem"), sb.path("srv2-ca.pem")).unwrap();
+
+    let img = sb.luks_image("disk.img", 2);
+    let image = img.path.to_str().unwrap();
+    let a = Swtpm::start(&sb.path("tpm-a"));
+    let provision = [
+        "provision",
+        "--backup-server-key",
+        "srv/drsk.pub",
+        "--backup-server-key",
+        "srv2-drsk.pub",
+    ];
+    let client_id = sb
+        .lifeline_on(&a, &provision)
+        .ok()
+        .stdout
+        .trim()
+        .to_string();
+    let key = img.key_file.to_str().unwrap();
+    sb.lifeline_on(&a, &["enroll", image, "--key-file", key])
+        .ok();
+    // A machine is joined to one server at a time: backed up to server 1, then joined to
+    // server 2 (which replaces the server in its state) and backed up there too.
+    join(&sb, &srv1, "state", None);
+    sb.lifeline_on(&a, &["backup", "--server", &srv1.url]).ok();
+    let token = srv2.token(&sb2);
+    let join2 = [
+        "join",
+        "--server",
+        &srv2.url,
+        "--ca",
+        "srv2-ca.pem",
+        "--token",
+        &token,
+    ];
+    sb.lifeline_on(&a, &join2).ok();
+    sb.lifeline_on(&a, &["backup", "--server", &srv2.url]).ok();
+    let custody = |srv: &Server| std::fs::read(srv.dir.join(format!("clients/{client_id}.drsk")));
+    let (in1, in2) = (custody(&srv1).unwrap(), custody(&srv2).unwrap());
+    assert_ne!(
+        in1, in2,
+        "each server holds the DRSK wrapped by its own TPM"
+    );
+    drop(a);
+
+    // Server 1 and its TPM are gone; the replacement board restores from server 2.
+    drop(srv1);
+    drop(b1);
+    let c = Swtpm::start(&sb.path("tpm-c"));
+    let restore = ["restore", "--server", &srv2.url, "--device", image];
+    sb.lifeline_on(&c, &restore).fails(5, "is not approved yet");
+    let rows = srv2
+        .admin(&sb2, &["restores", "--json"])
+        .ok()
+        .stdout
+        .clone();
+    let row: Value = serde_json::from_str(rows.lines().next().unwrap()).unwrap();
+    assert_eq!(row["client_id"], client_id.as_str());
+    srv2.admin(&sb2, &["approve-restore", row["request"].as_str().unwrap()])
+        .ok();
+    let restored = sb
+        .lifeline_on(&c, &[&restore[..], &["--persist"]].concat())
+        .ok()
+        .stdout
+        .trim()
+        .to_string();
+    assert_eq!(restored, client_id);
+    sb.lifeline_on(&c, &["unseal-check", image]).ok();
+}
+
+#[test]
 fn deleting_the_newest_audit_entries_shows_against_the_audit_stream() {
     let sb = Sandbox::new();
     let mut srv = Server::start(&sb, &[("audit_stream", "\"audit.jsonl\"")]);

@@ -80,7 +80,9 @@ install-files:
 	install -D -m 0644 mkinitcpio/lifeline-unlock.service $(DESTDIR)$(LIBDIR)/lifeline-unlock.service
 	install -D -m 0755 mkinitcpio/udhcpc $(DESTDIR)$(LIBDIR)/udhcpc
 	install -d $(DESTDIR)$(UNITDIR)
-	sed 's|@SBINDIR@|$(SBINDIR)|g' contrib/lifeline-server.service > $(DESTDIR)$(UNITDIR)/lifeline-server.service
+	for u in lifeline-server.service lifeline-status.service lifeline-status.timer; do \
+	  sed 's|@SBINDIR@|$(SBINDIR)|g' contrib/$$u > $(DESTDIR)$(UNITDIR)/$$u || exit 1; \
+	done
 	install -D -m 0644 etc/lifeline.toml.example $(DESTDIR)$(SYSCONFDIR)/lifeline/lifeline.toml.example
 	install -d $(DESTDIR)$(MANDIR)/man8 $(DESTDIR)$(BASHCOMPDIR)
 	for b in lifeline lifeline-server; do \

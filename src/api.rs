@@ -77,6 +77,7 @@ pub const JOIN: Route = Route("/v1/join");
 // A machine's credential.
 pub const ESCROW: Route = Route("/v1/escrow");
 pub const DRSK_BACKUP: Route = Route("/v1/drsk/backup");
+pub const STATUS: Route = Route("/v1/status");
 // Anyone (a booting or replacement machine has no credential), rate-limited.
 pub const RECOVERY_REQUESTS: Route = Route("/v1/recovery-requests");
 pub const RECOVERY_PACKET: Route = Route("/v1/recovery/{machine}/{volume}");
@@ -92,6 +93,7 @@ pub const ADMIN_PACKET: Route = Route("/v1/admin/packets/{id}");
 pub const ADMIN_PACKET_OBSOLETE: Route = Route("/v1/admin/packets/{id}/obsolete");
 pub const ADMIN_PACKET_DELETE: Route = Route("/v1/admin/packets/{id}/delete");
 pub const ADMIN_PACKET_PASSPHRASE: Route = Route("/v1/admin/packets/{id}/recovery-passphrase");
+pub const ADMIN_PACKET_REVEALED: Route = Route("/v1/admin/packets/{id}/revealed");
 pub const ADMIN_REQUESTS: Route = Route("/v1/admin/requests");
 pub const ADMIN_REQUEST_APPROVE: Route = Route("/v1/admin/requests/{id}/approve");
 pub const ADMIN_REQUEST_SHARES: Route = Route("/v1/admin/requests/{id}/shares");
@@ -154,8 +156,12 @@ pub struct Joined {
 /// `POST ESCROW?…`: the query; the body is the escrow packet.
 #[derive(Serialize, Deserialize, Debug)]
 pub struct EscrowQuery {
-    /// `secret::key_fingerprint` of the escrowed key.
+    /// `secret::key_fingerprint` of the escrowed key and recovery passphrase.
     pub fingerprint: String,
+    /// `secret::key_fingerprint` of the key alone, which `lifeline status` can compute without
+    /// the passphrase; absent from older clients (then it is `fingerprint`).
+    #[serde(default)]
+    pub key: Option<String>,
     /// Mark this volume's older packets obsolete once this one is stored.
     #[serde(default)]
     pub obsolete_older: bool,
@@ -166,6 +172,10 @@ impl EscrowQuery {
         let mut path = ESCROW.path(&[]);
         path.push_str("?fingerprint=");
         encode_segment(&self.fingerprint, &mut path);
+        if let Some(key) = &self.key {
+            path.push_str("&key=");
+            encode_segment(key, &mut path);
+        }
         path.push_str(&format!("&obsolete_older={}", self.obsolete_older));
         path
     }
@@ -188,6 +198,54 @@ pub struct BackedUp {
     pub status: String,
     pub client_id: String,
 }
+
+/// `POST STATUS`: what `lifeline status` found on the machine. The server answers what it
+/// holds for it and keeps the outcome as the machine's health.
+#[derive(Serialize, Deserialize, Debug)]
+pub struct StatusReport {
+    pub volumes: Vec<VolumeReport>,
+    /// The DRSK's client ID, when the machine is provisioned.
+    pub client_id: Option<String>,
+    /// What the machine found wrong itself, one line each.
+    pub problems: Vec<String>,
+}
+
+#[derive(Serialize, Deserialize, Debug)]
+pub struct VolumeReport {
+    pub uuid: String,
+    /// `secret::key_fingerprint` of the volume key alone, when the machine could read it.
+    pub key: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Debug)]
+pub struct StatusAnswer {
+    pub volumes: Vec<VolumeEscrow>,
+    /// The DRSK on this server: "in custody", "missing", or "not kept" (no custody here, or
+    /// the machine has no DRSK).
+    pub drsk: String,
+    /// What the server now records for the machine: "healthy" or "at risk".
+    pub health: String,
+}
+
+#[derive(Serialize, Deserialize, Debug)]
+pub struct VolumeEscrow {
+    pub uuid: String,
+    /// "current" (a packet in use holds this key), "stale" (packets, none with this key),
+    /// "missing" (no packet in use), or "unknown" (no key was given).
+    pub escrow: String,
+    /// The current packet, or the newest in use.
+    pub packet: Option<String>,
+    /// An administrator has been shown that packet's random recovery passphrase.
+    pub passphrase_revealed: bool,
+}
+
+pub const ESCROW_CURRENT: &str = "current";
+pub const ESCROW_STALE: &str = "stale";
+pub const ESCROW_MISSING: &str = "missing";
+pub const ESCROW_UNKNOWN: &str = "unknown";
+pub const DRSK_IN_CUSTODY: &str = "in custody";
+pub const DRSK_MISSING: &str = "missing";
+pub const DRSK_NOT_KEPT: &str = "not kept";
 
 /// `POST RECOVERY_REQUESTS`.
 #[derive(Serialize, Deserialize, Debug)]
@@ -264,6 +322,13 @@ pub struct MachineRow {
     /// Seconds since the epoch.
     pub created: i64,
     pub packets: u32,
+    /// When `lifeline status` last reported (seconds since the epoch).
+    #[serde(default)]
+    pub last_report: Option<i64>,
+    /// "healthy", "at risk: …", "not reporting" (nothing for longer than the server's
+    /// `report_overdue_after`) or "never reported".
+    #[serde(default)]
+    pub health: String,
 }
 
 /// A row of `GET ADMIN_PACKETS`.
@@ -409,11 +474,12 @@ mod tests {
         assert_eq!(AUTHORITY.path(&[]), AUTHORITY.template());
         let q = EscrowQuery {
             fingerprint: "ab&c".into(),
+            key: Some("k=1".into()),
             obsolete_older: true,
         };
         assert_eq!(
             q.path(),
-            "/v1/escrow?fingerprint=ab%26c&obsolete_older=true"
+            "/v1/escrow?fingerprint=ab%26c&key=k%3D1&obsolete_older=true"
         );
     }
 

@@ -370,13 +370,22 @@ fn make_install_puts_everything_where_the_tools_look() {
     ] {
         assert!(stage(file).is_file(), "{file} not installed");
     }
-    // The unit starts the binary that was installed.
-    let unit =
-        std::fs::read_to_string(stage("/usr/lib/systemd/system/lifeline-server.service")).unwrap();
-    assert!(
-        unit.contains("\nExecStart=/usr/sbin/lifeline-server serve "),
-        "{unit}"
-    );
+    // The units start the binaries that were installed.
+    for (unit, exec) in [
+        (
+            "lifeline-server.service",
+            "/usr/sbin/lifeline-server serve ",
+        ),
+        (
+            "lifeline-status.service",
+            "/usr/sbin/lifeline status --repair\n",
+        ),
+    ] {
+        let text =
+            std::fs::read_to_string(stage(&format!("/usr/lib/systemd/system/{unit}"))).unwrap();
+        assert!(text.contains(&format!("\nExecStart={exec}")), "{text}");
+    }
+    assert!(stage("/usr/lib/systemd/system/lifeline-status.timer").is_file());
     for man in ["lifeline", "lifeline-server"] {
         let page = std::fs::read_to_string(stage(&format!("/usr/share/man/man8/{man}.8"))).unwrap();
         assert!(
@@ -445,6 +454,7 @@ fn the_debian_packages_build_and_pass_lintian() {
         "./usr/lib/dracut/modules.d/90lifeline/module-setup.sh",
         "./etc/lifeline/lifeline.toml.example",
         "./usr/share/man/man8/lifeline.8.gz",
+        "./usr/lib/systemd/system/lifeline-status.timer",
     ] {
         assert!(client.contains(file), "{file} not in lifeline: {client}");
     }

@@ -1094,7 +1094,16 @@ fn a_database_made_by_lifeline_0_1_0_is_upgraded_in_place() {
     let version: i64 = db
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 1);
+    assert_eq!(version, 2);
+    // Its packet held no random passphrase: the key's own fingerprint is its fingerprint.
+    let same: bool = db
+        .query_row(
+            "SELECT key_fingerprint = fingerprint AND revealed IS NULL FROM packets",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(same);
     let count = |table: &str| -> i64 {
         db.query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |r| r.get(0))
             .unwrap()

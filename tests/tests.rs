@@ -18,6 +18,9 @@ mod tpm;
 /// The escrow server over HTTPS on 127.0.0.1 with real clients: flows and refusals.
 mod server;
 
+/// `lifeline status` and `--repair`: every disk still recoverable, reported to the server.
+mod status;
+
 /// Approving recoveries: K-of-N shares from each administrator's seat, an off-server authority.
 mod approvals;
 

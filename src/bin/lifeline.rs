@@ -7,7 +7,8 @@ use std::path::PathBuf;
 
 use argh::FromArgs;
 use lifeline::cmd::{
-    self, backup, enroll, escrow, inspect, join, provision, recover, recovery, unlock, Globals,
+    self, backup, enroll, escrow, inspect, join, provision, recover, recovery, status, unlock,
+    Globals,
 };
 
 #[derive(FromArgs, Debug)]
@@ -45,6 +46,7 @@ enum Command {
     Activate(backup::ActivateArgs),
     Join(join::Args),
     Recovery(recovery::Args),
+    Status(status::Args),
     Unlock(unlock::Args),
 }
 
@@ -71,6 +73,7 @@ fn main() {
         Command::Activate(a) => backup::run_activate(a, &g),
         Command::Join(a) => join::run(a, &g),
         Command::Recovery(a) => recovery::run(a, &g),
+        Command::Status(a) => status::run(a, &g),
         Command::Unlock(a) => unlock::run(a, &g, started),
     };
     std::process::exit(cmd::finish("lifeline", result));

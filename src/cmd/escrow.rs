@@ -1,14 +1,15 @@
 //! `lifeline escrow`: write an escrow packet for a LUKS volume.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use argh::FromArgs;
 
 use super::{machine_id, CmdResult, Exit, Failure, Globals};
-use crate::escrow::{EscrowPacket, Record, VolumeInfo};
+use crate::escrow::https::Https;
+use crate::escrow::{slot, EscrowPacket, Record, VolumeInfo};
 use crate::luks::LuksVolume;
-use crate::secret::Passphrase;
+use crate::secret::{Passphrase, VolumeKey};
 use crate::{api, atomic_file};
 
 #[derive(FromArgs, Debug)]
@@ -66,7 +67,7 @@ pub fn run(args: Args, g: &Globals) -> CmdResult {
     };
     let recipient = match (&args.recipient, &server) {
         (Some(path), _) => read_recipient(path)?,
-        (None, Some(_)) => read_recipient(&g.state_dir.join("recipient.txt"))?,
+        (None, Some(_)) => joined_recipient(g)?,
         (None, None) => {
             return Err(Failure::usage(
                 "--recipient is needed (the authority's recipient.txt)",
@@ -80,11 +81,83 @@ pub fn run(args: Args, g: &Globals) -> CmdResult {
         );
     }
     let mut volume = LuksVolume::open(&args.device)?;
-    let luks = volume.info()?;
-    let machine_id = machine_id(args.machine_id.as_deref())?;
     let key = super::volume_key_from_user(&mut volume, &args.device, args.key_file.as_deref())?;
+    let to = Destination {
+        recipient: &recipient,
+        server: server.as_ref(),
+        out: args.out.as_deref(),
+        machine_id: machine_id(args.machine_id.as_deref())?,
+        obsolete_older: args.obsolete_older,
+        random_passphrase: args.random_passphrase,
+        pbkdf2_iterations: args.pbkdf2_iterations,
+        state_dir: &g.state_dir,
+    };
+    let done = escrow_volume(&mut volume, key, &to)?;
+    if let Some(out) = &args.out {
+        eprintln!(
+            "Escrow packet for volume {} written to {}.",
+            done.volume,
+            out.display()
+        );
+    }
+    if let Some(answer) = &done.uploaded {
+        let id = &answer.packet;
+        match answer.status.as_str() {
+            api::ALREADY_IN_ESCROW => eprintln!(
+                "Volume {}: this key is already in escrow (packet {id}).",
+                done.volume
+            ),
+            _ => eprintln!(
+                "Volume {}: escrowed on the server as packet {id}.",
+                done.volume
+            ),
+        }
+    }
+    if let Some(slot) = done.added_slot {
+        eprintln!("A random recovery passphrase was added in keyslot {slot}; only the authority can read it.");
+    }
+    Ok(())
+}
 
-    let recovery_passphrase = if args.random_passphrase {
+/// The authority's recipient the joined server gave at `lifeline join`.
+pub fn joined_recipient(g: &Globals) -> Result<age::x25519::Recipient, Failure> {
+    read_recipient(&g.state_dir.join("recipient.txt"))
+}
+
+/// Where an escrow packet goes, and how it is made.
+pub struct Destination<'a> {
+    pub recipient: &'a age::x25519::Recipient,
+    pub server: Option<&'a Https>,
+    pub out: Option<&'a Path>,
+    pub machine_id: String,
+    pub obsolete_older: bool,
+    /// Add a random recovery passphrase in a free keyslot and escrow it with the key.
+    pub random_passphrase: bool,
+    pub pbkdf2_iterations: Option<u32>,
+    /// Where a LUKS1 volume's recovery keyslot is noted.
+    pub state_dir: &'a Path,
+}
+
+/// What `escrow_volume` did.
+pub struct Escrowed {
+    /// The volume's UUID, with its label if it has one.
+    pub volume: String,
+    /// The server's answer, when uploaded.
+    pub uploaded: Option<api::Escrowed>,
+    /// The keyslot the random recovery passphrase went into.
+    pub added_slot: Option<u32>,
+}
+
+/// Escrows `key` (already checked against `volume`): seals the packet, adds the random
+/// recovery passphrase when asked, and stores the packet. A failure leaves neither a packet
+/// for a passphrase that was never added nor a keyslot nobody knows.
+pub fn escrow_volume(
+    volume: &mut LuksVolume,
+    key: VolumeKey,
+    to: &Destination<'_>,
+) -> Result<Escrowed, Failure> {
+    let luks = volume.info()?;
+    let recovery_passphrase = if to.random_passphrase {
         // Fail before writing anything if there is no room for the new keyslot.
         volume.free_keyslot()?;
         Some(
@@ -101,7 +174,7 @@ pub fn run(args: Args, g: &Globals) -> CmdResult {
                 .ok()
                 .and_then(|h| h.into_string().ok())
                 .unwrap_or_default(),
-            machine_id,
+            machine_id: to.machine_id.clone(),
             client_id: None,
             volume_uuid: luks.uuid.clone(),
             volume_label: luks.label.clone(),
@@ -115,7 +188,7 @@ pub fn run(args: Args, g: &Globals) -> CmdResult {
         binding: None,
         use_token: None,
     };
-    let packet = EscrowPacket::seal(&record, &recipient)?;
+    let packet = EscrowPacket::seal(&record, to.recipient)?;
 
     let fingerprint = crate::secret::key_fingerprint(
         &record.volume_key,
@@ -124,11 +197,9 @@ pub fn run(args: Args, g: &Globals) -> CmdResult {
     );
 
     // Order matters: the packet is on disk (under a temporary name) before the keyslot exists,
-    // and becomes visible (file) or stored (server) only once the keyslot is in place. A
-    // failure in between leaves neither a packet for a passphrase that was never added nor a
-    // keyslot nobody knows.
+    // and becomes visible (file) or stored (server) only once the keyslot is in place.
     let staged =
-        match &args.out {
+        match to.out {
             Some(out) => Some(atomic_file::stage(out, &packet, 0o600).map_err(|e| {
                 Failure::new(Exit::Failure, format!("cannot write the packet: {e}"))
             })?),
@@ -136,7 +207,7 @@ pub fn run(args: Args, g: &Globals) -> CmdResult {
         };
     let mut added_slot = None;
     if let Some(pass) = &record.recovery_passphrase {
-        if let Some(n) = args.pbkdf2_iterations {
+        if let Some(n) = to.pbkdf2_iterations {
             volume.set_pbkdf2_iterations(n)?;
         }
         added_slot = Some(volume.add_passphrase(&record.volume_key, pass)?);
@@ -146,16 +217,21 @@ pub fn run(args: Args, g: &Globals) -> CmdResult {
             let _ = volume.destroy_keyslot(slot);
         }
     };
-    let uploaded = match &server {
+    let uploaded = match to.server {
         Some(s) => {
             let query = api::EscrowQuery {
-                fingerprint: fingerprint.clone(),
-                obsolete_older: args.obsolete_older,
+                fingerprint,
+                key: Some(crate::secret::key_fingerprint(
+                    &record.volume_key,
+                    &luks.uuid,
+                    None,
+                )),
+                obsolete_older: to.obsolete_older,
             };
             match s.post_bytes::<api::Escrowed>(&query.path(), &packet) {
                 Ok((_, answer)) => Some(answer),
                 Err(e) => {
-                    undo(&mut volume);
+                    undo(volume);
                     return Err(e.into());
                 }
             }
@@ -164,39 +240,27 @@ pub fn run(args: Args, g: &Globals) -> CmdResult {
     };
     if let Some(staged) = staged {
         if let Err(e) = staged.commit() {
-            undo(&mut volume);
+            undo(volume);
             return Err(Failure::new(
                 Exit::Failure,
                 format!("cannot write the packet: {e}"),
             ));
         }
     }
-
-    let label = luks.label.map(|l| format!(" ({l})")).unwrap_or_default();
-    if let Some(out) = &args.out {
-        eprintln!(
-            "Escrow packet for volume {}{label} written to {}.",
-            luks.uuid,
-            out.display()
-        );
-    }
-    if let Some(answer) = uploaded {
-        let id = &answer.packet;
-        match answer.status.as_str() {
-            api::ALREADY_IN_ESCROW => eprintln!(
-                "Volume {}{label}: this key is already in escrow (packet {id}).",
-                luks.uuid
-            ),
-            _ => eprintln!(
-                "Volume {}{label}: escrowed on the server as packet {id}.",
-                luks.uuid
-            ),
+    if let Some(slot) = added_slot {
+        // Only a help for `lifeline status`: the passphrase is in escrow and works without it.
+        if let Err(e) = slot::write(volume, to.state_dir, &luks.uuid, slot) {
+            eprintln!(
+                "warning: cannot note the recovery keyslot ({e}); lifeline status will not see it."
+            );
         }
     }
-    if let Some(slot) = added_slot {
-        eprintln!("A random recovery passphrase was added in keyslot {slot}; only the authority can read it.");
-    }
-    Ok(())
+    let label = luks.label.map(|l| format!(" ({l})")).unwrap_or_default();
+    Ok(Escrowed {
+        volume: format!("{}{label}", luks.uuid),
+        uploaded,
+        added_slot,
+    })
 }
 
 /// Reads the age recipient (`age1…`) from a file: the first line that is not a comment.

@@ -35,6 +35,8 @@ pub enum Exit {
     /// `lifeline unlock` did not open every volume (gave up, timed out, disabled): the
     /// distribution's own unlock step takes over.
     StepAside = 9,
+    /// `lifeline status` found a disk at risk (after `--repair`, one it could not fix).
+    AtRisk = 10,
 }
 
 /// A failed command: what happened and what the person should do next.

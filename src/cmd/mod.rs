@@ -17,6 +17,7 @@ pub mod recover;
 pub mod recovery;
 #[cfg(feature = "server")]
 pub mod server;
+pub mod status;
 pub mod unlock;
 
 use std::path::PathBuf;

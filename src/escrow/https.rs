@@ -263,6 +263,11 @@ impl Https {
         })
     }
 
+    /// The server's URL.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
     /// Sends `credential` as a bearer token with every request.
     pub fn with_credential(mut self, credential: Credential) -> Https {
         self.credential = Some(credential);

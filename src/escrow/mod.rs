@@ -6,6 +6,7 @@ pub mod https;
 pub mod otp;
 pub mod packet;
 pub mod record;
+pub mod slot;
 pub mod usb;
 
 use std::fmt;

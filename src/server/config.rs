@@ -55,6 +55,10 @@ pub struct Config {
     /// How long shares toward one K-of-N approval are held (in memory) for the rest to arrive.
     #[serde(default = "default_share_window")]
     pub share_window: String,
+    /// A machine whose `lifeline status` has not reported for this long shows as "not
+    /// reporting" in `admin machines` (the shipped timer reports daily).
+    #[serde(default = "default_report_overdue_after")]
+    pub report_overdue_after: String,
 }
 
 #[derive(Debug, Default, Deserialize, Clone, Copy, PartialEq, Eq)]
@@ -92,6 +96,9 @@ fn default_per_machine() -> u32 {
 fn default_share_window() -> String {
     "15m".into()
 }
+fn default_report_overdue_after() -> String {
+    "3d".into()
+}
 
 impl Config {
     pub fn load(dir: &Path) -> Result<Config, String> {
@@ -110,6 +117,7 @@ impl Config {
         config.token_valid_for()?;
         config.restore_valid_for()?;
         config.share_window()?;
+        config.report_overdue_after()?;
         Ok(config)
     }
 
@@ -127,6 +135,13 @@ impl Config {
 
     pub fn share_window(&self) -> Result<Duration, String> {
         humantime::parse_duration(&self.share_window).map_err(|e| format!("share_window: {e}"))
+    }
+
+    /// `report_overdue_after` in seconds.
+    pub fn report_overdue_after(&self) -> Result<i64, String> {
+        humantime::parse_duration(&self.report_overdue_after)
+            .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+            .map_err(|e| format!("report_overdue_after: {e}"))
     }
 
     pub fn token_valid_for(&self) -> Result<Duration, String> {
@@ -185,7 +200,10 @@ pub fn default_text(listen: &str, authority: AuthorityMode) -> String {
          # `lifeline-server admin approve-recovery ID --authority DIR` on your own machine.\n\
          authority = \"{authority}\"\n\
          # Shares toward a K-of-N approval wait this long (in memory) for the others.\n\
-         share_window = \"15m\"\n"
+         share_window = \"15m\"\n\
+         # A machine whose `lifeline status` (its daily timer) has not reported for this long\n\
+         # shows as \"not reporting\" in `admin machines`.\n\
+         report_overdue_after = \"3d\"\n"
     )
 }
 

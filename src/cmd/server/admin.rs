@@ -187,7 +187,7 @@ admin_args!(DeleteArgs, "delete", "Delete an escrow packet.",
 admin_args!(
     ShowPassphraseArgs,
     "show-passphrase",
-    "Show the random recovery passphrase escrowed in a packet (needs the administrator passphrase, and the authority with --authority; audited).",
+    "Show the random recovery passphrase escrowed in a packet (needs the administrator passphrase, and the authority with --authority; audited). The server notes it as shown: the machine's next lifeline status --repair replaces it.",
     "{command_name} 67bb36faf4d6944dc99a548e7732cd94 --share-file alice.share --share-file bob.share",
     packet: "the packet ID",
     passphrase: passphrase_file
@@ -433,10 +433,18 @@ fn show_passphrase(a: ShowPassphraseArgs) -> CmdResult {
         Some(dir) => {
             let copy: api::EscrowCopy = s.get_json(&api::ADMIN_PACKET.path(&[&a.packet]))?;
             let passphrase = admin_secret(a.passphrase_file.as_deref(), &a.share_file)?;
-            authority::unlock(dir, &passphrase)?
+            let found = authority::unlock(dir, &passphrase)?
                 .open_escrow(copy.escrow_packet.as_bytes())
                 .map_err(|e| Failure::from(e).context(format!("packet {}", a.packet)))?
-                .recovery_passphrase
+                .recovery_passphrase;
+            // Shown only once the server has noted it, so the machine replaces it.
+            if found.is_some() {
+                s.post_json::<api::Done>(
+                    &api::ADMIN_PACKET_REVEALED.path(&[&a.packet]),
+                    &api::Empty {},
+                )?;
+            }
+            found
         }
         None => {
             let body = api::AdminPassphrase {

@@ -34,6 +34,8 @@ impl Row for api::MachineRow {
         "CLIENT-ID",
         "JOINED",
         "PACKETS",
+        "REPORTED",
+        "HEALTH",
     ];
     fn cells(&self) -> Vec<String> {
         vec![
@@ -43,6 +45,8 @@ impl Row for api::MachineRow {
             or_dash(self.client_id.as_deref()),
             time(self.created),
             self.packets.to_string(),
+            or_dash(self.last_report.map(time).as_deref()),
+            self.health.clone(),
         ]
     }
 }

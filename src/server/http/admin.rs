@@ -96,9 +96,13 @@ pub(super) async fn request_rows(s: &Shared) -> Result<Vec<api::RequestRow>, Api
 
 pub(super) async fn machine_rows(s: &Shared) -> Result<Vec<api::MachineRow>, ApiError> {
     let rows = with_db(s, |db| db.list_machines().map_err(Into::into)).await?;
+    let overdue = s.config.report_overdue_after().unwrap_or(i64::MAX);
+    let now = store::now();
     Ok(rows
         .into_iter()
         .map(|r| api::MachineRow {
+            health: health(r.report.as_ref(), now, overdue),
+            last_report: r.report.map(|(time, _)| time),
             machine: r.machine.id,
             host: r.machine.host,
             machine_id: r.machine.machine_id,
@@ -107,6 +111,16 @@ pub(super) async fn machine_rows(s: &Shared) -> Result<Vec<api::MachineRow>, Api
             packets: r.packets,
         })
         .collect())
+}
+
+/// A machine's health as `admin machines` shows it, from its last `lifeline status` report.
+fn health(report: Option<&(i64, String)>, now: i64, overdue: i64) -> String {
+    match report {
+        None => "never reported".into(),
+        Some((time, _)) if now.saturating_sub(*time) > overdue => "not reporting".into(),
+        Some((_, problems)) if problems.is_empty() => "healthy".into(),
+        Some((_, problems)) => format!("at risk: {}", problems.replace('\n', "; ")),
+    }
 }
 
 pub(super) async fn restore_rows(s: &Shared) -> Result<Vec<api::RestoreRow>, ApiError> {
@@ -132,6 +146,7 @@ pub(super) async fn restore_rows(s: &Shared) -> Result<Vec<api::RestoreRow>, Api
 
 /// Who wants the authority unlocked, and for what: named in the audit when the passphrase is
 /// wrong.
+#[derive(Clone)]
 struct Asking {
     admin: String,
     /// The audit subject: the request or packet it was for.
@@ -501,16 +516,41 @@ pub async fn show_passphrase(
             .map_err(Into::into)
     })
     .await?;
-    let recovery_passphrase = with_authority(&s, asking, req.passphrase, move |unlocked| {
+    let recovery_passphrase = with_authority(&s, asking.clone(), req.passphrase, move |unlocked| {
         let record = unlocked
             .open_escrow(&body)
             .map_err(|e| ApiError(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))?;
         Ok(record.recovery_passphrase)
     })
     .await?;
+    // Shown only once the machine is sure to learn it was, and replaces it.
+    if recovery_passphrase.is_some() {
+        mark_revealed(&s, asking.admin, asking.subject).await?;
+    }
     Ok(Json(api::RecoveryPassphrase {
         recovery_passphrase,
     }))
+}
+
+/// `POST ADMIN_PACKET_REVEALED`: an administrator who keeps the authority on their own
+/// machine is about to read a packet's recovery passphrase there (`admin show-passphrase
+/// --authority`), which is shown only after this answer.
+pub async fn revealed(
+    State(s): State<Shared>,
+    Admin(name): Admin,
+    Path(id): Path<String>,
+) -> Result<Json<api::Done>, ApiError> {
+    mark_revealed(&s, name, id).await?;
+    Ok(Json(api::Done {
+        status: "revealed".into(),
+    }))
+}
+
+async fn mark_revealed(s: &Shared, admin: String, packet: String) -> Result<(), ApiError> {
+    with_db(s, move |db| {
+        db.mark_revealed(&admin, &packet).map_err(Into::into)
+    })
+    .await
 }
 
 /// `GET ADMIN_RESTORES`.

@@ -10,6 +10,7 @@ use axum::Json;
 use super::{bad, internal, new_secret, with_custody, with_db, ApiError, Caller, Shared};
 use crate::api;
 use crate::escrow::EscrowPacket;
+use crate::server::custody::Custody;
 use crate::server::store::{self, Machine, StoreError, Stored};
 use crate::tpm::transfer;
 
@@ -57,8 +58,9 @@ pub async fn escrow(
     Query(q): Query<api::EscrowQuery>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    if q.fingerprint.len() != 64 || !q.fingerprint.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(bad("fingerprint must be 64 hex digits"));
+    let key = q.key.clone().unwrap_or_else(|| q.fingerprint.clone());
+    if !is_fingerprint(&q.fingerprint) || !is_fingerprint(&key) {
+        return Err(bad("fingerprint and key must be 64 hex digits"));
     }
     let packet = EscrowPacket::parse(&body).map_err(|e| bad(e.to_string()))?;
     if packet.info.machine_id != m.machine_id {
@@ -70,8 +72,16 @@ pub async fn escrow(
     let volume = packet.info.volume_uuid.clone();
     let limit = s.config.max_packets_per_machine;
     let stored = with_db(&s, move |db| {
-        db.store_packet(&m, &volume, &q.fingerprint, &body, limit, q.obsolete_older)
-            .map_err(Into::into)
+        db.store_packet(
+            &m,
+            &volume,
+            &q.fingerprint,
+            &key,
+            &body,
+            limit,
+            q.obsolete_older,
+        )
+        .map_err(Into::into)
     })
     .await?;
     let (status, packet, code) = match stored {
@@ -83,6 +93,94 @@ pub async fn escrow(
         packet,
     };
     Ok((code, Json(answer)).into_response())
+}
+
+fn is_fingerprint(text: &str) -> bool {
+    text.len() == 64 && text.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// Most volumes and problem lines one status report may carry.
+const MAX_REPORT_LINES: usize = 64;
+
+/// `POST STATUS`: what the server holds for the calling machine's volumes and DRSK. What is
+/// wrong, found by the machine or here, is kept as the machine's health.
+pub async fn status(
+    State(s): State<Shared>,
+    Caller(m): Caller,
+    Json(report): Json<api::StatusReport>,
+) -> Result<Json<api::StatusAnswer>, ApiError> {
+    if report.volumes.len() > MAX_REPORT_LINES || report.problems.len() > MAX_REPORT_LINES {
+        return Err(bad(format!(
+            "a report names at most {MAX_REPORT_LINES} volumes and problems"
+        )));
+    }
+    for v in &report.volumes {
+        crate::id::volume_uuid(&v.uuid).map_err(|e| bad(format!("volume: {e}")))?;
+        if v.key.as_deref().is_some_and(|k| !is_fingerprint(k)) {
+            return Err(bad("key must be 64 hex digits"));
+        }
+    }
+    if report
+        .problems
+        .iter()
+        .any(|p| p.is_empty() || p.len() > 300 || p.chars().any(char::is_control))
+    {
+        return Err(bad("each problem is one line of at most 300 characters"));
+    }
+    let drsk = match report.client_id.as_deref() {
+        None => api::DRSK_NOT_KEPT,
+        Some(client) => {
+            let client =
+                crate::id::client_id(client).map_err(|e| bad(format!("client_id: {e}")))?;
+            match Custody::open(&s.dir) {
+                Err(_) => api::DRSK_NOT_KEPT,
+                Ok(custody) if custody.has(&client)? => api::DRSK_IN_CUSTODY,
+                Ok(_) => api::DRSK_MISSING,
+            }
+        }
+    };
+    let answer = with_db(&s, move |db| {
+        let mut problems = report.problems;
+        let mut volumes = Vec::new();
+        for v in report.volumes {
+            let state = db.escrow_state(&m, &v.uuid, v.key.as_deref())?;
+            let uuid = &v.uuid;
+            match state.escrow {
+                api::ESCROW_MISSING => problems.push(format!("volume {uuid}: not in escrow")),
+                api::ESCROW_STALE => {
+                    problems.push(format!("volume {uuid}: the escrow holds an older key"))
+                }
+                _ => {}
+            }
+            if state.revealed {
+                problems.push(format!(
+                    "volume {uuid}: its recovery passphrase was shown to an administrator"
+                ));
+            }
+            volumes.push(api::VolumeEscrow {
+                uuid: v.uuid,
+                escrow: state.escrow.into(),
+                packet: state.packet,
+                passphrase_revealed: state.revealed,
+            });
+        }
+        if drsk == api::DRSK_MISSING {
+            problems.push("the DRSK is not backed up to this server".into());
+        }
+        db.record_report(&m, &problems)?;
+        Ok::<_, ApiError>(api::StatusAnswer {
+            volumes,
+            drsk: drsk.into(),
+            health: if problems.is_empty() {
+                "healthy"
+            } else {
+                "at risk"
+            }
+            .into(),
+        })
+    })
+    .await?;
+    Ok(Json(answer))
 }
 
 /// `POST DRSK_BACKUP`: the body is `lifeline backup`'s file, imported into the server's TPM

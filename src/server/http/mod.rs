@@ -307,6 +307,7 @@ pub fn router(state: Shared) -> Router {
         .route(r(api::JOIN), post(machine::join))
         .route(r(api::ESCROW), post(machine::escrow))
         .route(r(api::DRSK_BACKUP), post(machine::drsk_backup))
+        .route(r(api::STATUS), post(machine::status))
         .route(r(api::RECOVERY_REQUESTS), post(boot::request_recovery))
         .route(r(api::RECOVERY_PACKET), get(boot::recovery_packet))
         .route(r(api::RECOVERY_USED), post(boot::recovery_used))
@@ -322,6 +323,7 @@ pub fn router(state: Shared) -> Router {
         .route(r(api::ADMIN_PACKET), get(admin::packet))
         .route(r(api::ADMIN_PACKET_OBSOLETE), post(admin::obsolete))
         .route(r(api::ADMIN_PACKET_DELETE), post(admin::delete))
+        .route(r(api::ADMIN_PACKET_REVEALED), post(admin::revealed))
         .route(
             r(api::ADMIN_PACKET_PASSPHRASE),
             post(admin::show_passphrase),

@@ -27,6 +27,8 @@ pub struct MachineRow {
     pub machine: Machine,
     pub created: i64,
     pub packets: u32,
+    /// The last `lifeline status` report: when, and what was wrong ("" when nothing).
+    pub report: Option<(i64, String)>,
 }
 
 /// Before a DRSK backup of `client_id` from machine `m`: refused when another machine holds
@@ -131,17 +133,34 @@ impl Store {
         let conn = &self.conn;
         let mut stmt = conn.prepare(
             "SELECT m.id, m.machine_id, m.client_id, m.host, m.created,
-                    (SELECT COUNT(*) FROM packets p WHERE p.machine = m.id AND p.obsolete = 0)
+                    (SELECT COUNT(*) FROM packets p WHERE p.machine = m.id AND p.obsolete = 0),
+                    m.report_time, COALESCE(m.report_problems, '')
              FROM machines m ORDER BY m.created",
         )?;
         let rows = stmt.query_map([], |r| {
+            let report = match r.get::<_, Option<i64>>(6)? {
+                Some(time) => Some((time, r.get(7)?)),
+                None => None,
+            };
             Ok(MachineRow {
                 machine: machine_at(r, 0)?,
                 created: r.get(4)?,
                 packets: r.get(5)?,
+                report,
             })
         })?;
         Ok(rows.collect::<std::result::Result<_, _>>()?)
+    }
+
+    /// Keeps machine `m`'s latest `lifeline status` report: now, and what is wrong (one line
+    /// per problem; none: healthy). Not audited: it changes no key material, and arrives daily
+    /// from every machine.
+    pub fn record_report(&mut self, m: &Machine, problems: &[String]) -> Result<()> {
+        self.conn.execute(
+            "UPDATE machines SET report_time = ?1, report_problems = ?2 WHERE id = ?3",
+            params![now(), problems.join("\n"), m.id],
+        )?;
+        Ok(())
     }
 
     /// Before a DRSK backup of `client_id` from machine `m`: refused when another machine holds

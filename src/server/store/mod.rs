@@ -31,7 +31,7 @@ mod restores;
 use audit::{audit, stream_lines, STREAM_TAG};
 pub use audit::{AuditRow, AuditStream, Counts};
 pub use machines::{Machine, MachineRow};
-pub use packets::{PacketRow, Stored};
+pub use packets::{EscrowState, PacketRow, Stored};
 pub use recovery::{NewRecovery, RequestRow};
 pub use restores::{Advance, RestoreRow};
 
@@ -221,10 +221,10 @@ pub fn snapshot(path: &Path, out: &Path) -> Result<()> {
 
 /// The schema version this server writes (SQLite's `user_version`). Databases made before
 /// versions were recorded (lifeline 0.1.0) have 0.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// `MIGRATIONS[v]` brings a database from version `v` to `v + 1`.
-const MIGRATIONS: [fn(&Connection) -> Result<()>; SCHEMA_VERSION as usize] = [to_v1];
+const MIGRATIONS: [fn(&Connection) -> Result<()>; SCHEMA_VERSION as usize] = [to_v1, to_v2];
 
 /// Brings a database made by this or an older server up to [`SCHEMA_VERSION`], one version at a
 /// time, each step in its own transaction with the version it reaches. A database from a newer
@@ -263,6 +263,21 @@ fn to_v1(conn: &Connection) -> Result<()> {
     if !has_approved {
         conn.execute_batch("ALTER TABLE restore_requests ADD COLUMN approved INTEGER")?;
     }
+    Ok(())
+}
+
+/// Version 2, for `lifeline status`: each packet's fingerprint of the key alone (a client can
+/// compute it without the recovery passphrase; for older packets it is their fingerprint, which
+/// is the same unless they hold a random passphrase: those show as stale and are escrowed
+/// again), when its recovery passphrase was shown, and each machine's last report.
+fn to_v2(conn: &Connection) -> Result<()> {
+    conn.execute_batch(
+        "ALTER TABLE packets ADD COLUMN key_fingerprint TEXT;
+         UPDATE packets SET key_fingerprint = fingerprint;
+         ALTER TABLE packets ADD COLUMN revealed INTEGER;
+         ALTER TABLE machines ADD COLUMN report_time INTEGER;
+         ALTER TABLE machines ADD COLUMN report_problems TEXT;",
+    )?;
     Ok(())
 }
 

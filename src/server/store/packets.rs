@@ -10,6 +10,16 @@ pub enum Stored {
     AlreadyInEscrow(String),
 }
 
+/// What the server holds for one volume of a machine, for `lifeline status`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EscrowState {
+    /// `api::ESCROW_CURRENT`, `_STALE`, `_MISSING` or `_UNKNOWN`.
+    pub escrow: &'static str,
+    /// The packet holding this key, else the newest in use.
+    pub packet: Option<String>,
+    pub revealed: bool,
+}
+
 #[derive(Debug, Clone)]
 pub struct PacketRow {
     pub id: String,
@@ -23,11 +33,14 @@ pub struct PacketRow {
 impl Store {
     /// Stores an escrow packet (ciphertext) for `machine`, unless the same key for the same volume
     /// is in escrow already; with `obsolete_older`, older packets of the volume become obsolete.
+    /// `key_fingerprint` is the fingerprint of the key alone (see `escrow_state`).
+    #[allow(clippy::too_many_arguments)]
     pub fn store_packet(
         &mut self,
         machine: &Machine,
         volume_uuid: &str,
         fingerprint: &str,
+        key_fingerprint: &str,
         body: &[u8],
         limit: u32,
         obsolete_older: bool,
@@ -62,12 +75,64 @@ impl Store {
             )?;
         }
         tx.execute(
-            "INSERT INTO packets (id, machine, volume_uuid, fingerprint, body, created) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![id, machine.id, volume_uuid, fingerprint, body, now()],
+            "INSERT INTO packets (id, machine, volume_uuid, fingerprint, key_fingerprint, body, created) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![id, machine.id, volume_uuid, fingerprint, key_fingerprint, body, now()],
         )?;
         audit(&tx, &machine.id, "escrow", &format!("{volume_uuid} {id}"))?;
         tx.commit()?;
         Ok(Stored::New(id))
+    }
+
+    /// Whether a packet in use holds the key whose fingerprint (of the key alone) is `key`, and
+    /// whether an administrator was shown its recovery passphrase.
+    pub fn escrow_state(
+        &self,
+        machine: &Machine,
+        volume_uuid: &str,
+        key: Option<&str>,
+    ) -> Result<EscrowState> {
+        let mut stmt = self.conn.prepare(
+            "SELECT id, key_fingerprint, revealed IS NOT NULL FROM packets
+             WHERE machine = ?1 AND volume_uuid = ?2 AND obsolete = 0 ORDER BY created DESC, rowid DESC",
+        )?;
+        let rows = stmt
+            .query_map(params![machine.id, volume_uuid], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, Option<String>>(1)?,
+                    r.get::<_, bool>(2)?,
+                ))
+            })?
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let held = key.and_then(|k| rows.iter().find(|(_, f, _)| f.as_deref() == Some(k)));
+        let (escrow, row) = match (key, held, rows.first()) {
+            (_, _, None) => (crate::api::ESCROW_MISSING, None),
+            (None, _, Some(newest)) => (crate::api::ESCROW_UNKNOWN, Some(newest)),
+            (Some(_), Some(held), _) => (crate::api::ESCROW_CURRENT, Some(held)),
+            (Some(_), None, Some(newest)) => (crate::api::ESCROW_STALE, Some(newest)),
+        };
+        Ok(EscrowState {
+            escrow,
+            packet: row.map(|(id, _, _)| id.clone()),
+            revealed: row.is_some_and(|(_, _, revealed)| *revealed),
+        })
+    }
+
+    /// Records that an administrator was shown a packet's recovery passphrase (the machine
+    /// replaces it at its next `lifeline status --repair`).
+    pub fn mark_revealed(&mut self, admin: &str, packet: &str) -> Result<()> {
+        let conn = &mut self.conn;
+        let tx = conn.savepoint()?;
+        let changed = tx.execute(
+            "UPDATE packets SET revealed = COALESCE(revealed, ?2) WHERE id = ?1",
+            params![packet, now()],
+        )?;
+        if changed == 0 {
+            return Err(StoreError::NotFound(format!("no escrow packet {packet}")));
+        }
+        audit(&tx, admin, "passphrase-revealed", packet)?;
+        tx.commit()?;
+        Ok(())
     }
 
     pub fn list_packets(&self) -> Result<Vec<PacketRow>> {

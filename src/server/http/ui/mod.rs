@@ -479,12 +479,21 @@ async fn machines(State(s): State<Shared>, me: Signed) -> Result<Response, Page>
                 format!("<code>{}</code>", esc(&m.machine_id)),
                 time(m.created),
                 m.packets.to_string(),
+                m.last_report.map(time).unwrap_or_else(|| "-".into()),
+                esc(&m.health),
             ]
         })
         .collect();
     let body = table(
         "machines",
-        &["Host", "Machine ID", "Joined", "Escrow packets"],
+        &[
+            "Host",
+            "Machine ID",
+            "Joined",
+            "Escrow packets",
+            "Last report",
+            "Health",
+        ],
         &rows,
         "No machine has joined yet.",
     );

@@ -44,14 +44,31 @@ fn read(path: &Path, limit: u64, nofollow: bool) -> io::Result<Vec<u8>> {
             format!("it is {what}, not a regular file"),
         ));
     }
-    let mut bytes = Vec::new();
-    file.take(limit + 1).read_to_end(&mut bytes)?;
-    if bytes.len() as u64 > limit {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("it is larger than {limit} bytes"),
-        ));
+    // One allocation, filled in place: a growing Vec would leave copies of what it held (a
+    // key file, a share) in freed memory at each reallocation. At least a page, for files
+    // whose size the kernel does not know (procfs and sysfs say 0).
+    let size = file.metadata()?.len().max(4096).min(limit);
+    let mut bytes = vec![0u8; usize::try_from(size + 1).map_err(io::Error::other)?];
+    let mut filled = 0;
+    let mut file = file;
+    while filled < bytes.len() {
+        match file.read(&mut bytes[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
     }
+    if filled == bytes.len() {
+        return Err(match size == limit {
+            true => io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("it is larger than {limit} bytes"),
+            ),
+            false => io::Error::other("it grew while it was read; try again"),
+        });
+    }
+    bytes.truncate(filled);
     Ok(bytes)
 }
 

@@ -219,7 +219,7 @@ async fn guard(request: axum::extract::Request, next: axum::middleware::Next) ->
             .map(|a| a.as_str())
             .or_else(|| h.get(header::HOST).and_then(|v| v.to_str().ok()));
         fetch_site.is_some_and(|site| site != "same-origin")
-            || origin.is_some_and(|o| Some(o.strip_prefix("https://").unwrap_or("\0")) != host)
+            || origin.is_some_and(|o| host.is_none_or(|host| o != format!("https://{host}")))
     };
     let mut response = match cross_site {
         true => problem(

@@ -1581,7 +1581,19 @@ fn two_servers_keep_the_drsk_each_in_its_own_tpm_and_either_restores_it() {
         &token,
     ];
     sb.lifeline_on(&a, &join2).ok();
+    // lifeline status asks the joined server, and knows server 1's backup as recorded here.
+    let status = |expect: &[&str]| {
+        let run = sb.lifeline_on(&a, &["status", image]);
+        run.fails(10, "problem"); // nothing is escrowed in these servers
+        for line in expect {
+            assert!(run.stdout.contains(line), "{line}: {}", run.all());
+        }
+    };
+    status(&["(the joined server): missing", ": backed up 20"]);
     sb.lifeline_on(&a, &["backup", "--server", &srv2.url]).ok();
+    status(&["(the joined server): in custody", ": backed up 20"]);
+    std::fs::remove_file(sb.path("state/drsk-backups")).unwrap();
+    status(&["the DRSK is not backed up to the server whose key is"]);
     let custody = |srv: &Server| std::fs::read(srv.dir.join(format!("clients/{client_id}.drsk")));
     let (in1, in2) = (custody(&srv1).unwrap(), custody(&srv2).unwrap());
     assert_ne!(

@@ -59,7 +59,15 @@ fn a_missing_drsk_backup_and_a_stale_escrow_after_reencrypt_are_found_and_repair
         status.all()
     );
     assert!(
-        status.stdout.contains("the DRSK is not backed up") && status.stdout.contains("[--repair]"),
+        status.stdout.contains("the DRSK is not backed up")
+            && status
+                .stdout
+                .contains("or, with no passphrase: lifeline status --repair"),
+        "{}",
+        status.all()
+    );
+    assert!(
+        status.stdout.contains("(the joined server): missing"),
         "{}",
         status.all()
     );

@@ -97,12 +97,57 @@ pub fn run(args: Args, g: &Globals) -> CmdResult {
             "DRSK of client {} is in the escrow server's custody.",
             file.client_id
         );
+        if let Err(e) = record_backup(g, &file.client_id, &server_name) {
+            eprintln!("warning: cannot note the backup in {BACKUPS_FILE} ({e}); lifeline status will not see it.");
+        }
     }
     Ok(())
 }
 
+/// The DRSK backups escrow servers confirmed, one line each: client ID, the server key's Name
+/// (hex), seconds since the epoch. `lifeline status` reads it for the servers it cannot ask.
+pub const BACKUPS_FILE: &str = "drsk-backups";
+
+fn record_backup(g: &Globals, client_id: &str, server: &[u8]) -> std::io::Result<()> {
+    let name = crate::hex::encode(server);
+    let mut text: String = recorded(g)
+        .lines()
+        .filter(|l| !l.starts_with(&format!("{client_id} {name} ")))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    text.push_str(&format!("{client_id} {name} {now}\n"));
+    atomic_file::replace(&g.state_dir.join(BACKUPS_FILE), text.as_bytes(), 0o644)
+}
+
+fn recorded(g: &Globals) -> String {
+    std::fs::read_to_string(g.state_dir.join(BACKUPS_FILE)).unwrap_or_default()
+}
+
+/// When an escrow server last confirmed it keeps DRSK `client_id` wrapped for its key
+/// `server` (a Name), as this machine recorded it.
+pub fn recorded_backup(g: &Globals, client_id: &str, server: &[u8]) -> Option<i64> {
+    let name = crate::hex::encode(server);
+    recorded(g).lines().find_map(|l| {
+        let mut f = l.split(' ');
+        match (f.next(), f.next(), f.next()) {
+            (Some(c), Some(n), Some(t)) if c == client_id && n == name => t.parse().ok(),
+            _ => None,
+        }
+    })
+}
+
+/// The backup servers' key Names the DRSK was provisioned for, if it was.
+pub fn policy_servers(g: &Globals) -> Option<Vec<Vec<u8>>> {
+    let text = std::fs::read_to_string(g.state_dir.join(POLICY_FILE)).ok()?;
+    transfer::parse_policy(&text).ok()
+}
+
 /// The DRSK server key an escrow server announces, and its name.
-fn announced_server_key(s: &Https) -> Result<(Vec<u8>, Vec<u8>), Failure> {
+pub fn announced_server_key(s: &Https) -> Result<(Vec<u8>, Vec<u8>), Failure> {
     let authority: api::Authority = s.get_json(&api::AUTHORITY.path(&[]))?;
     let public = authority
         .drsk

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use argh::FromArgs;
 use serde::Serialize;
 
+use super::backup;
 use super::escrow::{escrow_volume, joined_recipient, Destination};
 use super::{machine_id, CmdResult, Exit, Failure, Globals};
 use crate::api;
@@ -105,10 +106,21 @@ struct Status {
     volumes: Vec<VolumeStatus>,
     /// The escrow server this machine joined.
     server: Option<String>,
-    /// `api::DRSK_*`, or "not checked".
-    drsk: String,
+    /// The DRSK's backup to each server its policy names.
+    drsk_backups: Vec<DrskBackup>,
     problems: Vec<Problem>,
     at_risk: bool,
+}
+
+#[derive(Serialize, Debug)]
+struct DrskBackup {
+    /// The server key's Name (hex), as in the DRSK's policy.
+    server_key: String,
+    /// Whether it is the key of the escrow server this machine joined.
+    joined: bool,
+    /// `api::DRSK_IN_CUSTODY` or `_MISSING` from the joined server; for the others, what this
+    /// machine recorded: "backed up <time>" or "not backed up".
+    state: String,
 }
 
 const NOT_CHECKED: &str = "not checked";
@@ -122,7 +134,7 @@ pub fn run(args: Args, g: &Globals) -> CmdResult {
     let server = joined(g)?;
     let mut status = check(&devices, g, server.as_ref())?;
     if args.repair && status.problems().any(|p| p.repairable) {
-        repair(&args, g, server.as_ref(), status)?;
+        repair(&args, g, server.as_ref(), status);
         status = check(&devices, g, server.as_ref())?;
     }
     if args.json {
@@ -135,7 +147,7 @@ pub fn run(args: Args, g: &Globals) -> CmdResult {
     if status.at_risk {
         let count = status.problems().count();
         let fix = match status.problems().any(|p| p.repairable) {
-            true => "lifeline status --repair fixes what is marked so; the rest is above",
+            true => "lifeline status --repair fixes what it can (named above); the rest needs the fix named",
             false => "follow the fix named with each problem",
         };
         return Err(Failure::new(
@@ -193,22 +205,68 @@ fn check(devices: &[PathBuf], g: &Globals, server: Option<&Https>) -> Result<Sta
         Some(Ok(t)) => t.drsk_public().ok().map(|p| tpm::client_id(&p)),
         _ => None,
     };
+    let policy = match &client_id {
+        Some(_) => backup::policy_servers(g).unwrap_or_default(),
+        None => Vec::new(),
+    };
+    // The joined server should keep the DRSK only if the DRSK's policy names its key.
+    let joined_key = match server {
+        Some(s) if !policy.is_empty() => backup::announced_server_key(s)
+            .ok()
+            .map(|(_, name)| name)
+            .filter(|name| policy.contains(name)),
+        _ => None,
+    };
     let mut status = Status {
         volumes,
         server: server.map(|s| s.base().to_string()),
-        drsk: NOT_CHECKED.into(),
+        drsk_backups: Vec::new(),
         problems: Vec::new(),
         at_risk: false,
     };
-    match server {
-        Some(s) => status.ask(s, client_id)?,
-        None => status.problems.push(Problem::new(
-            "this machine has not joined an escrow server: nothing shows that its disks are in escrow",
-            "lifeline join, then lifeline escrow each volume",
-        )),
+    let joined_state = match server {
+        Some(s) => Some(status.ask(s, client_id.clone().filter(|_| joined_key.is_some()))?),
+        None => {
+            status.problems.push(Problem::new(
+                "this machine has not joined an escrow server: nothing shows that its disks are in escrow",
+                "lifeline join, then lifeline escrow each volume",
+            ));
+            None
+        }
+    };
+    for name in &policy {
+        let joined = joined_key.as_ref() == Some(name);
+        let recorded = client_id
+            .as_deref()
+            .and_then(|c| backup::recorded_backup(g, c, name));
+        let state = match (joined, &joined_state, recorded) {
+            (true, Some(state), _) => state.clone(),
+            (_, _, Some(time)) => format!("backed up {}", api::iso8601(time)),
+            (_, _, None) => {
+                status.problems.push(Problem::new(
+                    format!(
+                        "the DRSK is not backed up to the server whose key is {}",
+                        short(name)
+                    ),
+                    "join that server and run lifeline backup --server URL there, or give it lifeline backup --server-key drsk.pub --out FILE for lifeline-server drsk import",
+                ));
+                "not backed up".into()
+            }
+        };
+        status.drsk_backups.push(DrskBackup {
+            server_key: crate::hex::encode(name),
+            joined,
+            state,
+        });
     }
     status.at_risk = status.problems().count() > 0;
     Ok(status)
+}
+
+/// A server key's Name as the text output shows it.
+fn short(name: &[u8]) -> String {
+    let hex = crate::hex::encode(name);
+    format!("{}…", &hex[..hex.len().min(16)])
 }
 
 /// What the machine itself can tell about one volume.
@@ -322,8 +380,10 @@ impl Status {
             .chain(self.problems.iter())
     }
 
-    /// Sends what the machine found to the server and adds what the server holds.
-    fn ask(&mut self, server: &Https, client_id: Option<String>) -> Result<(), Failure> {
+    /// Sends what the machine found to the server and adds what the server holds; returns
+    /// what the server says of the DRSK (`api::DRSK_*`). `client_id` only when the DRSK's
+    /// policy names this server's key.
+    fn ask(&mut self, server: &Https, client_id: Option<String>) -> Result<String, Failure> {
         let report = api::StatusReport {
             volumes: self
                 .volumes
@@ -391,8 +451,7 @@ impl Status {
                 .repairable(),
             );
         }
-        self.drsk = answer.drsk;
-        Ok(())
+        Ok(answer.drsk)
     }
 
     fn text(&self) -> String {
@@ -423,12 +482,23 @@ impl Status {
                 v.recovery_passphrase
             ));
         }
-        out.push_str(&format!("DRSK on the escrow server: {}\n", self.drsk));
+        for b in &self.drsk_backups {
+            let name = crate::hex::decode(&b.server_key).unwrap_or_default();
+            let joined = if b.joined { " (the joined server)" } else { "" };
+            out.push_str(&format!(
+                "DRSK backup to server key {}{joined}: {}\n",
+                short(&name),
+                b.state
+            ));
+        }
         if !self.at_risk {
             out.push_str("Every disk can be opened and recovered.\n");
         }
         for p in self.problems() {
-            let mark = if p.repairable { " [--repair]" } else { "" };
+            let mark = match p.repairable {
+                true => "\n  or, with no passphrase: lifeline status --repair",
+                false => "",
+            };
             out.push_str(&format!(
                 "At risk: {}\n  what to do: {}{mark}\n",
                 p.what, p.fix
@@ -438,54 +508,71 @@ impl Status {
     }
 }
 
-/// Fixes what `check` marked repairable, volume by volume; says what it did.
-fn repair(args: &Args, g: &Globals, server: Option<&Https>, status: Status) -> CmdResult {
+/// Fixes what `check` marked repairable, volume by volume, and says what it did. A repair that
+/// fails is named and the others still run; the check after them shows what is left.
+fn repair(args: &Args, g: &Globals, server: Option<&Https>, status: Status) {
     let Some(server) = server else {
-        return Ok(());
+        return;
     };
-    let recipient = joined_recipient(g)?;
-    let backup = status.problems.iter().any(|p| p.repairable);
+    let failed = |what: &str, f: Failure| {
+        eprintln!("lifeline: could not repair {what}: {}", f.what);
+        if let Some(todo) = f.todo {
+            eprintln!("  what to do: {todo}");
+        }
+    };
     for v in status.volumes {
         let (Some(key), true) = (v.key, v.problems.iter().any(|p| p.repairable)) else {
             continue;
         };
-        let mut volume = LuksVolume::open(&v.device)?;
-        // A volume that had a random recovery passphrase gets a new one.
-        let random = v.slot != RecoverySlot::None;
-        let to = Destination {
-            recipient: &recipient,
-            server: Some(server),
-            out: None,
-            machine_id: machine_id(args.machine_id.as_deref())?,
-            obsolete_older: true,
-            random_passphrase: random,
-            pbkdf2_iterations: args.pbkdf2_iterations,
-            state_dir: &g.state_dir,
-        };
-        let done = escrow_volume(&mut volume, key, &to)?;
-        let packet = done.uploaded.map(|a| a.packet).unwrap_or_default();
-        eprintln!(
-            "Repaired {}: escrowed again as packet {packet}.",
-            v.device.display()
-        );
-        if let (RecoverySlot::In(old), Some(new)) = (v.slot, done.added_slot) {
-            volume.destroy_keyslot(old)?;
-            eprintln!(
-                "Repaired {}: the recovery passphrase is now in keyslot {new}; the one in keyslot {old} no longer opens the volume.",
-                v.device.display()
-            );
+        let device = v.device.display().to_string();
+        if let Err(f) = escrow_again(args, g, server, &v.device, key, v.slot) {
+            failed(&device, f);
         }
     }
-    if backup {
-        let url = server.base().to_string();
-        super::backup::run(
-            super::backup::Args {
-                server_key: None,
-                out: None,
-                server: Some(url),
-            },
-            g,
-        )?;
+    if status.problems.iter().any(|p| p.repairable) {
+        let args = backup::Args {
+            server_key: None,
+            out: None,
+            server: Some(server.base().to_string()),
+        };
+        if let Err(f) = backup::run(args, g) {
+            failed("the DRSK backup", f);
+        }
+    }
+}
+
+/// Escrows the volume again with the key from the TPM, older packets obsolete. A volume that
+/// had a random recovery passphrase gets a new one, and the old keyslot is destroyed once the
+/// new passphrase is in escrow.
+fn escrow_again(
+    args: &Args,
+    g: &Globals,
+    server: &Https,
+    device: &std::path::Path,
+    key: VolumeKey,
+    slot: RecoverySlot,
+) -> CmdResult {
+    let recipient = joined_recipient(g)?;
+    let mut volume = LuksVolume::open(device)?;
+    let to = Destination {
+        recipient: &recipient,
+        server: Some(server),
+        out: None,
+        machine_id: machine_id(args.machine_id.as_deref())?,
+        obsolete_older: true,
+        random_passphrase: slot != RecoverySlot::None,
+        pbkdf2_iterations: args.pbkdf2_iterations,
+        state_dir: &g.state_dir,
+    };
+    let done = escrow_volume(&mut volume, key, &to)?;
+    let device = device.display();
+    let packet = done.uploaded.map(|a| a.packet).unwrap_or_default();
+    eprintln!("Repaired {device}: escrowed again as packet {packet}.");
+    if let (RecoverySlot::In(old), Some(new)) = (slot, done.added_slot) {
+        volume.destroy_keyslot(old)?;
+        eprintln!(
+            "Repaired {device}: the recovery passphrase is now in keyslot {new}; the one in keyslot {old} no longer opens the volume."
+        );
     }
     Ok(())
 }

@@ -34,9 +34,9 @@ fn transient_restore_unseals_in_the_same_process_as_the_initramfs_will() {
         tpm::Provisioned::AlreadyThere
     );
     let key = VolumeKey::from_slice(&[42; 64]);
-    let (blob, _) = a.seal(&key, &[]).unwrap();
+    let (blob, _) = a.seal(&key, &[], None).unwrap();
     let client_id = tpm::client_id(&a.drsk_public().unwrap());
-    assert!(a.unseal(&client_id, &blob, None).unwrap().ct_eq(&key));
+    assert!(a.unseal(&client_id, &blob, None, None).unwrap().ct_eq(&key));
     let dup = a
         .duplicate_drsk(&server_key.public, std::slice::from_ref(&server_name))
         .unwrap();
@@ -48,7 +48,7 @@ fn transient_restore_unseals_in_the_same_process_as_the_initramfs_will() {
     let new_tpm = Swtpm::start(&sb.path("tpm-c"));
     let mut c = open(&new_tpm);
     assert!(matches!(
-        c.unseal(&client_id, &blob, None),
+        c.unseal(&client_id, &blob, None, None),
         Err(TpmError::DrskMissing)
     ));
     let srk = c.srk_public(None).unwrap();
@@ -64,7 +64,7 @@ fn transient_restore_unseals_in_the_same_process_as_the_initramfs_will() {
         .unwrap();
     assert_eq!(c.restore_drsk(&restore, false, None).unwrap(), client_id);
     assert!(
-        c.unseal(&client_id, &blob, None).unwrap().ct_eq(&key),
+        c.unseal(&client_id, &blob, None, None).unwrap().ct_eq(&key),
         "transient DRSK unseals"
     );
     let mut c2 = open(&new_tpm);
@@ -72,7 +72,9 @@ fn transient_restore_unseals_in_the_same_process_as_the_initramfs_will() {
     drop(c2);
     let mut c3 = open(&new_tpm);
     assert!(
-        c3.unseal(&client_id, &blob, None).unwrap().ct_eq(&key),
+        c3.unseal(&client_id, &blob, None, None)
+            .unwrap()
+            .ct_eq(&key),
         "persisted DRSK unseals"
     );
 }

@@ -281,3 +281,70 @@ fn tpm_then_pcr_change_over_https_with_otp_and_reseal_then_usb_without_network()
     assert_eq!(code, 0, "{text}");
     assert!(text.contains("(recovery packet)"), "{text}");
 }
+
+#[test]
+fn a_pin_at_the_boot_prompt_a_wrong_one_counted_a_new_one_then_lockout_and_the_passphrase() {
+    // swtpm allows 3 authorization failures (TPM2_PT_MAX_AUTH_FAIL) before its lockout.
+    let sb = Sandbox::new();
+    let t = Swtpm::start(&sb.path("tpm"));
+    let img = sb.luks_image("disk.img", 2);
+    let (image, key) = (img.path.to_str().unwrap(), img.key_file.to_str().unwrap());
+    sb.write("pin", "2468\n");
+    sb.write("wrong", "1357\n");
+    sb.write("new", "97531\n");
+    sb.lifeline_on(&t, &["provision"]).ok();
+    let enroll = [
+        "enroll",
+        image,
+        "--key-file",
+        key,
+        "--pcrs",
+        "16",
+        "--pin",
+        "--pin-file",
+        "pin",
+    ];
+    sb.lifeline_on(&t, &enroll).ok();
+    let check = |pin: &str| sb.lifeline_on(&t, &["unseal-check", image, "--pin-file", pin]);
+    check("pin").ok();
+    check("wrong").fails(3, "the TPM refused the PIN"); // failure 1
+
+    // At boot: a wrong PIN is said and counted (failure 2), the right one opens with the TPM.
+    let config = write_config(&sb, &t, &img, "");
+    let mut tty = Tty::start(&sb.path(""), &config);
+    tty.wait_for("TPM PIN (or passphrase):", 1);
+    tty.type_line("1357");
+    tty.wait_for("the TPM refused that PIN. 2 attempts left.", 1);
+    tty.type_line("2468");
+    let (code, out) = tty.finish();
+    assert!(code == 0 && out.contains("(TPM)"), "{code}: {out}");
+    assert!(!out.contains("Recovery ID"), "{out}");
+
+    // A new PIN: the old one is refused (failure 3, and the TPM is in lockout).
+    sb.lifeline_on(
+        &t,
+        &["pin", image, "--pin-file", "pin", "--new-pin-file", "new"],
+    )
+    .ok();
+    check("pin").fails(3, "the TPM refused the PIN");
+    check("new").fails(8, "dictionary-attack lockout");
+    // Keys without a PIN are not dictionary-attack protected: the lockout does not stop them.
+    let other = sb.luks_image("other.img", 2);
+    let other_key = other.key_file.to_str().unwrap();
+    let other = other.path.to_str().unwrap();
+    sb.lifeline_on(&t, &["enroll", other, "--key-file", other_key])
+        .ok();
+    sb.lifeline_on(&t, &["unseal-check", other]).ok();
+
+    // In lockout the PIN is not asked for: recovery at once, and the passphrase opens it.
+    let mut tty = Tty::start(&sb.path(""), &config);
+    tty.wait_for("dictionary-attack lockout. Recovery ID", 1);
+    tty.wait_for("Passphrase or one-time password:", 1);
+    tty.type_line(OLD_PASSPHRASE);
+    let (code, out) = tty.finish();
+    assert!(
+        code == 0 && out.contains("opened with its passphrase"),
+        "{code}: {out}"
+    );
+    assert!(!out.contains("TPM PIN"), "{out}");
+}

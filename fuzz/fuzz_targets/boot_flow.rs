@@ -20,8 +20,11 @@ const UUID: &str = "8f14e45f-ceea-467a-9af3-6b1d2c3e4f50";
 struct NoTpm;
 
 impl Tpm for NoTpm {
-    fn unseal(&mut self, _: &SealedToken) -> Result<VolumeKey, TpmError> {
+    fn unseal(&mut self, _: &SealedToken, _: Option<&Passphrase>) -> Result<VolumeKey, TpmError> {
         Err(TpmError::PcrMismatch("PCR 7 changed".into()))
+    }
+    fn in_lockout(&mut self) -> bool {
+        false
     }
     fn srk_public(&mut self) -> Result<Vec<u8>, TpmError> {
         Err(TpmError::NoDevice("none".into()))

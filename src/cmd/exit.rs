@@ -181,6 +181,11 @@ impl From<TpmError> for Failure {
                 Exit::Tpm,
                 "wait for the lockout to end, or reset it with the lockout authorization (tpm2_dictionarylockout -c)",
             ),
+            TpmError::PinNeeded => (Exit::Usage, "give the PIN (--pin-file, or type it when asked)"),
+            TpmError::WrongPin => (
+                Exit::Denied,
+                "type the PIN again; each wrong one counts toward the TPM's lockout",
+            ),
             TpmError::OwnerAuthNeeded => (Exit::Usage, "give the TPM owner authorization with --owner-auth-file"),
             TpmError::OwnerAuthWrong => (Exit::Denied, "check the TPM owner authorization"),
             TpmError::PolicyRefused(_) => (

@@ -138,6 +138,47 @@ pub fn volume_key_from_user(
     Err(LuksError::WrongPassphrase.into())
 }
 
+/// A TPM PIN: from a file's first line, else asked for.
+pub fn pin_from(file: Option<&Path>, question: &str) -> Result<Passphrase, Failure> {
+    if let Some(f) = file {
+        return read_passphrase_file(f);
+    }
+    use crate::prompt::Prompt;
+    let answer = crate::prompt::Terminal::new().ask_secret(question)?;
+    Ok(Passphrase::from_slice(answer.as_bytes()))
+}
+
+/// A new TPM PIN (`what`: "PIN", "new PIN"): from a file's first line, else asked for twice.
+/// Refused when it could be mistaken for a one-time password at the boot prompt.
+pub fn new_pin(file: Option<&Path>, what: &str) -> Result<Passphrase, Failure> {
+    let pin = match file {
+        Some(f) => read_passphrase_file(f)?,
+        None => {
+            use crate::prompt::Prompt;
+            let mut t = crate::prompt::Terminal::new();
+            let first = t.ask_secret(&format!("Choose the {what}:"))?;
+            let again = t.ask_secret(&format!("The {what} again:"))?;
+            if first.as_bytes() != again.as_bytes() {
+                return Err(Failure::usage(format!("the two {what}s differ")).todo("run it again"));
+            }
+            Passphrase::from_slice(first.as_bytes())
+        }
+    };
+    let text = String::from_utf8_lossy(pin.expose_secret());
+    if crate::escrow::otp::looks_like_otp(&text) {
+        return Err(Failure::usage(format!(
+            "that {what} has the shape of a one-time password, which the boot prompt would take it for"
+        ))
+        .todo("choose another"));
+    }
+    if pin.expose_secret().len() < 4 {
+        return Err(Failure::usage(format!(
+            "the {what} is shorter than 4 characters"
+        )));
+    }
+    Ok(pin)
+}
+
 /// The TPM owner authorization: from a file, else asked for when the TPM has one set.
 pub fn owner_auth(tpm: &mut TssTpm, file: Option<&Path>) -> Result<Option<Passphrase>, Failure> {
     if let Some(f) = file {

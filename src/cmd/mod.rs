@@ -26,8 +26,8 @@ use std::time::Duration;
 pub use args::parse_args;
 pub use exit::{finish, CmdResult, Exit, Failure};
 pub use input::{
-    machine_id, owner_auth, parse_duration, passphrase_from, read_key_file, read_passphrase_file,
-    read_secret_line, read_small, unreadable, volume_key_from_user,
+    machine_id, new_pin, owner_auth, parse_duration, passphrase_from, pin_from, read_key_file,
+    read_passphrase_file, read_secret_line, read_small, unreadable, volume_key_from_user,
 };
 
 use crate::tpm::{TssTpm, DEFAULT_TCTI};

@@ -124,6 +124,8 @@ struct DrskBackup {
 }
 
 const NOT_CHECKED: &str = "not checked";
+/// What status says of a key sealed with a PIN.
+const PIN_ONLY: &str = "sealed with a PIN (checked at boot, when the PIN is typed)";
 
 pub fn run(args: Args, g: &Globals) -> CmdResult {
     let devices = if args.devices.is_empty() {
@@ -313,8 +315,10 @@ fn check_volume(
                 .unwrap_or_default();
             let tpm = tpm.get_or_insert_with(|| g.open_tpm().map_err(|f| f.what));
             let opened = match tpm {
+                // A PIN is typed at boot only: no unattended check can give one.
+                Ok(_) if token.pin_salt.is_some() => Err(PIN_ONLY.to_string()),
                 Ok(tpm) => tpm
-                    .unseal(&token.client_id, &token.blob, token.pcrs.as_ref())
+                    .unseal_token(&token, None)
                     .map_err(|e| e.to_string())
                     .and_then(|key| {
                         volume
@@ -329,6 +333,7 @@ fn check_volume(
                     v.tpm = "opens the volume".into();
                     v.key = Some(key);
                 }
+                Err(why) if why == PIN_ONLY => v.tpm = why,
                 Err(why) => {
                     v.tpm = why.clone();
                     v.problems.push(Problem::new(

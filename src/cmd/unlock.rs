@@ -369,8 +369,11 @@ impl Volume for BootVolume {
 struct NoTpm(TpmError);
 
 impl Tpm for NoTpm {
-    fn unseal(&mut self, _: &SealedToken) -> Result<VolumeKey, TpmError> {
+    fn unseal(&mut self, _: &SealedToken, _: Option<&Passphrase>) -> Result<VolumeKey, TpmError> {
         Err(self.0.clone())
+    }
+    fn in_lockout(&mut self) -> bool {
+        false
     }
     fn srk_public(&mut self) -> Result<Vec<u8>, TpmError> {
         Err(self.0.clone())

@@ -41,6 +41,10 @@ pub enum TpmError {
     PcrMismatch(String),
     /// Dictionary-attack lockout.
     Lockout,
+    /// The PIN is wrong; the TPM counted the failure toward its dictionary-attack lockout.
+    WrongPin,
+    /// The key is sealed with a PIN and none was given.
+    PinNeeded,
     /// The owner hierarchy has an authorization value and none was given.
     OwnerAuthNeeded,
     /// The owner authorization given is wrong.
@@ -62,6 +66,8 @@ impl fmt::Display for TpmError {
             TpmError::ForeignObject(what) | TpmError::OtherKey(what) => write!(f, "{what}"),
             TpmError::PcrMismatch(what) => write!(f, "TPM could not unseal ({what})"),
             TpmError::Lockout => write!(f, "the TPM is in dictionary-attack lockout"),
+            TpmError::WrongPin => write!(f, "the TPM refused the PIN"),
+            TpmError::PinNeeded => write!(f, "the TPM key is sealed with a PIN"),
             TpmError::OwnerAuthNeeded => {
                 write!(f, "the TPM owner authorization is set and is needed")
             }
@@ -108,6 +114,19 @@ pub fn client_id(drsk_public: &[u8]) -> String {
     crate::hex::encode(&sha2::Sha256::digest(drsk_public))
 }
 
+/// The TPM authorization value of a sealed key enrolled with a PIN: SHA-256 over a label, the
+/// token's random salt and the PIN, so that the same PIN gives another value on another
+/// volume and nothing about the PIN is kept in the header.
+pub fn pin_auth(salt: &[u8], pin: &crate::secret::Passphrase) -> zeroize::Zeroizing<Vec<u8>> {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    h.update(b"lifeline tpm pin v1\0");
+    h.update(salt);
+    // expose_secret: hashed into the authorization value, which stays in wiped memory.
+    h.update(pin.expose_secret());
+    zeroize::Zeroizing::new(h.finalize().to_vec())
+}
+
 /// Frames `bytes` as a TPM2B (big-endian u16 size, then the bytes).
 pub fn tpm2b(bytes: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(bytes.len() + 2);
@@ -126,6 +145,18 @@ pub fn untpm2b(framed: &[u8]) -> Option<&[u8]> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pin_auth_is_sha256_of_label_salt_and_pin() {
+        // Expected value from Python's hashlib over the same bytes.
+        let auth = pin_auth(&[7; 16], &crate::secret::Passphrase::from_slice(b"2468"));
+        assert_eq!(
+            crate::hex::encode(&auth),
+            "f0b46b48fa4f1e7f514bd34c1dec2d1f847d12c3515ff81e3afbd2723885938b"
+        );
+        let other = pin_auth(&[8; 16], &crate::secret::Passphrase::from_slice(b"2468"));
+        assert_ne!(*auth, *other, "another salt, another value");
+    }
 
     #[test]
     fn tpm2b_framing() {

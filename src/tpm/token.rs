@@ -14,6 +14,9 @@ use crate::luks::{LuksError, LuksVolume};
 
 pub const TOKEN_TYPE: &str = "lifeline-tpm2";
 pub const TOKEN_VERSION: u64 = 1;
+/// The version of tokens sealed with a PIN: lifeline before PINs refuses them, instead of
+/// spending a dictionary-attack try on them without one.
+pub const PIN_TOKEN_VERSION: u64 = 2;
 
 /// A sealed volume key and what is needed to unseal it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,6 +25,9 @@ pub struct SealedToken {
     pub client_id: String,
     pub blob: SealedBlob,
     pub pcrs: Option<PcrBinding>,
+    /// Present when the key is sealed with a PIN: the salt of its authorization value
+    /// (`tpm::pin_auth`).
+    pub pin_salt: Option<Vec<u8>>,
 }
 
 /// Why a volume's sealed token cannot be used.
@@ -87,10 +93,14 @@ fn unhex(text: &str, key: &str) -> Result<Vec<u8>, TokenError> {
 
 impl SealedToken {
     pub fn to_json(&self) -> Value {
+        let version = match self.pin_salt {
+            Some(_) => PIN_TOKEN_VERSION,
+            None => TOKEN_VERSION,
+        };
         let mut v = json!({
             "type": TOKEN_TYPE,
             "keyslots": [],
-            "lifeline-version": TOKEN_VERSION,
+            "lifeline-version": version,
             "client-id": self.client_id,
             "public": hex(&self.blob.public),
             "private": hex(&self.blob.private),
@@ -100,6 +110,9 @@ impl SealedToken {
             v["pcrs"] = json!(p.pcrs);
             v["pcr-values"] = json!(p.values.iter().map(|d| hex(d)).collect::<Vec<_>>());
         }
+        if let Some(salt) = &self.pin_salt {
+            v["pin-salt"] = json!(hex(salt));
+        }
         v
     }
 
@@ -107,15 +120,16 @@ impl SealedToken {
         if v["type"] != TOKEN_TYPE {
             return Err(TokenError::Damaged("not a lifeline-tpm2 token".into()));
         }
-        match v["lifeline-version"].as_u64() {
-            Some(TOKEN_VERSION) => {}
+        let pin_salt = match v["lifeline-version"].as_u64() {
+            Some(TOKEN_VERSION) => None,
+            Some(PIN_TOKEN_VERSION) => Some(unhex(field(v, "pin-salt")?, "pin-salt")?),
             Some(n) => {
                 return Err(TokenError::Damaged(format!(
                     "version {n} is newer than this lifeline"
                 )))
             }
             None => return Err(TokenError::Damaged("'lifeline-version' is missing".into())),
-        }
+        };
         let pcrs = match v.get("pcrs") {
             None => None,
             Some(list) => {
@@ -157,6 +171,7 @@ impl SealedToken {
                 private: unhex(field(v, "private")?, "private")?,
             },
             pcrs,
+            pin_salt,
         })
     }
 }
@@ -174,6 +189,7 @@ mod tests {
                 private: vec![0, 1, 9],
             },
             pcrs: None,
+            pin_salt: None,
         };
         assert_eq!(SealedToken::from_json(&t.to_json()).unwrap(), t);
         t.pcrs = Some(PcrBinding {
@@ -183,8 +199,15 @@ mod tests {
         let v = t.to_json();
         assert_eq!(v["keyslots"], json!([]));
         assert_eq!(SealedToken::from_json(&v).unwrap(), t);
+        t.pin_salt = Some(vec![5; 16]);
+        let pinned = t.to_json();
+        assert_eq!(pinned["lifeline-version"], json!(2));
+        assert_eq!(SealedToken::from_json(&pinned).unwrap(), t);
+        let mut no_salt = pinned.clone();
+        no_salt.as_object_mut().unwrap().remove("pin-salt");
+        assert!(SealedToken::from_json(&no_salt).is_err());
         let mut future = v.clone();
-        future["lifeline-version"] = json!(2);
+        future["lifeline-version"] = json!(3);
         assert!(SealedToken::from_json(&future)
             .unwrap_err()
             .to_string()
@@ -200,6 +223,7 @@ mod tests {
                 private: vec![0, 1, 9],
             },
             pcrs: None,
+            pin_salt: None,
         };
         for bad in [
             "é",

@@ -31,6 +31,7 @@ pub fn token(pcrs: &[u8]) -> SealedToken {
             pcrs: pcrs.to_vec(),
             values: vec![vec![0; 32]; pcrs.len()],
         }),
+        pin_salt: None,
     }
 }
 
@@ -39,15 +40,41 @@ pub struct FakeTpm {
     pub key: Vec<u8>,
     pub failure: Option<TpmError>,
     pub log: Log,
+    /// Refuses every PIN before it is tried.
+    pub lockout: bool,
+    pub wrong_pins: u32,
+}
+
+/// The PIN of `pin_token`.
+pub const PIN: &str = "2468";
+
+/// A token sealed with `PIN`.
+pub fn pin_token(pcrs: &[u8]) -> SealedToken {
+    SealedToken {
+        pin_salt: Some(vec![7; 16]),
+        ..token(pcrs)
+    }
 }
 
 impl Tpm for FakeTpm {
-    fn unseal(&mut self, _: &SealedToken) -> Result<VolumeKey, TpmError> {
-        self.log.borrow_mut().push("tpm unseal".into());
-        match &self.failure {
-            Some(e) => Err(e.clone()),
-            None => Ok(VolumeKey::from_slice(&self.key)),
+    fn unseal(&mut self, t: &SealedToken, pin: Option<&Passphrase>) -> Result<VolumeKey, TpmError> {
+        let shown = pin.map(|p| format!(" pin {}", String::from_utf8_lossy(p.expose_secret())));
+        self.log
+            .borrow_mut()
+            .push(format!("tpm unseal{}", shown.unwrap_or_default()));
+        match (&self.failure, &t.pin_salt, pin) {
+            (Some(e), _, _) => Err(e.clone()),
+            (None, Some(_), None) => Err(TpmError::PinNeeded),
+            (None, Some(_), Some(p)) if p.expose_secret() != PIN.as_bytes() => {
+                self.wrong_pins += 1;
+                Err(TpmError::WrongPin)
+            }
+            _ => Ok(VolumeKey::from_slice(&self.key)),
         }
+    }
+
+    fn in_lockout(&mut self) -> bool {
+        self.lockout
     }
 
     fn srk_public(&mut self) -> Result<Vec<u8>, TpmError> {

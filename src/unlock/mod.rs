@@ -33,7 +33,14 @@ use crate::tpm::TpmError;
 
 /// The TPM, as the boot flow needs it.
 pub trait Tpm {
-    fn unseal(&mut self, token: &SealedToken) -> Result<VolumeKey, TpmError>;
+    /// The token's volume key; `pin` for a token sealed with one.
+    fn unseal(
+        &mut self,
+        token: &SealedToken,
+        pin: Option<&Passphrase>,
+    ) -> Result<VolumeKey, TpmError>;
+    /// Whether the TPM is in dictionary-attack lockout (it refuses every PIN for now).
+    fn in_lockout(&mut self) -> bool;
     /// This TPM's storage key (public part), which a restore is made for.
     fn srk_public(&mut self) -> Result<Vec<u8>, TpmError>;
     /// Loads a restore file's DRSK for this process; returns its client ID.
@@ -127,6 +134,11 @@ pub trait Console {
 
 /// The prompt line tests and glue wait for.
 pub const QUESTION: &str = "Passphrase or one-time password:";
+/// The prompt for a volume whose TPM key is sealed with a PIN.
+pub const PIN_QUESTION: &str = "TPM PIN (or passphrase):";
+/// Wrong PINs in one boot before lifeline turns to recovery (each also counts toward the
+/// TPM's own dictionary-attack lockout).
+pub const PIN_ATTEMPTS: u32 = 3;
 /// Wrong passphrases or one-time passwords allowed before lifeline steps aside.
 pub const MAX_ATTEMPTS: u32 = 5;
 
@@ -207,10 +219,22 @@ pub fn unlock(
         }
         None => None,
     };
-    // 1. The TPM.
+    // 1. The TPM (with the PIN, for a token sealed with one).
     let mut tpm_failure = None;
+    let mut typed_otp = None;
     if let Some(t) = &token {
-        match unseal_and_open(volume, tpm, t) {
+        let first = match t.pin_salt {
+            Some(_) => match with_pin(uuid, volume, tpm, t, console, settings)? {
+                PinStep::Opened(how) => return Ok(how),
+                PinStep::Failed(e) => Err(e),
+                PinStep::Otp(otp) => {
+                    typed_otp = Some(otp);
+                    Err(TpmError::Other("a one-time password was typed".into()))
+                }
+            },
+            None => unseal_and_open(volume, tpm, t),
+        };
+        match first {
             Ok(()) => return Ok(Opened::Tpm),
             Err(e) => tpm_failure = Some(e),
         }
@@ -239,7 +263,7 @@ pub fn unlock(
         recovery_id(&who, uuid)
     ));
     let names = [who.clone(), settings.machine_id.clone()];
-    let (opened, key, used) = recover(uuid, volume, sources, console, settings, &names)?;
+    let (opened, key, used) = recover(uuid, volume, sources, console, settings, &names, typed_otp)?;
     // 4. After a recovery.
     if let Some((source, packet_id, use_token)) = used {
         if let Err(e) = sources[source].report_used(&packet_id, &use_token) {
@@ -248,7 +272,13 @@ pub fn unlock(
             ));
         }
     }
-    if let (true, Some(TpmError::PcrMismatch(_)), Some(t)) = (settings.reseal, &tpm_failure, &token)
+    let pinned = token.as_ref().is_some_and(|t| t.pin_salt.is_some());
+    if let (true, Some(TpmError::PcrMismatch(_)), true) = (settings.reseal, &tpm_failure, pinned) {
+        // The TPM checks the PCRs before the PIN: the PIN typed was never verified, and
+        // sealing with a mistyped one would lock the next boots out of the TPM.
+        console.say("lifeline: the TPM key has a PIN, so it was not re-sealed; run lifeline enroll --pin once booted.");
+    } else if let (true, Some(TpmError::PcrMismatch(_)), Some(t)) =
+        (settings.reseal, &tpm_failure, &token)
     {
         let pcrs = t.pcrs.as_ref().map(|p| p.pcrs.clone()).unwrap_or_default();
         let resealed = match tpm.reseal(&key, &pcrs) {
@@ -269,9 +299,11 @@ pub fn unlock(
 }
 
 /// Step 1 alone, without recovery: for `lifeline unlock --tpm-only`, so that the initramfs
-/// glue brings the network up only when the TPM cannot open the volume.
+/// glue brings the network up only when the TPM cannot open the volume. A token with a PIN
+/// needs the prompt: that is the whole flow's job.
 pub fn tpm_only(volume: &mut dyn Volume, tpm: &mut dyn Tpm) -> Result<(), String> {
     match volume.token() {
+        Some(Ok(t)) if t.pin_salt.is_some() => Err("its TPM key needs a PIN".into()),
         Some(Ok(t)) => unseal_and_open(volume, tpm, &t).map_err(|e| e.to_string()),
         Some(Err(damaged)) => Err(damaged.to_string()),
         None => Err("it has no lifeline TPM key".into()),
@@ -283,10 +315,80 @@ fn unseal_and_open(
     tpm: &mut dyn Tpm,
     token: &SealedToken,
 ) -> Result<(), TpmError> {
-    let key = tpm.unseal(token)?;
+    let key = tpm.unseal(token, None)?;
+    open_with(volume, &key)
+}
+
+fn open_with(volume: &mut dyn Volume, key: &VolumeKey) -> Result<(), TpmError> {
     volume
-        .activate(&key)
+        .activate(key)
         .map_err(|e| TpmError::Other(format!("the unsealed key did not open the volume: {e}")))
+}
+
+/// Where asking for the PIN ended.
+enum PinStep {
+    Opened(Opened),
+    /// The TPM did not open the volume: recovery follows, with this reason.
+    Failed(TpmError),
+    /// A one-time password was typed: recovery follows, and uses it.
+    Otp(Zeroizing<String>),
+}
+
+/// Asks for the PIN of a token sealed with one, up to `PIN_ATTEMPTS` times. What is typed
+/// may also be the volume's passphrase (tried when the TPM refuses it as a PIN) or a one-time
+/// password (told by its shape). A TPM in lockout is not asked at all.
+fn with_pin(
+    uuid: &str,
+    volume: &mut dyn Volume,
+    tpm: &mut dyn Tpm,
+    token: &SealedToken,
+    console: &mut dyn Console,
+    settings: &Settings,
+) -> Result<PinStep, GaveUp> {
+    if tpm.in_lockout() {
+        return Ok(PinStep::Failed(TpmError::Lockout));
+    }
+    console.say(&format!(
+        "lifeline: volume {uuid}: its TPM key needs the PIN."
+    ));
+    for attempt in 1..=PIN_ATTEMPTS {
+        let text = match console.answer(PIN_QUESTION, settings.timeout) {
+            Answer::Line(text) => text,
+            Answer::Nothing => return Err(GaveUp::TimedOut(settings.timeout)),
+            Answer::Closed => return Err(GaveUp::InputClosed),
+        };
+        if otp::looks_like_otp(&text) {
+            return Ok(PinStep::Otp(text));
+        }
+        let typed = Passphrase::from_slice(text.as_bytes());
+        match tpm.unseal(token, Some(&typed)) {
+            Ok(key) => {
+                return match open_with(volume, &key) {
+                    Ok(()) => Ok(PinStep::Opened(Opened::Tpm)),
+                    Err(e) => Ok(PinStep::Failed(e)),
+                }
+            }
+            Err(TpmError::WrongPin) => {
+                if let Ok(key) = volume.key_from_passphrase(&typed) {
+                    volume
+                        .activate(&key)
+                        .map_err(|e| GaveUp::Volume(e.to_string()))?;
+                    console.say(&format!(
+                        "lifeline: volume {uuid} opened with its passphrase."
+                    ));
+                    return Ok(PinStep::Opened(Opened::Passphrase));
+                }
+                if attempt < PIN_ATTEMPTS {
+                    console.say(&format!(
+                        "lifeline: the TPM refused that PIN. {} attempts left.",
+                        PIN_ATTEMPTS - attempt
+                    ));
+                }
+            }
+            Err(e) => return Ok(PinStep::Failed(e)),
+        }
+    }
+    Ok(PinStep::Failed(TpmError::WrongPin))
 }
 
 /// Asks each source for an approved restore for this TPM and loads the first that comes.
@@ -370,6 +472,7 @@ fn recover(
     console: &mut dyn Console,
     settings: &Settings,
     names: &[String],
+    typed_otp: Option<Zeroizing<String>>,
 ) -> Result<(Opened, VolumeKey, Used), GaveUp> {
     let started = Instant::now();
     // The configuration caps the timeout; a larger one still cannot overflow here.
@@ -377,10 +480,11 @@ fn recover(
         .checked_add(settings.timeout)
         .unwrap_or(started + Duration::from_secs(86_400));
     let mut unfiled: Vec<usize> = (0..sources.len()).collect();
-    let mut attended = false;
     let mut packet: Option<(usize, RecoveryPacket)> = None;
     let mut refused = HashSet::new();
-    let mut waiting_otp: Option<Zeroizing<String>> = None;
+    let mut waiting_otp = typed_otp;
+    // Someone who typed a one-time password at the PIN prompt is there.
+    let mut attended = waiting_otp.is_some();
     let mut attempts = 0;
     let mut first = true;
     loop {

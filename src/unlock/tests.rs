@@ -53,6 +53,8 @@ impl World {
                 key: key.clone(),
                 failure: None,
                 log: log.clone(),
+                lockout: false,
+                wrong_pins: 0,
             },
             volume: FakeVolume {
                 key,
@@ -395,4 +397,111 @@ fn the_reason_for_stepping_aside_is_said_in_words() {
             "{text}"
         );
     }
+}
+
+/// A machine whose TPM key is sealed with `PIN` (and PCR 7).
+fn with_pin() -> World {
+    let mut w = World::new();
+    w.volume.token = Some(pin_token(&[7]));
+    w
+}
+
+#[test]
+fn the_pin_opens_with_the_tpm_and_no_recovery_is_filed() {
+    let mut w = with_pin();
+    w.console = vec![Step::Type(PIN)];
+    let (result, log) = w.run();
+    assert_eq!(result, Ok(Opened::Tpm));
+    assert!(
+        has(&log, &format!("ask {PIN_QUESTION} -> {PIN}")),
+        "{log:#?}"
+    );
+    assert!(has(&log, &format!("tpm unseal pin {PIN}")));
+    assert!(!has(&log, "request"), "no recovery request: {log:#?}");
+}
+
+#[test]
+fn a_wrong_pin_is_counted_and_the_passphrase_also_opens_at_the_pin_prompt() {
+    let mut w = with_pin();
+    w.console = vec![Step::Type("1111"), Step::Type(PIN)];
+    let (result, log) = w.run();
+    assert_eq!(result, Ok(Opened::Tpm));
+    assert!(
+        has(&log, "the TPM refused that PIN. 2 attempts left."),
+        "{log:#?}"
+    );
+
+    let mut w = with_pin();
+    w.console = vec![Step::Type("correct horse")];
+    let (result, log) = w.run();
+    assert_eq!(result, Ok(Opened::Passphrase));
+    assert!(has(&log, "opened with its passphrase"), "{log:#?}");
+}
+
+#[test]
+fn after_three_wrong_pins_recovery_follows_and_the_key_is_not_resealed() {
+    let mut w = with_pin();
+    w.server.packets = VecDeque::from([packet(GOOD)]);
+    w.console = vec![
+        Step::Type("1111"),
+        Step::Type("2222"),
+        Step::Type("3333"),
+        Step::Type(otp()),
+    ];
+    let (result, log) = w.run();
+    assert_eq!(result, Ok(Opened::RecoveryPacket));
+    assert!(
+        has(&log, "the TPM refused the PIN. Recovery ID c1d2-8f14"),
+        "{log:#?}"
+    );
+    assert!(!has(&log, "tpm reseal"));
+}
+
+#[test]
+fn a_tpm_in_lockout_is_not_asked_and_recovery_follows_at_once() {
+    let mut w = with_pin();
+    w.tpm.lockout = true;
+    w.server.packets = VecDeque::from([packet(GOOD)]);
+    w.console = vec![Step::Type(otp())];
+    let (result, log) = w.run();
+    assert_eq!(result, Ok(Opened::RecoveryPacket));
+    assert!(!has(&log, "tpm unseal"), "{log:#?}");
+    assert!(!has(&log, PIN_QUESTION), "{log:#?}");
+    assert!(
+        has(&log, "dictionary-attack lockout. Recovery ID"),
+        "{log:#?}"
+    );
+}
+
+#[test]
+fn a_one_time_password_at_the_pin_prompt_goes_to_recovery_and_is_used() {
+    let mut w = with_pin();
+    w.server.packets = VecDeque::from([None, packet(GOOD)]);
+    w.console = vec![Step::Type(otp()), Step::Wait];
+    let (result, log) = w.run();
+    assert_eq!(result, Ok(Opened::RecoveryPacket));
+    assert!(
+        !has(&log, "tpm unseal"),
+        "the OTP was not tried as a PIN: {log:#?}"
+    );
+}
+
+#[test]
+fn with_a_pin_and_changed_pcrs_the_key_is_not_resealed_with_an_unchecked_pin() {
+    let mut w = with_pin();
+    w.tpm.failure = Some(TpmError::PcrMismatch("PCR 7 changed".into()));
+    w.server.packets = VecDeque::from([packet(GOOD)]);
+    w.console = vec![Step::Type(PIN), Step::Type(otp())];
+    let (result, log) = w.run();
+    assert_eq!(result, Ok(Opened::RecoveryPacket));
+    assert!(!has(&log, "tpm reseal"), "{log:#?}");
+    assert!(has(&log, "the TPM key has a PIN, so it was not re-sealed"));
+}
+
+#[test]
+fn tpm_only_leaves_a_pin_to_the_whole_flow() {
+    let mut w = with_pin();
+    let why = crate::unlock::tpm_only(&mut w.volume, &mut w.tpm).unwrap_err();
+    assert!(why.contains("needs a PIN"), "{why}");
+    assert!(w.log.borrow().is_empty(), "nothing tried");
 }

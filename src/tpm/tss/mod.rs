@@ -29,7 +29,7 @@ use tss_esapi::Context;
 
 use crate::secret::{Passphrase, VolumeKey};
 use crate::tpm::token::SealedToken;
-use crate::tpm::TpmError;
+use crate::tpm::{SealedBlob, TpmError};
 
 #[cfg(feature = "server")]
 mod custody;
@@ -239,10 +239,102 @@ impl TssTpm {
     }
 }
 
+/// Sealed tokens, with or without a PIN.
+impl TssTpm {
+    /// Seals `key` under the DRSK into a token, bound to the current values of `pcrs`, and
+    /// to `pin` when given (with a fresh salt).
+    pub fn seal_token(
+        &mut self,
+        key: &VolumeKey,
+        pcrs: &[u8],
+        pin: Option<&Passphrase>,
+    ) -> Result<SealedToken, TpmError> {
+        let salt = match pin {
+            Some(_) => {
+                let mut salt = vec![0u8; 16];
+                crate::secret::random_bytes(&mut salt)
+                    .map_err(|e| TpmError::Other(e.to_string()))?;
+                Some(salt)
+            }
+            None => None,
+        };
+        let auth = salt
+            .as_ref()
+            .zip(pin)
+            .map(|(s, p)| crate::tpm::pin_auth(s, p));
+        let (blob, pcrs) = self.seal(key, pcrs, auth.as_ref().map(|a| a.as_slice()))?;
+        Ok(SealedToken {
+            client_id: crate::tpm::client_id(&self.drsk_public()?),
+            blob,
+            pcrs,
+            pin_salt: salt,
+        })
+    }
+
+    /// Unseals a token's key; one sealed with a PIN needs `pin`.
+    pub fn unseal_token(
+        &mut self,
+        token: &SealedToken,
+        pin: Option<&Passphrase>,
+    ) -> Result<VolumeKey, TpmError> {
+        let auth = match (&token.pin_salt, pin) {
+            (Some(salt), Some(pin)) => Some(crate::tpm::pin_auth(salt, pin)),
+            (Some(_), None) => return Err(TpmError::PinNeeded),
+            (None, _) => None,
+        };
+        let auth = auth.as_ref().map(|a| a.as_slice());
+        self.unseal(&token.client_id, &token.blob, token.pcrs.as_ref(), auth)
+    }
+
+    /// Whether the TPM refuses every authorization of dictionary-attack protected objects for
+    /// now: its failure counter has reached the most it allows.
+    pub fn in_lockout(&mut self) -> bool {
+        let mut get = |tag| self.ctx.get_tpm_property(tag).ok().flatten();
+        match (
+            get(PropertyTag::LockoutCounter),
+            get(PropertyTag::MaxAuthFail),
+        ) {
+            (Some(count), Some(max)) => count >= max,
+            _ => false,
+        }
+    }
+
+    /// The token with `new` as its PIN instead of `old` (a new salt; the same sealed key).
+    pub fn change_token_pin(
+        &mut self,
+        token: &SealedToken,
+        old: &Passphrase,
+        new: &Passphrase,
+    ) -> Result<SealedToken, TpmError> {
+        let Some(old_salt) = &token.pin_salt else {
+            return Err(TpmError::Other("this key is sealed without a PIN".into()));
+        };
+        let mut salt = vec![0u8; 16];
+        crate::secret::random_bytes(&mut salt).map_err(|e| TpmError::Other(e.to_string()))?;
+        let (old, new) = (
+            crate::tpm::pin_auth(old_salt, old),
+            crate::tpm::pin_auth(&salt, new),
+        );
+        let private = self.change_pin(&token.client_id, &token.blob, &old, &new)?;
+        Ok(SealedToken {
+            blob: SealedBlob {
+                public: token.blob.public.clone(),
+                private,
+            },
+            pin_salt: Some(salt),
+            ..token.clone()
+        })
+    }
+}
+
 /// The boot flow's view of the TPM.
 impl crate::unlock::Tpm for TssTpm {
-    fn unseal(&mut self, token: &SealedToken) -> Result<VolumeKey, TpmError> {
-        TssTpm::unseal(self, &token.client_id, &token.blob, token.pcrs.as_ref())
+    fn unseal(
+        &mut self,
+        token: &SealedToken,
+        pin: Option<&Passphrase>,
+    ) -> Result<VolumeKey, TpmError> {
+        self.unseal_token(token, pin)
     }
 
     fn srk_public(&mut self) -> Result<Vec<u8>, TpmError> {
@@ -260,11 +352,10 @@ impl crate::unlock::Tpm for TssTpm {
     }
 
     fn reseal(&mut self, key: &VolumeKey, pcrs: &[u8]) -> Result<SealedToken, TpmError> {
-        let (blob, pcrs) = self.seal(key, pcrs)?;
-        Ok(SealedToken {
-            client_id: crate::tpm::client_id(&self.drsk_public()?),
-            blob,
-            pcrs,
-        })
+        self.seal_token(key, pcrs, None)
+    }
+
+    fn in_lockout(&mut self) -> bool {
+        TssTpm::in_lockout(self)
     }
 }

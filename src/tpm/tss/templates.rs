@@ -50,19 +50,22 @@ pub(super) fn storage_template(
         .map_err(wrapper)
 }
 
-pub(super) fn sealed_template(pcr_policy: Option<&[u8]>) -> Result<Public, TpmError> {
+/// A sealed data object: used through `policy` when given (PCRs, and the PIN after them),
+/// else with its authorization value (empty, or the PIN's). Dictionary-attack protected when
+/// it has a PIN: a wrong PIN is counted.
+pub(super) fn sealed_template(policy: Option<&[u8]>, pin: bool) -> Result<Public, TpmError> {
     let attributes = ObjectAttributesBuilder::new()
         .with_fixed_tpm(false)
         .with_fixed_parent(true)
-        .with_user_with_auth(pcr_policy.is_none())
-        .with_no_da(true)
+        .with_user_with_auth(policy.is_none())
+        .with_no_da(!pin)
         .build()
         .map_err(wrapper)?;
     PublicBuilder::new()
         .with_public_algorithm(PublicAlgorithm::KeyedHash)
         .with_name_hashing_algorithm(HashingAlgorithm::Sha256)
         .with_object_attributes(attributes)
-        .with_auth_policy(Digest::try_from(pcr_policy.unwrap_or(&[]).to_vec()).map_err(wrapper)?)
+        .with_auth_policy(Digest::try_from(policy.unwrap_or(&[]).to_vec()).map_err(wrapper)?)
         .with_keyed_hash_parameters(PublicKeyedHashParameters::new(KeyedHashScheme::Null))
         .with_keyed_hash_unique_identifier(Digest::default())
         .build()

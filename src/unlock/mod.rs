@@ -223,20 +223,10 @@ pub fn unlock(
     let mut tpm_failure = None;
     let mut typed_otp = None;
     if let Some(t) = &token {
-        let first = match t.pin_salt {
-            Some(_) => match with_pin(uuid, volume, tpm, t, console, settings)? {
-                PinStep::Opened(how) => return Ok(how),
-                PinStep::Failed(e) => Err(e),
-                PinStep::Otp(otp) => {
-                    typed_otp = Some(otp);
-                    Err(TpmError::Other("a one-time password was typed".into()))
-                }
-            },
-            None => unseal_and_open(volume, tpm, t),
-        };
-        match first {
-            Ok(()) => return Ok(Opened::Tpm),
-            Err(e) => tpm_failure = Some(e),
+        match tpm_step(uuid, volume, tpm, t, console, settings)? {
+            TpmStep::Opened(how) => return Ok(how),
+            TpmStep::Failed(e) => tpm_failure = Some(e),
+            TpmStep::Otp(otp) => typed_otp = Some(otp),
         }
         // 2. A DRSK restore, when the DRSK is not there (new motherboard).
         if matches!(
@@ -244,9 +234,11 @@ pub fn unlock(
             Some(TpmError::DrskMissing | TpmError::ForeignObject(_) | TpmError::OtherKey(_))
         ) && restore_drsk(tpm, sources, &t.client_id, console)
         {
-            match unseal_and_open(volume, tpm, t) {
-                Ok(()) => return Ok(Opened::RestoredTpm),
-                Err(e) => tpm_failure = Some(e),
+            match tpm_step(uuid, volume, tpm, t, console, settings)? {
+                TpmStep::Opened(Opened::Tpm) => return Ok(Opened::RestoredTpm),
+                TpmStep::Opened(how) => return Ok(how),
+                TpmStep::Failed(e) => tpm_failure = Some(e),
+                TpmStep::Otp(otp) => typed_otp = Some(otp),
             }
         }
     }
@@ -254,9 +246,10 @@ pub fn unlock(
     let who = token
         .as_ref()
         .map_or(settings.machine_id.clone(), |t| t.client_id.clone());
-    let reason = match &tpm_failure {
-        Some(e) => e.to_string(),
-        None => "it has no lifeline TPM key".to_string(),
+    let reason = match (&tpm_failure, &typed_otp) {
+        (Some(e), _) => e.to_string(),
+        (None, Some(_)) => "a one-time password was typed".to_string(),
+        (None, None) => "it has no lifeline TPM key".to_string(),
     };
     console.say(&format!(
         "lifeline: volume {uuid}: {reason}. Recovery ID {} — call your helpdesk with it, or type the passphrase.",
@@ -310,6 +303,24 @@ pub fn tpm_only(volume: &mut dyn Volume, tpm: &mut dyn Tpm) -> Result<(), String
     }
 }
 
+/// Step 1 for one token: unattended, or with the PIN when it has one.
+fn tpm_step(
+    uuid: &str,
+    volume: &mut dyn Volume,
+    tpm: &mut dyn Tpm,
+    token: &SealedToken,
+    console: &mut dyn Console,
+    settings: &Settings,
+) -> Result<TpmStep, GaveUp> {
+    match token.pin_salt {
+        Some(_) => with_pin(uuid, volume, tpm, token, console, settings),
+        None => Ok(match unseal_and_open(volume, tpm, token) {
+            Ok(()) => TpmStep::Opened(Opened::Tpm),
+            Err(e) => TpmStep::Failed(e),
+        }),
+    }
+}
+
 fn unseal_and_open(
     volume: &mut dyn Volume,
     tpm: &mut dyn Tpm,
@@ -325,8 +336,8 @@ fn open_with(volume: &mut dyn Volume, key: &VolumeKey) -> Result<(), TpmError> {
         .map_err(|e| TpmError::Other(format!("the unsealed key did not open the volume: {e}")))
 }
 
-/// Where asking for the PIN ended.
-enum PinStep {
+/// Where step 1 (and asking for the PIN) ended.
+enum TpmStep {
     Opened(Opened),
     /// The TPM did not open the volume: recovery follows, with this reason.
     Failed(TpmError),
@@ -344,9 +355,9 @@ fn with_pin(
     token: &SealedToken,
     console: &mut dyn Console,
     settings: &Settings,
-) -> Result<PinStep, GaveUp> {
+) -> Result<TpmStep, GaveUp> {
     if tpm.in_lockout() {
-        return Ok(PinStep::Failed(TpmError::Lockout));
+        return Ok(TpmStep::Failed(TpmError::Lockout));
     }
     console.say(&format!(
         "lifeline: volume {uuid}: its TPM key needs the PIN."
@@ -358,14 +369,14 @@ fn with_pin(
             Answer::Closed => return Err(GaveUp::InputClosed),
         };
         if otp::looks_like_otp(&text) {
-            return Ok(PinStep::Otp(text));
+            return Ok(TpmStep::Otp(text));
         }
         let typed = Passphrase::from_slice(text.as_bytes());
         match tpm.unseal(token, Some(&typed)) {
             Ok(key) => {
                 return match open_with(volume, &key) {
-                    Ok(()) => Ok(PinStep::Opened(Opened::Tpm)),
-                    Err(e) => Ok(PinStep::Failed(e)),
+                    Ok(()) => Ok(TpmStep::Opened(Opened::Tpm)),
+                    Err(e) => Ok(TpmStep::Failed(e)),
                 }
             }
             Err(TpmError::WrongPin) => {
@@ -376,7 +387,7 @@ fn with_pin(
                     console.say(&format!(
                         "lifeline: volume {uuid} opened with its passphrase."
                     ));
-                    return Ok(PinStep::Opened(Opened::Passphrase));
+                    return Ok(TpmStep::Opened(Opened::Passphrase));
                 }
                 if attempt < PIN_ATTEMPTS {
                     console.say(&format!(
@@ -385,10 +396,10 @@ fn with_pin(
                     ));
                 }
             }
-            Err(e) => return Ok(PinStep::Failed(e)),
+            Err(e) => return Ok(TpmStep::Failed(e)),
         }
     }
-    Ok(PinStep::Failed(TpmError::WrongPin))
+    Ok(TpmStep::Failed(TpmError::WrongPin))
 }
 
 /// Asks each source for an approved restore for this TPM and loads the first that comes.

@@ -484,6 +484,10 @@ fn a_one_time_password_at_the_pin_prompt_goes_to_recovery_and_is_used() {
         !has(&log, "tpm unseal"),
         "the OTP was not tried as a PIN: {log:#?}"
     );
+    assert!(
+        has(&log, "a one-time password was typed. Recovery ID"),
+        "{log:#?}"
+    );
 }
 
 #[test]

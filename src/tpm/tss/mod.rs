@@ -239,6 +239,13 @@ impl TssTpm {
     }
 }
 
+/// A fresh salt for a PIN's authorization value.
+fn new_salt() -> Result<Vec<u8>, TpmError> {
+    let mut salt = vec![0u8; 16];
+    crate::secret::random_bytes(&mut salt).map_err(|e| TpmError::Other(e.to_string()))?;
+    Ok(salt)
+}
+
 /// Sealed tokens, with or without a PIN.
 impl TssTpm {
     /// Seals `key` under the DRSK into a token, bound to the current values of `pcrs`, and
@@ -249,15 +256,7 @@ impl TssTpm {
         pcrs: &[u8],
         pin: Option<&Passphrase>,
     ) -> Result<SealedToken, TpmError> {
-        let salt = match pin {
-            Some(_) => {
-                let mut salt = vec![0u8; 16];
-                crate::secret::random_bytes(&mut salt)
-                    .map_err(|e| TpmError::Other(e.to_string()))?;
-                Some(salt)
-            }
-            None => None,
-        };
+        let salt = pin.map(|_| new_salt()).transpose()?;
         let auth = salt
             .as_ref()
             .zip(pin)
@@ -289,14 +288,9 @@ impl TssTpm {
     /// Whether the TPM refuses every authorization of dictionary-attack protected objects for
     /// now: its failure counter has reached the most it allows.
     pub fn in_lockout(&mut self) -> bool {
-        let mut get = |tag| self.ctx.get_tpm_property(tag).ok().flatten();
-        match (
-            get(PropertyTag::LockoutCounter),
-            get(PropertyTag::MaxAuthFail),
-        ) {
-            (Some(count), Some(max)) => count >= max,
-            _ => false,
-        }
+        // TPMA_PERMANENT.inLockout (bit 9): the TPM's own word for it.
+        let permanent = self.ctx.get_tpm_property(PropertyTag::Permanent);
+        permanent.ok().flatten().is_some_and(|p| p & (1 << 9) != 0)
     }
 
     /// The token with `new` as its PIN instead of `old` (a new salt; the same sealed key).
@@ -309,8 +303,7 @@ impl TssTpm {
         let Some(old_salt) = &token.pin_salt else {
             return Err(TpmError::Other("this key is sealed without a PIN".into()));
         };
-        let mut salt = vec![0u8; 16];
-        crate::secret::random_bytes(&mut salt).map_err(|e| TpmError::Other(e.to_string()))?;
+        let salt = new_salt()?;
         let (old, new) = (
             crate::tpm::pin_auth(old_salt, old),
             crate::tpm::pin_auth(&salt, new),

@@ -164,8 +164,10 @@ pub fn new_pin(file: Option<&Path>, what: &str) -> Result<Passphrase, Failure> {
             Passphrase::from_slice(first.as_bytes())
         }
     };
-    let text = String::from_utf8_lossy(pin.expose_secret());
-    if crate::escrow::otp::looks_like_otp(&text) {
+    // Borrowed, not converted: a lossy conversion would copy the PIN into a plain String.
+    let otp_shaped =
+        std::str::from_utf8(pin.expose_secret()).is_ok_and(crate::escrow::otp::looks_like_otp);
+    if otp_shaped {
         return Err(Failure::usage(format!(
             "that {what} has the shape of a one-time password, which the boot prompt would take it for"
         ))

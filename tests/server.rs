@@ -1313,15 +1313,8 @@ fn drsk_backup_and_board_swap_restore_over_https() {
     let img = sb.luks_image("disk.img", 2);
     let image = img.path.to_str().unwrap();
     let a = Swtpm::start(&sb.path("tpm-a"));
-    let client_id = sb
-        .lifeline_on(&a, &["provision", "--backup-server-key", "srv/drsk.pub"])
-        .ok()
-        .stdout
-        .trim()
-        .to_string();
-    let key = img.key_file.to_str().unwrap();
-    sb.lifeline_on(&a, &["enroll", image, "--key-file", key])
-        .ok();
+    let provision = ["provision", "--backup-server-key", "srv/drsk.pub"];
+    let client_id = sb.provisioned_and_enrolled(&a, &provision, &img);
     join(&sb, &srv, "state", None);
     assert!(sb
         .lifeline_on(&a, &["backup", "--server", &srv.url])
@@ -1557,15 +1550,7 @@ fn two_servers_keep_the_drsk_each_in_its_own_tpm_and_either_restores_it() {
         "--backup-server-key",
         "srv2-drsk.pub",
     ];
-    let client_id = sb
-        .lifeline_on(&a, &provision)
-        .ok()
-        .stdout
-        .trim()
-        .to_string();
-    let key = img.key_file.to_str().unwrap();
-    sb.lifeline_on(&a, &["enroll", image, "--key-file", key])
-        .ok();
+    let client_id = sb.provisioned_and_enrolled(&a, &provision, &img);
     // A machine is joined to one server at a time: backed up to server 1, then joined to
     // server 2 (which replaces the server in its state) and backed up there too.
     join(&sb, &srv1, "state", None);

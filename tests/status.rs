@@ -23,9 +23,7 @@ fn enrolled_and_escrowed(
     escrow_extra: &[&str],
 ) {
     let (image, key) = (img.path.to_str().unwrap(), img.key_file.to_str().unwrap());
-    sb.lifeline_on(tpm, provision).ok();
-    sb.lifeline_on(tpm, &["enroll", image, "--key-file", key])
-        .ok();
+    sb.provisioned_and_enrolled(tpm, provision, img);
     srv.join(sb, &[], |args| sb.lifeline_on(tpm, args));
     let mut escrow = vec!["escrow", image, "--server", &srv.url, "--key-file", key];
     escrow.extend_from_slice(escrow_extra);

@@ -179,6 +179,26 @@ impl Sandbox {
         self.lifeline_tcti(&tpm.tcti(), args)
     }
 
+    /// On the machine whose TPM is `tpm`: `provision` (its arguments), then `img` enrolled
+    /// with its passphrase file. Returns the client ID provision printed.
+    pub fn provisioned_and_enrolled(
+        &self,
+        tpm: &swtpm::Swtpm,
+        provision: &[&str],
+        img: &Image,
+    ) -> String {
+        let client_id = self
+            .lifeline_on(tpm, provision)
+            .ok()
+            .stdout
+            .trim()
+            .to_string();
+        let (image, key) = (img.path.to_str().unwrap(), img.key_file.to_str().unwrap());
+        self.lifeline_on(tpm, &["enroll", image, "--key-file", key])
+            .ok();
+        client_id
+    }
+
     /// `lifeline` with the TPM named by a TCTI string and its state in `state/`.
     pub fn lifeline_tcti(&self, tcti: &str, args: &[&str]) -> Run {
         let state = self.path("state");

@@ -36,12 +36,17 @@ build: deps
 release: deps
 	$(CARGO) build --release --all-features
 
-# Formatting and lints first (they fail fastest), the tests, the client binary's size budget,
-# then every fuzz target briefly: one that stops building or crashes on its seeds fails here.
+# Formatting and lints first (they fail fastest), the tests, every test that starts a server
+# again with its database on PostgreSQL (tests/support/pg.rs), the client binary's size
+# budget, then every fuzz target briefly: one that stops building or crashes on its seeds
+# fails here.
 test: deps
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets --all-features -- -D warnings
 	$(CARGO) test --all-features
+	LIFELINE_TEST_DATABASE=postgresql $(CARGO) test --all-features --test tests -- \
+		server:: status:: approvals:: console:: unlock:: \
+		--skip two_instances_on_one_postgresql --skip the_packet_limit_holds_across_instances
 	./scripts/check-size.sh
 	FUZZ_SECONDS=3 ./scripts/fuzz.sh
 

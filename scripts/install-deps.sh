@@ -13,6 +13,7 @@ packages="
   dracut-core dracut-network initramfs-tools cryptsetup-initramfs kmod cpio zstd dmsetup dosfstools mtools socat
   libarchive-tools python3-fusepy
   chromium chromium-driver libnss3-tools help2man lintian
+  postgresql
 "
 # From bookworm-backports: bookworm's own qemu-system-x86 conflicts with the preinstalled
 # qemu-utils 10.

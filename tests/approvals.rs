@@ -45,14 +45,10 @@ pub fn recover_with(sb: &Sandbox, srv: &Server, state: &str, img: &Image, otp: &
 }
 
 /// The audit log as (actor, action, subject).
-pub fn audit(sb: &Sandbox) -> Vec<(String, String, String)> {
-    let db = rusqlite::Connection::open(sb.path("srv/lifeline.db")).unwrap();
-    let mut stmt = db
-        .prepare("SELECT actor, action, subject FROM audit ORDER BY seq")
-        .unwrap();
-    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-        .unwrap()
-        .map(Result::unwrap)
+pub fn audit(srv: &Server) -> Vec<(String, String, String)> {
+    srv.rows("SELECT actor, action, subject FROM audit ORDER BY seq")
+        .into_iter()
+        .map(|r| (r[0].clone(), r[1].clone(), r[2].clone()))
         .collect()
 }
 
@@ -188,7 +184,7 @@ fn k_of_n_each_administrator_submits_their_own_share() {
     );
     assert!(is_otp(&last.stdout), "{}", last.stdout);
 
-    let log = audit(&sb);
+    let log = audit(&srv);
     let shares: Vec<&str> = log
         .iter()
         .filter(|(_, action, _)| action == "share-submitted")
@@ -206,8 +202,7 @@ fn k_of_n_each_administrator_submits_their_own_share() {
     );
     sb.server(&["audit", "verify", "--dir", "srv"]).ok();
     // The shares never reach a file or the log.
-    let db =
-        String::from_utf8_lossy(&std::fs::read(sb.path("srv/lifeline.db")).unwrap()).into_owned();
+    let db = srv.contents();
     let server_log = std::fs::read_to_string(&srv.log).unwrap();
     for i in 1..=3 {
         let share = std::fs::read_to_string(sb.path(&format!("shares/share-{i}.txt"))).unwrap();
@@ -303,7 +298,7 @@ fn an_offline_authority_never_reaches_the_server() {
     approved.ok();
     assert!(is_otp(&approved.stdout), "{}", approved.all());
     recover_with(&sb, &srv, "state", &img, approved.stdout.trim());
-    let log = audit(&sb);
+    let log = audit(&srv);
     for action in ["read-escrow", "publish-recovery"] {
         assert!(
             log.iter()

@@ -183,8 +183,7 @@ fn escrow_request_approve_fetch_recover_over_https() {
         !log.contains(&otp) && !log.contains(&hex(&img.volume_key)),
         "a secret in the server log"
     );
-    let db = std::fs::read(sb.path("srv/lifeline.db")).unwrap();
-    let haystack = String::from_utf8_lossy(&db);
+    let haystack = srv.contents();
     assert!(
         !haystack.contains(&hex(&img.volume_key)) && !haystack.contains(&otp),
         "a secret stored in clear"
@@ -561,16 +560,10 @@ fn audit_verify_names_edited_deleted_and_reordered_entries() {
     join(&sb, &srv, "b", Some(MACHINE_B));
     srv.kill();
     sb.server(&["audit", "verify", "--dir", "srv"]).ok();
-    let db = sb.path("srv/lifeline.db");
-    let pristine = sb.path("pristine.db");
-    std::fs::copy(&db, &pristine).unwrap();
+    srv.keep_database();
     let tamper = |sql: &str, expect: &str| {
-        std::fs::copy(&pristine, &db).unwrap();
-        let _ = std::fs::remove_file(sb.path("srv/lifeline.db-wal"));
-        rusqlite::Connection::open(&db)
-            .unwrap()
-            .execute_batch(sql)
-            .unwrap();
+        srv.reset_database();
+        srv.execute(sql);
         sb.server(&["audit", "verify", "--dir", "srv"])
             .fails(4, expect);
     };
@@ -587,23 +580,34 @@ fn audit_verify_names_edited_deleted_and_reordered_entries() {
 
 /// Uploads from `clients` threads with distinct fingerprints until `stop`; returns the
 /// (packet ID, fingerprint) of every upload the server acknowledged with a 2xx.
+/// An upload acknowledged: the packet ID, its fingerprint, and the instance (index in `urls`)
+/// that acknowledged it.
+type Ack = (String, String, usize);
+
+/// `clients` threads upload packets of machine "a" until `stop`, spread over the instances at
+/// `urls`. A client whose instance dies moves on to the next one, as behind a load balancer,
+/// and stops when none is left.
 fn upload_storm(
-    srv: &Server,
+    urls: &[&str],
     sb: &Sandbox,
     clients: usize,
     packet: &[u8],
     stop: &std::sync::atomic::AtomicBool,
-) -> Vec<(String, String)> {
+) -> Vec<Ack> {
     let credential = credential(sb, "a");
     let ca = std::fs::read(sb.path("srv/tls/ca.pem")).unwrap();
     std::thread::scope(|scope| {
         let workers: Vec<_> = (0..clients)
             .map(|t| {
-                let (credential, ca, url) = (credential.clone(), ca.clone(), srv.url.clone());
+                let (credential, ca) = (credential.clone(), ca.clone());
                 scope.spawn(move || {
-                    let c = Https::new(&url, &ca, Duration::from_secs(10))
-                        .unwrap()
-                        .with_credential(cred(credential.trim()));
+                    let connect = |n: usize| {
+                        Https::new(urls[n % urls.len()], &ca, Duration::from_secs(10))
+                            .unwrap()
+                            .with_credential(cred(credential.trim()))
+                    };
+                    let (mut at, mut tried) = (t % urls.len(), 1);
+                    let mut c = connect(at);
                     let mut acked = Vec::new();
                     for i in 0u64.. {
                         if stop.load(std::sync::atomic::Ordering::Relaxed) {
@@ -612,11 +616,18 @@ fn upload_storm(
                         let fp = format!("{t:032x}{i:032x}");
                         match c.post_bytes::<Value>(&format!("/v1/escrow?fingerprint={fp}"), packet)
                         {
-                            Ok((201, answer)) => {
-                                acked.push((answer["packet"].as_str().unwrap().to_string(), fp))
-                            }
+                            Ok((201, answer)) => acked.push((
+                                answer["packet"].as_str().unwrap().to_string(),
+                                fp,
+                                at % urls.len(),
+                            )),
                             Ok(other) => panic!("unexpected answer {other:?}"),
-                            Err(_) => break, // the server died under us
+                            // The instance died under us.
+                            Err(_) if tried == urls.len() => break,
+                            Err(_) => {
+                                (at, tried) = (at + 1, tried + 1);
+                                c = connect(at);
+                            }
                         }
                     }
                     acked
@@ -646,23 +657,9 @@ fn kill_9_during_200_concurrent_uploads_loses_nothing_acknowledged() {
     let packet = escrow_file(&sb, &img);
     let stop = std::sync::atomic::AtomicBool::new(false);
     let acked = std::thread::scope(|scope| {
-        let storm = scope.spawn(|| upload_storm(&srv, &sb, 200, &packet, &stop));
+        let storm = scope.spawn(|| upload_storm(&[&srv.url], &sb, 200, &packet, &stop));
         std::thread::sleep(Duration::from_millis(1500));
-        // kill -9: no chance to flush anything.
-        let pid = std::process::Command::new("pgrep")
-            .args(["-f", &format!("serve --dir {}", srv.dir.display())])
-            .output()
-            .unwrap();
-        let pid = String::from_utf8_lossy(&pid.stdout)
-            .trim()
-            .lines()
-            .next()
-            .unwrap_or_default()
-            .to_string();
-        std::process::Command::new("kill")
-            .args(["-9", &pid])
-            .status()
-            .unwrap();
+        kill_9(&srv);
         let acked = storm.join().unwrap();
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         acked
@@ -674,43 +671,137 @@ fn kill_9_during_200_concurrent_uploads_loses_nothing_acknowledged() {
     );
     srv.crash_and_restart();
     srv.kill();
-
-    let db = rusqlite::Connection::open(sb.path("srv/lifeline.db")).unwrap();
-    let check: String = db
-        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
-        .unwrap();
-    assert_eq!(check, "ok");
-    let mut stmt = db
-        .prepare("SELECT fingerprint, body FROM packets WHERE id = ?1")
-        .unwrap();
-    for (id, fp) in &acked {
-        let (stored_fp, body): (String, Vec<u8>) = stmt
-            .query_row([id], |r| Ok((r.get(0)?, r.get(1)?)))
-            .unwrap_or_else(|_| panic!("acknowledged packet {id} is gone"));
-        assert_eq!(&stored_fp, fp);
-        assert_eq!(body, packet, "packet {id} is not intact");
-    }
-    let stored: i64 = db
-        .query_row("SELECT COUNT(*) FROM packets", [], |r| r.get(0))
-        .unwrap();
-    let audited: i64 = db
-        .query_row(
-            "SELECT COUNT(*) FROM audit WHERE action = 'escrow'",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
-    assert_eq!(
-        stored, audited,
-        "every stored packet has its audit entry, and no more"
-    );
-    drop(stmt);
-    drop(db);
-    sb.server(&["audit", "verify", "--dir", "srv"]).ok();
+    let stored = every_acknowledged_upload_is_stored(&sb, &srv, &acked, &packet);
     eprintln!(
         "{} uploads acknowledged before kill -9, all present; {stored} stored in all",
         acked.len()
     );
+}
+
+#[test]
+fn two_instances_on_one_postgresql_serve_as_one_and_survive_kill_9_of_either() {
+    let sb = Sandbox::new();
+    let no_limits = [
+        ("max_packets_per_machine", "1000000"),
+        ("requests_per_minute_per_address", "1000000000"),
+        ("requests_per_minute_per_machine", "1000000000"),
+    ];
+    let mut a = Server::start_on_postgres(&sb, &no_limits);
+    let b = a.second_instance(&sb, "srv-b");
+    join(&sb, &a, "a", None);
+    let img = sb.luks_image("disk.img", 2);
+    let packet = escrow_file(&sb, &img);
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let acked = std::thread::scope(|scope| {
+        let storm = scope.spawn(|| upload_storm(&[&a.url, &b.url], &sb, 200, &packet, &stop));
+        std::thread::sleep(Duration::from_millis(2000));
+        kill_9(&a);
+        std::thread::sleep(Duration::from_millis(2000));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        storm.join().unwrap()
+    });
+    let on = |instance: usize| acked.iter().filter(|ack| ack.2 == instance).count();
+    // Client t started on instance t % 2 (its number leads the fingerprint).
+    let moved = acked
+        .iter()
+        .filter(|(_, fp, at)| *at == 1 && u64::from_str_radix(&fp[..32], 16).unwrap() % 2 == 0)
+        .count();
+    eprintln!(
+        "{} uploads acknowledged: {} by the instance killed, {} by the other ({moved} of them from clients that moved over after the kill)",
+        acked.len(),
+        on(0),
+        on(1)
+    );
+    assert!(on(0) >= 50 && on(1) >= 50, "uploads not spread over both");
+    assert!(moved > 0, "the other instance stopped serving too");
+    // Every acknowledged upload, whichever instance took it, is in the one database; the two
+    // instances wrote one linear audit chain.
+    every_acknowledged_upload_is_stored(&sb, &b, &acked, &packet);
+
+    // An approval on one instance is fetched from the other.
+    a.crash_and_restart();
+    let disk = sb.luks_image("second.img", 2);
+    escrow(&sb, &a, "a", &disk).ok();
+    let otp = request_and_approve(&sb, &a, "a", &disk);
+    crate::approvals::recover_with(&sb, &b, "a", &disk, &otp);
+    let log = crate::approvals::audit(&b);
+    assert!(
+        log.iter().any(|(_, action, _)| action == "fetch-recovery"),
+        "{log:?}"
+    );
+}
+
+#[test]
+fn the_packet_limit_holds_across_instances() {
+    let sb = Sandbox::new();
+    let a = Server::start_on_postgres(&sb, &[("max_packets_per_machine", "2")]);
+    let b = a.second_instance(&sb, "srv-b");
+    join(&sb, &a, "state", None);
+    for (srv, name) in [(&a, "one.img"), (&b, "two.img")] {
+        escrow(&sb, srv, "state", &sb.luks_image(name, 2)).ok();
+    }
+    for srv in [&a, &b] {
+        escrow(&sb, srv, "state", &sb.luks_image("three.img", 2)).fails(1, "the most allowed");
+    }
+}
+
+/// kill -9 of the server: no chance to flush anything.
+fn kill_9(srv: &Server) {
+    let pid = std::process::Command::new("pgrep")
+        .args(["-f", &format!("serve --dir {}$", srv.dir.display())])
+        .output()
+        .unwrap();
+    let pid = String::from_utf8_lossy(&pid.stdout)
+        .trim()
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        !pid.is_empty(),
+        "no server process for {}",
+        srv.dir.display()
+    );
+    std::process::Command::new("kill")
+        .args(["-9", &pid])
+        .status()
+        .unwrap();
+}
+
+/// After a crash: every acknowledged upload is in the database intact, every stored packet has
+/// its audit entry and no more, and the audit chain verifies. Returns how many are stored.
+fn every_acknowledged_upload_is_stored(
+    sb: &Sandbox,
+    srv: &Server,
+    acked: &[Ack],
+    packet: &[u8],
+) -> usize {
+    if srv.database.is_none() {
+        assert_eq!(srv.rows("PRAGMA integrity_check"), [["ok"]]);
+    }
+    let stored: std::collections::HashMap<String, (String, String)> = srv
+        .rows("SELECT id, fingerprint, body FROM packets")
+        .into_iter()
+        .map(|r| (r[0].clone(), (r[1].clone(), r[2].clone())))
+        .collect();
+    for (id, fp, _) in acked {
+        let (stored_fp, body) = stored
+            .get(id)
+            .unwrap_or_else(|| panic!("acknowledged packet {id} is gone"));
+        assert_eq!(stored_fp, fp);
+        assert_eq!(body, &hex(packet), "packet {id} is not intact");
+    }
+    let audited: usize = srv.rows("SELECT COUNT(*) FROM audit WHERE action = 'escrow'")[0][0]
+        .parse()
+        .unwrap();
+    assert_eq!(
+        stored.len(),
+        audited,
+        "every stored packet has its audit entry, and no more"
+    );
+    sb.server(&["audit", "verify", "--dir", srv.dir.to_str().unwrap()])
+        .ok();
+    stored.len()
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -765,20 +856,112 @@ fn load(
     line
 }
 
-/// The load benchmark of docs/benchmarks.md. Not a timed test: it asserts nothing about speed.
+/// Sends `op` at a fixed `rate` per second for `secs` seconds, whatever the answers' pace
+/// (open loop: `workers` threads take the next slot of the schedule), and reports each
+/// request's latency from the moment it was due, so that a server falling behind shows in
+/// the figures instead of slowing the load down.
+fn open_loop(
+    label: &str,
+    rate: u32,
+    secs: u64,
+    workers: usize,
+    op: impl Fn(&Https, usize, u64) + Sync,
+    make: impl Fn(usize) -> Https + Sync,
+) -> String {
+    let total = u64::from(rate) * secs;
+    let next = std::sync::atomic::AtomicU64::new(0);
+    // Every worker connects (TLS) before the clock starts.
+    let (ready, go) = (
+        std::sync::Barrier::new(workers + 1),
+        std::sync::Barrier::new(workers + 1),
+    );
+    let started = std::sync::OnceLock::new();
+    let mut latencies: Vec<Duration> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..workers)
+            .map(|t| {
+                let (op, make, next) = (&op, &make, &next);
+                let (ready, go, started) = (&ready, &go, &started);
+                scope.spawn(move || {
+                    let c = &make(t);
+                    c.get("/v1/health").unwrap();
+                    ready.wait();
+                    go.wait();
+                    let started: &std::time::Instant = started.get().unwrap();
+                    let mut lat = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        if i >= total {
+                            break lat;
+                        }
+                        let due = *started + Duration::from_secs_f64(i as f64 / f64::from(rate));
+                        std::thread::sleep(
+                            due.saturating_duration_since(std::time::Instant::now()),
+                        );
+                        op(c, t, i);
+                        lat.push(due.elapsed());
+                    }
+                })
+            })
+            .collect();
+        ready.wait();
+        let _ = started.set(std::time::Instant::now());
+        go.wait();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
+    });
+    let elapsed = started.get().unwrap().elapsed().as_secs_f64();
+    latencies.sort();
+    let line = format!(
+        "| {label} | {rate}/s | {:.0} | {:.1} ms | {:.1} ms |",
+        latencies.len() as f64 / elapsed,
+        percentile(&latencies, 0.50).as_secs_f64() * 1000.0,
+        percentile(&latencies, 0.99).as_secs_f64() * 1000.0
+    );
+    eprintln!("{line}");
+    line
+}
+
+/// The load benchmark of docs/benchmarks.md, on SQLite and on PostgreSQL in the same run. Not
+/// a timed test: it asserts nothing about speed.
 /// `cargo test --release --all-features --test tests -- --ignored load_benchmark --nocapture`
 #[test]
 #[ignore = "benchmark; run by hand"]
 fn load_benchmark() {
-    let sb = Sandbox::new();
-    let srv = Server::start(
-        &sb,
-        &[
-            ("max_packets_per_machine", "100000000"),
-            ("requests_per_minute_per_address", "1000000000"),
-            ("requests_per_minute_per_machine", "1000000000"),
-        ],
+    let (mut closed, mut open) = (Vec::new(), Vec::new());
+    for postgres in [false, true] {
+        let engine = if postgres { "PostgreSQL" } else { "SQLite" };
+        let (c, o) = load_benchmark_on(postgres);
+        closed.extend(c.into_iter().map(|r| format!("| {engine} {r}")));
+        open.extend(o.into_iter().map(|r| format!("| {engine} {r}")));
+    }
+    println!(
+        "| database | operation | clients | requests/s | p50 | p99 |\n|---|---|---|---|---|---|"
     );
+    for r in closed {
+        println!("{r}");
+    }
+    println!(
+        "\n| database | operation | offered | served/s | p50 | p99 |\n|---|---|---|---|---|---|"
+    );
+    for r in open {
+        println!("{r}");
+    }
+}
+
+/// One server's figures: closed-loop rows, then open-loop rows.
+fn load_benchmark_on(postgres: bool) -> (Vec<String>, Vec<String>) {
+    let sb = Sandbox::new();
+    let no_limits = [
+        ("max_packets_per_machine", "100000000"),
+        ("requests_per_minute_per_address", "1000000000"),
+        ("requests_per_minute_per_machine", "1000000000"),
+    ];
+    let srv = match postgres {
+        true => Server::start_on_postgres(&sb, &no_limits),
+        false => Server::start(&sb, &no_limits),
+    };
     join(&sb, &srv, "a", None);
     let img = sb.luks_image("disk.img", 2);
     let packet = escrow_file(&sb, &img);
@@ -823,35 +1006,56 @@ fn load_benchmark() {
         .collect();
     let anonymous_client = |_: usize| Https::new(&srv.url, &ca, Duration::from_secs(60)).unwrap();
     let machine_client = |t: usize| anonymous_client(t).with_credential(cred(&fleet[t].0));
-    let mut rows = Vec::new();
+    let upload = |tag: u32| {
+        let fleet = &fleet;
+        move |c: &Https, t: usize, i: u64| {
+            let (status, _) = c
+                .post_bytes::<Value>(
+                    &format!("/v1/escrow?fingerprint={tag:08x}{t:024x}{i:032x}"),
+                    &fleet[t].1,
+                )
+                .unwrap();
+            assert_eq!(status, 201);
+        }
+    };
+    let fetch = |c: &Https, _: usize, _: u64| drop(c.get(&fetch_path).unwrap());
+    let mut closed = Vec::new();
     for clients in [50, 500] {
-        rows.push(load(
+        closed.push(load(
             "escrow upload",
             clients,
             10,
-            |c, t, i| {
-                let (status, _) = c
-                    .post_bytes::<Value>(
-                        &format!("/v1/escrow?fingerprint={clients:08x}{t:024x}{i:032x}"),
-                        &fleet[t].1,
-                    )
-                    .unwrap();
-                assert_eq!(status, 201);
-            },
+            upload(clients as u32),
             machine_client,
         ));
-        rows.push(load(
+        closed.push(load(
             "recovery-packet fetch",
             clients,
             10,
-            |c, _, _| drop(c.get(&fetch_path).unwrap()),
+            fetch,
             anonymous_client,
         ));
     }
-    println!("| operation | clients | requests/s | p50 | p99 |\n|---|---|---|---|---|");
-    for r in rows {
-        println!("{r}");
+    let mut open = Vec::new();
+    for rate in [200, 1000] {
+        open.push(open_loop(
+            "escrow upload",
+            rate,
+            10,
+            500,
+            upload(rate + 1),
+            machine_client,
+        ));
+        open.push(open_loop(
+            "recovery-packet fetch",
+            rate,
+            10,
+            500,
+            fetch,
+            anonymous_client,
+        ));
     }
+    (closed, open)
 }
 
 #[test]
@@ -963,20 +1167,15 @@ fn every_request_is_logged_and_counted_and_refusals_are_audited() {
             "no {line} in:\n{metrics}"
         );
     }
-    let db = rusqlite::Connection::open(sb.path("srv/lifeline.db")).unwrap();
-    let audited: i64 = db
-        .query_row("SELECT COUNT(*) FROM audit", [], |r| r.get(0))
-        .unwrap();
+    let audited = &srv.rows("SELECT COUNT(*) FROM audit")[0][0];
     assert!(
         metrics.contains(&format!("lifeline_audit_entries {audited}\n")),
         "{metrics}"
     );
-    let actions: Vec<(String, String)> = db
-        .prepare("SELECT actor, action FROM audit")
-        .unwrap()
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-        .unwrap()
-        .map(Result::unwrap)
+    let actions: Vec<(String, String)> = srv
+        .rows("SELECT actor, action FROM audit")
+        .into_iter()
+        .map(|r| (r[0].clone(), r[1].clone()))
         .collect();
     assert!(
         actions.contains(&("alice".into(), "wrong-passphrase".into())),
@@ -1067,8 +1266,47 @@ fn a_backup_taken_while_serving_restores_a_server_that_still_recovers() {
     );
     sb.server(&["restore", "--from", "srv.tar", "--dir", "lost-srv"])
         .fails(7, "exists already");
-    sb.server(&["restore", "--from", "srv.tar", "--dir", "srv"])
-        .ok();
+    let mut restore = vec!["restore", "--from", "srv.tar", "--dir", "srv"];
+    let fresh = srv
+        .database
+        .as_ref()
+        .map(|_| crate::support::pg::cluster().new_database());
+    if let Some(fresh) = &fresh {
+        // PostgreSQL outlived the server's disk: a restore never mixes into what it holds.
+        sb.server(&restore).fails(2, "give an empty one");
+        assert!(
+            !sb.path("srv").exists(),
+            "a failed restore left a directory"
+        );
+        restore.extend(["--database", fresh]);
+        srv.database = Some(fresh.clone());
+    }
+    sb.server(&restore).ok();
+    // The same backup moves the server to a new PostgreSQL database, whatever it ran on.
+    let moved = crate::support::pg::cluster().new_database();
+    let to_postgres = [
+        "restore",
+        "--from",
+        "srv.tar",
+        "--dir",
+        "moved",
+        "--database",
+        &moved,
+    ];
+    sb.server(&to_postgres).ok();
+    let entries = |dir: &str| {
+        let verified = sb.server(&["audit", "verify", "--dir", dir]);
+        verified.ok().stderr.clone()
+    };
+    assert_eq!(entries("moved"), entries("srv"));
+    assert!(
+        std::fs::read_to_string(sb.path("moved/server.toml"))
+            .unwrap()
+            .contains(&format!("database = \"{moved}\"")),
+        "the restored server.toml does not name the new database"
+    );
+    assert!(!sb.path("moved/lifeline.db").exists());
+
     srv.crash_and_restart();
     let otp = request_and_approve(&sb, &srv, "state", &img);
     crate::approvals::recover_with(&sb, &srv, "state", &img, &otp);
@@ -1084,6 +1322,11 @@ fn a_database_made_by_lifeline_0_1_0_is_upgraded_in_place() {
     let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures/server-db-0.1.0.sqlite");
     std::fs::copy(&fixture, sb.path("srv/lifeline.db")).unwrap();
+    // 0.1.0's server.toml has no `database` line: the default is that file.
+    sb.write(
+        "srv/server.toml",
+        "listen = \"127.0.0.1:8443\"\ntls_cert = \"tls/server.pem\"\ntls_key = \"tls/server.key\"\n",
+    );
     let verified = sb.server(&["audit", "verify", "--dir", "srv"]);
     assert!(
         verified.ok().stderr.contains("Audit log intact: 5 entries"),
@@ -1275,13 +1518,10 @@ fn admin_lists_shows_the_recovery_passphrase_retires_and_deletes() {
         ""
     );
     srv.admin(&sb, &["delete", id]).fails(5, "no escrow packet");
-    let audit = rusqlite::Connection::open(sb.path("srv/lifeline.db")).unwrap();
-    let actions: Vec<String> = audit
-        .prepare("SELECT action FROM audit ORDER BY seq")
-        .unwrap()
-        .query_map([], |r| r.get(0))
-        .unwrap()
-        .map(Result::unwrap)
+    let actions: Vec<String> = srv
+        .rows("SELECT action FROM audit ORDER BY seq")
+        .into_iter()
+        .map(|r| r[0].clone())
         .collect();
     for expected in ["escrow", "show-passphrase", "obsolete", "delete"] {
         assert!(
@@ -1634,12 +1874,9 @@ fn deleting_the_newest_audit_entries_shows_against_the_audit_stream() {
         .ok()
         .stderr
         .contains("is in the database unchanged"));
-    let db = sb.path("srv/lifeline.db");
-    let pristine = sb.path("pristine.db");
-    std::fs::copy(&db, &pristine).unwrap();
-    let conn = || rusqlite::Connection::open(&db).unwrap();
-    let newest: i64 = conn()
-        .query_row("SELECT MAX(seq) FROM audit", [], |r| r.get(0))
+    srv.keep_database();
+    let newest: i64 = srv.rows("SELECT MAX(seq) FROM audit")[0][0]
+        .parse()
         .unwrap();
     assert!(newest >= 4, "{newest} entries");
     for (sql, said) in [
@@ -1657,16 +1894,14 @@ fn deleting_the_newest_audit_entries_shows_against_the_audit_stream() {
             format!("{} entries (2 to {newest})", newest - 1),
         ),
     ] {
-        std::fs::copy(&pristine, &db).unwrap();
-        let _ = std::fs::remove_file(sb.path("srv/lifeline.db-wal"));
-        conn().execute_batch(&sql).unwrap();
+        srv.reset_database();
+        srv.execute(&sql);
         // The chain alone cannot tell: what is left is a whole chain.
         sb.server(&["audit", "verify", "--dir", "srv"]).ok();
         sb.server(&verify).fails(4, &said);
     }
     // The stream can be a journal export, with other lines around ours.
-    std::fs::copy(&pristine, &db).unwrap();
-    let _ = std::fs::remove_file(sb.path("srv/lifeline.db-wal"));
+    srv.reset_database();
     let lines = std::fs::read_to_string(sb.path("srv/audit.jsonl")).unwrap();
     let journal: String = lines
         .lines()

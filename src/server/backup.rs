@@ -4,15 +4,23 @@
 //! secret keys stay encrypted under the administrator passphrase, DRSKs stay wrapped by the
 //! server's TPM. The TLS key is archived as it is on disk (in clear, as the server reads it):
 //! keep backups where you would keep the server's disk.
+//!
+//! The database in a backup is always an SQLite file, `lifeline.db`, whichever engine the
+//! server runs on: from PostgreSQL it is a copy of every table made in one repeatable-read
+//! transaction. `restore` puts it back as it came, or into an empty PostgreSQL database (the
+//! one the backup's `server.toml` names, or `--database`), which is also how a server moves
+//! from SQLite to PostgreSQL.
 
 use std::fmt;
 use std::fs;
 use std::io::{self, Read};
 use std::path::{Component, Path, PathBuf};
 
+use super::config::CONFIG_FILE;
 use super::store;
 
-/// The database file, and the files SQLite keeps beside it while it is open.
+/// The database file in a backup (and a server directory's default), and the files SQLite
+/// keeps beside it while it is open.
 const DB: &str = "lifeline.db";
 const DB_SIDE_FILES: [&str; 2] = ["lifeline.db-wal", "lifeline.db-shm"];
 const BLOCK: usize = 512;
@@ -51,16 +59,16 @@ pub fn backup(dir: &Path, out: &Path) -> Result<usize, BackupError> {
     if out.exists() {
         return Err(BackupError::Exists(out.to_path_buf()));
     }
-    if !dir.join(DB).is_file() {
+    if !dir.join(CONFIG_FILE).is_file() {
         return Err(BackupError::Bad(format!(
-            "{} holds no {DB}: not a server directory",
+            "{} holds no {CONFIG_FILE}: not a server directory",
             dir.display()
         )));
     }
     let scratch = tempdir_beside(out)?;
     let result = (|| {
         let snapshot = scratch.join(DB);
-        store::snapshot(&dir.join(DB), &snapshot)
+        store::snapshot(dir, &snapshot)
             .map_err(|e| BackupError::Io(format!("cannot snapshot the database: {e}")))?;
         let mut tar = Vec::new();
         let mut count = 1;
@@ -87,8 +95,10 @@ pub fn backup(dir: &Path, out: &Path) -> Result<usize, BackupError> {
 
 /// Unpacks the backup `from` into `dir` (missing or empty), all or nothing, after checking it
 /// is one: its database opens (and is migrated to this server's schema) and its audit chain
-/// verifies. Returns how many files it held.
-pub fn restore(from: &Path, dir: &Path) -> Result<usize, BackupError> {
+/// verifies. With `database` (a PostgreSQL URL or an SQLite file name), the restored
+/// `server.toml` names it. When that is PostgreSQL, the database, which must be empty,
+/// receives the backup's tables. Returns how many files it held.
+pub fn restore(from: &Path, dir: &Path, database: Option<&str>) -> Result<usize, BackupError> {
     let bytes = crate::input::read_regular(from, MAX_BACKUP)
         .map_err(|e| BackupError::Bad(format!("cannot read {}: {e}", from.display())))?;
     let entries = read_tar(&bytes).map_err(|why| {
@@ -121,13 +131,32 @@ pub fn restore(from: &Path, dir: &Path) -> Result<usize, BackupError> {
                     }
                 }
             }
-            let db = store::open(&staging.join(DB))
+            let mut db = store::open(&staging.join(DB))
                 .map_err(|e| BackupError::Bad(format!("its database does not open: {e}")))?;
             db.verify_audit()
                 .map_err(|e| BackupError::Bad(format!("its database does not open: {e}")))?
                 .map_err(|why| {
                     BackupError::Bad(format!("its audit log was tampered with: {why}"))
                 })?;
+            let toml = staging.join(CONFIG_FILE);
+            if let Some(database) = database {
+                let text = fs::read_to_string(&toml)?;
+                let text = super::config::with_database(&text, database);
+                crate::atomic_file::replace(&toml, text.as_bytes(), 0o600)?;
+            }
+            let config = super::config::Config::load(staging).map_err(BackupError::Bad)?;
+            if config.database != DB {
+                let mut to = store::open_database(staging, &config.database).map_err(|e| {
+                    BackupError::Bad(format!("cannot open the database to restore into: {e}"))
+                })?;
+                db.copy_into(&mut to).map_err(|e| {
+                    BackupError::Bad(format!("cannot restore into the database: {e}"))
+                })?;
+                drop(db);
+                for name in std::iter::once(DB).chain(DB_SIDE_FILES) {
+                    let _ = fs::remove_file(staging.join(name));
+                }
+            }
             Ok(())
         },
     )?;

@@ -13,6 +13,11 @@ pub const CONFIG_FILE: &str = "server.toml";
 pub struct Config {
     /// Address to listen on, e.g. "0.0.0.0:8443".
     pub listen: SocketAddr,
+    /// The database: an SQLite file (relative to the server directory), or a PostgreSQL URL
+    /// ("postgresql://user@host/db", "postgresql:///db?host=/run/postgresql") that several
+    /// instances share.
+    #[serde(default = "default_database")]
+    pub database: String,
     /// Server certificate chain and key (PEM), relative to the server directory.
     pub tls_cert: PathBuf,
     pub tls_key: PathBuf,
@@ -69,6 +74,9 @@ pub enum AuthorityMode {
     Offline,
 }
 
+pub fn default_database() -> String {
+    "lifeline.db".into()
+}
 fn default_admin_networks() -> Vec<String> {
     vec!["127.0.0.0/8".into(), "::1/128".into()]
 }
@@ -167,6 +175,25 @@ fn inside(networks: &[String], ip: IpAddr) -> bool {
         .any(|c| c.contains(ip))
 }
 
+/// `server.toml`'s text `text` with its `database` line set to `database` (added after
+/// `listen` when the file has none), everything else as it was.
+pub fn with_database(text: &str, database: &str) -> String {
+    let line = format!("database = {}", toml::Value::String(database.to_string()));
+    let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+    let key = |l: &str, k: &str| l.split('=').next().is_some_and(|n| n.trim() == k);
+    match lines.iter().position(|l| key(l, "database")) {
+        Some(i) => lines[i] = line,
+        None => {
+            let at = lines
+                .iter()
+                .position(|l| key(l, "listen"))
+                .map_or(0, |i| i + 1);
+            lines.insert(at, line);
+        }
+    }
+    lines.join("\n") + "\n"
+}
+
 /// The configuration `init` writes: listening on the loopback only until an administrator says
 /// otherwise.
 pub fn default_text(listen: &str, authority: AuthorityMode) -> String {
@@ -177,6 +204,10 @@ pub fn default_text(listen: &str, authority: AuthorityMode) -> String {
     format!(
         "# lifeline-server configuration. Paths are relative to this directory.\n\
          listen = \"{listen}\"\n\
+         # The database: an SQLite file here, or PostgreSQL for several instances\n\
+         # (\"postgresql://lifeline@db.example.org/lifeline\", or for a unix socket\n\
+         # \"postgresql:///lifeline?host=/run/postgresql\"). lifeline-server creates the tables.\n\
+         database = \"lifeline.db\"\n\
          tls_cert = \"tls/server.pem\"\n\
          tls_key = \"tls/server.key\"\n\
          # Administrators may call admin endpoints only from these networks.\n\

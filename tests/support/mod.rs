@@ -461,5 +461,6 @@ impl Drop for LoopDevice {
 
 pub mod browser;
 pub mod hostile;
+pub mod pg;
 pub mod server;
 pub mod swtpm;

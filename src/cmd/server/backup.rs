@@ -33,7 +33,8 @@ pub struct BackupArgs {
 #[argh(
     subcommand,
     name = "restore",
-    example = "{command_name} --from /backup/lifeline-2026-12-01.tar --dir /var/lib/lifeline"
+    example = "{command_name} --from /backup/lifeline-2026-12-01.tar --dir /var/lib/lifeline",
+    example = "{command_name} --from lifeline.tar --dir /var/lib/lifeline --database postgresql:///lifeline?host=/run/postgresql"
 )]
 pub struct RestoreArgs {
     /// the backup file
@@ -42,6 +43,11 @@ pub struct RestoreArgs {
     /// the directory to restore into (must be missing or empty)
     #[argh(option)]
     pub dir: PathBuf,
+    /// the database to restore into, written into the restored server.toml: a PostgreSQL
+    /// URL (an empty database; this is how a server moves from SQLite to PostgreSQL) or an
+    /// SQLite file name; default: the one the backup's server.toml names
+    #[argh(option)]
+    pub database: Option<String>,
 }
 
 impl From<BackupError> for Failure {
@@ -67,7 +73,7 @@ pub fn run_backup(args: BackupArgs) -> CmdResult {
 }
 
 pub fn run_restore(args: RestoreArgs) -> CmdResult {
-    let files = backup::restore(&args.from, &args.dir)?;
+    let files = backup::restore(&args.from, &args.dir, args.database.as_deref())?;
     eprintln!(
         "Restored {files} files from {} into {}; its audit log verifies. Start the server on it (lifeline-server serve --dir {}).",
         args.from.display(),

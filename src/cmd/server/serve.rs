@@ -70,7 +70,7 @@ pub fn run_audit(args: AuditArgs) -> CmdResult {
         )
         .todo("restore the database from a backup and investigate")
     };
-    let db = store::open(&args.dir.join("lifeline.db")).map_err(failed)?;
+    let mut db = store::open_server(&args.dir).map_err(failed)?;
     let n = db.verify_audit().map_err(failed)?.map_err(tampered)?;
     let Some(stream) = &args.stream else {
         eprintln!(

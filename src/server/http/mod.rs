@@ -392,7 +392,7 @@ pub fn serve(dir: PathBuf, tcti: String) -> Result<(), String> {
             super::config::CONFIG_FILE
         ));
     }
-    let db = store::open(&dir.join("lifeline.db")).map_err(|e| e.to_string())?;
+    let db = store::open_database(&dir, &config.database).map_err(|e| e.to_string())?;
     let stream = store::AuditStream::open(&config.audit_stream, &dir)
         .map_err(|e| format!("audit_stream {}: {e}", config.audit_stream))?;
     let db = store::Db::start(db, stream).map_err(|e| e.to_string())?;

@@ -2,8 +2,7 @@
 //! the change it records, and the stream of entries to an external sink (`audit_stream`) that
 //! makes a truncated chain detectable.
 
-use rusqlite::{params, OptionalExtension};
-
+use super::sql::{args, Conn};
 use super::*;
 
 /// An audit entry's hash: over the previous hash and every field, length-prefixed.
@@ -31,23 +30,20 @@ fn entry_hash(
 }
 
 /// Appends an audit entry inside `tx`.
-pub(super) fn audit(tx: &Connection, actor: &str, action: &str, subject: &str) -> Result<()> {
-    let last: Option<(i64, Vec<u8>)> = tx
-        .query_row(
-            "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .optional()?;
+pub(super) fn audit(tx: &mut Conn, actor: &str, action: &str, subject: &str) -> Result<()> {
+    let last = tx.query_opt(
+        "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1",
+        args![],
+    )?;
     let (seq, prev) = match last {
-        Some((s, h)) => (s + 1, h),
+        Some(r) => (r.get::<i64>(0)? + 1, r.get(1)?),
         None => (1, vec![0; 32]),
     };
     let time = now();
     let hash = entry_hash(&prev, seq, time, actor, action, subject);
     tx.execute(
-        "INSERT INTO audit (seq, time, actor, action, subject, prev, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        params![seq, time, actor, action, subject, prev, hash],
+        "INSERT INTO audit (seq, time, actor, action, subject, prev, hash) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        args![seq, time, actor, action, subject, prev, hash],
     )?;
     Ok(())
 }
@@ -91,23 +87,23 @@ impl AuditStream {
 pub(super) const STREAM_TAG: &str = "lifeline_audit";
 
 /// The entries after `after`, as stream lines, and the newest entry's number.
-pub(super) fn stream_lines(conn: &Connection, after: i64) -> Result<(String, i64)> {
-    let mut stmt = conn.prepare(
-        "SELECT seq, time, actor, action, subject, prev, hash FROM audit WHERE seq > ?1 ORDER BY seq",
+pub(super) fn stream_lines(conn: &mut Conn, after: i64) -> Result<(String, i64)> {
+    let rows = conn.query(
+        "SELECT seq, time, actor, action, subject, prev, hash FROM audit WHERE seq > $1 ORDER BY seq",
+        args![after],
     )?;
-    let mut rows = stmt.query(params![after])?;
     let (mut text, mut head) = (String::new(), after);
-    while let Some(r) = rows.next()? {
+    for r in rows {
         head = r.get(0)?;
         let line = serde_json::json!({
             STREAM_TAG: 1,
             "seq": head,
-            "time": r.get::<_, i64>(1)?,
-            "actor": r.get::<_, String>(2)?,
-            "action": r.get::<_, String>(3)?,
-            "subject": r.get::<_, String>(4)?,
-            "prev": hex::encode(&r.get::<_, Vec<u8>>(5)?),
-            "hash": hex::encode(&r.get::<_, Vec<u8>>(6)?),
+            "time": r.get::<i64>(1)?,
+            "actor": r.get::<String>(2)?,
+            "action": r.get::<String>(3)?,
+            "subject": r.get::<String>(4)?,
+            "prev": hex::encode(&r.get::<Vec<u8>>(5)?),
+            "hash": hex::encode(&r.get::<Vec<u8>>(6)?),
         });
         text.push_str(&format!("{line}\n"));
     }
@@ -135,16 +131,14 @@ pub struct AuditRow {
 impl Store {
     /// Writes an audit entry that records no other change (a sign-in, a refused one).
     pub fn audit_event(&mut self, actor: &str, action: &str, subject: &str) -> Result<()> {
-        let tx = self.conn.savepoint()?;
-        audit(&tx, actor, action, subject)?;
-        tx.commit()?;
-        Ok(())
+        self.conn
+            .transaction(|tx| audit(tx, actor, action, subject))
     }
 
     /// What `/metrics` and `/v1/health` count.
-    pub fn counts(&self) -> Result<Counts> {
-        let count = |sql: &str| -> Result<u64> {
-            Ok(self.conn.query_row(sql, [], |r| r.get::<_, i64>(0))?.max(0) as u64)
+    pub fn counts(&mut self) -> Result<Counts> {
+        let mut count = |sql: &str| -> Result<u64> {
+            Ok(self.conn.query_one(sql, args![])?.get::<i64>(0)?.max(0) as u64)
         };
         Ok(Counts {
             pending_recoveries: count(
@@ -158,43 +152,50 @@ impl Store {
     }
 
     /// The newest `limit` audit entries, newest first.
-    pub fn newest_audit(&self, limit: u32) -> Result<Vec<AuditRow>> {
-        let mut stmt = self.conn.prepare(
-            "SELECT seq, time, actor, action, subject FROM audit ORDER BY seq DESC LIMIT ?1",
+    pub fn newest_audit(&mut self, limit: u32) -> Result<Vec<AuditRow>> {
+        let rows = self.conn.query(
+            "SELECT seq, time, actor, action, subject FROM audit ORDER BY seq DESC LIMIT $1",
+            args![limit],
         )?;
-        let rows = stmt.query_map(params![limit], |r| {
-            Ok(AuditRow {
-                seq: r.get(0)?,
-                time: r.get(1)?,
-                actor: r.get(2)?,
-                action: r.get(3)?,
-                subject: r.get(4)?,
+        rows.iter()
+            .map(|r| {
+                Ok(AuditRow {
+                    seq: r.get(0)?,
+                    time: r.get(1)?,
+                    actor: r.get(2)?,
+                    action: r.get(3)?,
+                    subject: r.get(4)?,
+                })
             })
-        })?;
-        Ok(rows.collect::<std::result::Result<_, _>>()?)
+            .collect()
     }
 
     /// Walks the audit chain; `Err` names the first entry that is not what the chain says.
-    pub fn verify_audit(&self) -> Result<std::result::Result<usize, String>> {
-        let conn = &self.conn;
-        let mut stmt = conn.prepare(
-            "SELECT seq, time, actor, action, subject, prev, hash FROM audit ORDER BY rowid",
+    pub fn verify_audit(&mut self) -> Result<std::result::Result<usize, String>> {
+        let rows = self.conn.query(
+            "SELECT seq, time, actor, action, subject, prev, hash FROM audit ORDER BY seq",
+            args![],
         )?;
-        let rows = stmt.query_map([], |r| {
-            Ok((
-                r.get::<_, i64>(0)?,
-                r.get::<_, i64>(1)?,
-                r.get::<_, String>(2)?,
-                r.get::<_, String>(3)?,
-                r.get::<_, String>(4)?,
-                r.get::<_, Vec<u8>>(5)?,
-                r.get::<_, Vec<u8>>(6)?,
-            ))
-        })?;
         let mut prev = vec![0u8; 32];
         let mut count = 0;
-        for (expected_seq, row) in (1i64..).zip(rows) {
-            let (seq, time, actor, action, subject, stored_prev, hash) = row?;
+        for (expected_seq, r) in (1i64..).zip(rows) {
+            let (seq, time, actor, action, subject, stored_prev, hash): (
+                i64,
+                i64,
+                String,
+                String,
+                String,
+                Vec<u8>,
+                Vec<u8>,
+            ) = (
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+                r.get(6)?,
+            );
             if seq != expected_seq {
                 return Ok(Err(format!(
                     "entry {expected_seq} is missing or out of order (found {seq} in its place)"
@@ -219,10 +220,10 @@ impl Store {
     /// holds must be in the database, unchanged. `Ok(Err(why))` names the first that is not;
     /// `Ok(Ok(None))`: the stream holds no entries at all.
     pub fn verify_against_stream(
-        &self,
+        &mut self,
         stream: &str,
     ) -> Result<std::result::Result<Option<i64>, String>> {
-        let conn = &self.conn;
+        let conn = &mut self.conn;
         let mut streamed: std::collections::BTreeMap<i64, String> = Default::default();
         for line in stream.lines() {
             // Only our lines count, wherever they are in a log (journalctl -o cat, a file).
@@ -257,10 +258,9 @@ impl Store {
         let mut missing = Vec::new();
         for (seq, hash) in &streamed {
             let stored: Option<Vec<u8>> = conn
-                .query_row("SELECT hash FROM audit WHERE seq = ?1", params![seq], |r| {
-                    r.get(0)
-                })
-                .optional()?;
+                .query_opt("SELECT hash FROM audit WHERE seq = $1", args![*seq])?
+                .map(|r| r.get(0))
+                .transpose()?;
             match stored {
                 None => missing.push(*seq),
                 Some(h) if hex::encode(&h) != *hash => {

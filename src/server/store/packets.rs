@@ -1,7 +1,6 @@
 //! Escrow packets: stored per machine and volume, listed, retired.
 
-use rusqlite::{params, OptionalExtension};
-
+use super::sql::args;
 use super::*;
 
 #[derive(Debug, PartialEq, Eq)]
@@ -45,65 +44,68 @@ impl Store {
         limit: u32,
         obsolete_older: bool,
     ) -> Result<Stored> {
-        let conn = &mut self.conn;
-        let tx = conn.savepoint()?;
-        let existing: Option<String> = tx
-            .query_row(
-                "SELECT id FROM packets WHERE machine = ?1 AND volume_uuid = ?2 AND fingerprint = ?3 AND obsolete = 0",
-                params![machine.id, volume_uuid, fingerprint],
-                |r| r.get(0),
-            )
-            .optional()?;
-        if let Some(id) = existing {
-            return Ok(Stored::AlreadyInEscrow(id));
-        }
-        let count: u32 = tx.query_row(
-            "SELECT COUNT(*) FROM packets WHERE machine = ?1",
-            params![machine.id],
-            |r| r.get(0),
-        )?;
-        if count >= limit {
-            return Err(StoreError::Refused(format!(
-                "this machine has {count} packets in escrow, the most allowed; ask an administrator to delete obsolete ones"
-            )));
-        }
-        let id = random_id().map_err(|e| StoreError::Refused(e.to_string()))?;
-        if obsolete_older {
+        self.conn.transaction(|tx| {
+            let existing: Option<String> = tx
+                .query_opt(
+                    "SELECT id FROM packets WHERE machine = $1 AND volume_uuid = $2 AND fingerprint = $3 AND obsolete = 0",
+                    args![machine.id, volume_uuid, fingerprint],
+                )?
+                .map(|r| r.get(0))
+                .transpose()?;
+            if let Some(id) = existing {
+                return Ok(Stored::AlreadyInEscrow(id));
+            }
+            let count: u32 = tx
+                .query_one(
+                    "SELECT COUNT(*) FROM packets WHERE machine = $1",
+                    args![machine.id],
+                )?
+                .get(0)?;
+            if count >= limit {
+                return Err(StoreError::Refused(format!(
+                    "this machine has {count} packets in escrow, the most allowed; ask an administrator to delete obsolete ones"
+                )));
+            }
+            let id = random_id().map_err(|e| StoreError::Refused(e.to_string()))?;
+            if obsolete_older {
+                tx.execute(
+                    "UPDATE packets SET obsolete = 1 WHERE machine = $1 AND volume_uuid = $2",
+                    args![machine.id, volume_uuid],
+                )?;
+            }
             tx.execute(
-                "UPDATE packets SET obsolete = 1 WHERE machine = ?1 AND volume_uuid = ?2",
-                params![machine.id, volume_uuid],
+                "INSERT INTO packets (id, machine, volume_uuid, fingerprint, key_fingerprint, body, created) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                args![id, machine.id, volume_uuid, fingerprint, key_fingerprint, body, now()],
             )?;
-        }
-        tx.execute(
-            "INSERT INTO packets (id, machine, volume_uuid, fingerprint, key_fingerprint, body, created) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            params![id, machine.id, volume_uuid, fingerprint, key_fingerprint, body, now()],
-        )?;
-        audit(&tx, &machine.id, "escrow", &format!("{volume_uuid} {id}"))?;
-        tx.commit()?;
-        Ok(Stored::New(id))
+            audit(tx, &machine.id, "escrow", &format!("{volume_uuid} {id}"))?;
+            Ok(Stored::New(id))
+        })
     }
 
     /// Whether a packet in use holds the key whose fingerprint (of the key alone) is `key`, and
     /// whether an administrator was shown its recovery passphrase.
     pub fn escrow_state(
-        &self,
+        &mut self,
         machine: &Machine,
         volume_uuid: &str,
         key: Option<&str>,
     ) -> Result<EscrowState> {
-        let mut stmt = self.conn.prepare(
-            "SELECT id, key_fingerprint, revealed IS NOT NULL FROM packets
-             WHERE machine = ?1 AND volume_uuid = ?2 AND obsolete = 0 ORDER BY created DESC, rowid DESC",
-        )?;
-        let rows = stmt
-            .query_map(params![machine.id, volume_uuid], |r| {
+        let rows = self
+            .conn
+            .query(
+                "SELECT id, key_fingerprint, revealed IS NOT NULL FROM packets
+                 WHERE machine = $1 AND volume_uuid = $2 AND obsolete = 0 ORDER BY created DESC, rowid DESC",
+                args![machine.id, volume_uuid],
+            )?
+            .iter()
+            .map(|r| {
                 Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, Option<String>>(1)?,
-                    r.get::<_, bool>(2)?,
+                    r.get::<String>(0)?,
+                    r.get::<Option<String>>(1)?,
+                    r.get::<bool>(2)?,
                 ))
-            })?
-            .collect::<std::result::Result<Vec<_>, _>>()?;
+            })
+            .collect::<Result<Vec<_>>>()?;
         let held = key.and_then(|k| rows.iter().find(|(_, f, _)| f.as_deref() == Some(k)));
         let (escrow, row) = match (key, held, rows.first()) {
             (_, _, None) => (crate::api::ESCROW_MISSING, None),
@@ -121,61 +123,58 @@ impl Store {
     /// Records that an administrator was shown a packet's recovery passphrase (the machine
     /// replaces it at its next `lifeline status --repair`).
     pub fn mark_revealed(&mut self, admin: &str, packet: &str) -> Result<()> {
-        let conn = &mut self.conn;
-        let tx = conn.savepoint()?;
-        let changed = tx.execute(
-            "UPDATE packets SET revealed = COALESCE(revealed, ?2) WHERE id = ?1",
-            params![packet, now()],
-        )?;
-        if changed == 0 {
-            return Err(StoreError::NotFound(format!("no escrow packet {packet}")));
-        }
-        audit(&tx, admin, "passphrase-revealed", packet)?;
-        tx.commit()?;
-        Ok(())
+        self.conn.transaction(|tx| {
+            let changed = tx.execute(
+                "UPDATE packets SET revealed = COALESCE(revealed, $2) WHERE id = $1",
+                args![packet, now()],
+            )?;
+            if changed == 0 {
+                return Err(StoreError::NotFound(format!("no escrow packet {packet}")));
+            }
+            audit(tx, admin, "passphrase-revealed", packet)
+        })
     }
 
-    pub fn list_packets(&self) -> Result<Vec<PacketRow>> {
-        let conn = &self.conn;
-        let mut stmt = conn.prepare(
+    pub fn list_packets(&mut self) -> Result<Vec<PacketRow>> {
+        let rows = self.conn.query(
             "SELECT p.id, p.machine, m.host, p.volume_uuid, p.created, p.obsolete FROM packets p JOIN machines m ON m.id = p.machine ORDER BY p.created",
+            args![],
         )?;
-        let rows = stmt.query_map([], |r| {
-            Ok(PacketRow {
-                id: r.get(0)?,
-                machine: r.get(1)?,
-                host: r.get(2)?,
-                volume_uuid: r.get(3)?,
-                created: r.get(4)?,
-                obsolete: r.get::<_, i64>(5)? != 0,
+        rows.iter()
+            .map(|r| {
+                Ok(PacketRow {
+                    id: r.get(0)?,
+                    machine: r.get(1)?,
+                    host: r.get(2)?,
+                    volume_uuid: r.get(3)?,
+                    created: r.get(4)?,
+                    obsolete: r.get(5)?,
+                })
             })
-        })?;
-        Ok(rows.collect::<std::result::Result<_, _>>()?)
+            .collect()
     }
 
     /// Marks a packet obsolete (kept, but no longer used for recovery) or deletes it.
     pub fn retire_packet(&mut self, admin: &str, packet: &str, delete: bool) -> Result<()> {
-        let conn = &mut self.conn;
-        let tx = conn.savepoint()?;
-        let changed = if delete {
-            tx.execute("DELETE FROM packets WHERE id = ?1", params![packet])?
-        } else {
-            tx.execute(
-                "UPDATE packets SET obsolete = 1 WHERE id = ?1",
-                params![packet],
-            )?
-        };
-        if changed == 0 {
-            return Err(StoreError::NotFound(format!("no escrow packet {packet}")));
-        }
-        audit(
-            &tx,
-            admin,
-            if delete { "delete" } else { "obsolete" },
-            packet,
-        )?;
-        tx.commit()?;
-        Ok(())
+        self.conn.transaction(|tx| {
+            let changed = if delete {
+                tx.execute("DELETE FROM packets WHERE id = $1", args![packet])?
+            } else {
+                tx.execute(
+                    "UPDATE packets SET obsolete = 1 WHERE id = $1",
+                    args![packet],
+                )?
+            };
+            if changed == 0 {
+                return Err(StoreError::NotFound(format!("no escrow packet {packet}")));
+            }
+            audit(
+                tx,
+                admin,
+                if delete { "delete" } else { "obsolete" },
+                packet,
+            )
+        })
     }
 
     /// An escrow packet's ciphertext, for an administrator about to decrypt it; the read is audited
@@ -186,19 +185,13 @@ impl Store {
         packet: &str,
         action: &str,
     ) -> Result<Vec<u8>> {
-        let conn = &mut self.conn;
-        let tx = conn.savepoint()?;
-        let body: Option<Vec<u8>> = tx
-            .query_row(
-                "SELECT body FROM packets WHERE id = ?1",
-                params![packet],
-                |r| r.get(0),
-            )
-            .optional()?;
-        let body =
-            body.ok_or_else(|| StoreError::NotFound(format!("no escrow packet {packet}")))?;
-        audit(&tx, admin, action, packet)?;
-        tx.commit()?;
-        Ok(body)
+        self.conn.transaction(|tx| {
+            let body: Vec<u8> = tx
+                .query_opt("SELECT body FROM packets WHERE id = $1", args![packet])?
+                .ok_or_else(|| StoreError::NotFound(format!("no escrow packet {packet}")))?
+                .get(0)?;
+            audit(tx, admin, action, packet)?;
+            Ok(body)
+        })
     }
 }

@@ -1,7 +1,6 @@
 //! DRSK restore requests: filed, challenged, approved, fetched, expired.
 
-use rusqlite::{params, OptionalExtension};
-
+use super::sql::{args, Conn, Row};
 use super::*;
 
 /// A request to restore a DRSK to a replacement TPM's storage key. `state`: `challenged`
@@ -39,7 +38,7 @@ const RESTORE_SELECT: &str =
             (SELECT host FROM machines m WHERE m.client_id = r.client_id), r.approved
      FROM restore_requests r";
 
-fn restore_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RestoreRow> {
+fn restore_row(r: &Row) -> Result<RestoreRow> {
     Ok(RestoreRow {
         id: r.get(0)?,
         client_id: r.get(1)?,
@@ -59,19 +58,15 @@ fn expired(id: &str, at: i64) -> StoreError {
     ))
 }
 
-pub(super) fn restore_request(conn: &Connection, id: &str) -> Result<RestoreRow> {
-    conn.query_row(
-        &format!("{RESTORE_SELECT} WHERE r.id = ?1"),
-        params![id],
-        restore_row,
-    )
-    .optional()?
-    .ok_or_else(|| StoreError::NotFound(format!("no restore request {id}")))
+pub(super) fn restore_request(conn: &mut Conn, id: &str) -> Result<RestoreRow> {
+    conn.query_opt(&format!("{RESTORE_SELECT} WHERE r.id = $1"), args![id])?
+        .ok_or_else(|| StoreError::NotFound(format!("no restore request {id}")))
+        .and_then(|r| restore_row(&r))
 }
 
 /// Restore request `id`, refused unless it is in `state` and has not expired.
 pub(super) fn restore_in_state(
-    conn: &Connection,
+    conn: &mut Conn,
     id: &str,
     state: &str,
     valid_for: i64,
@@ -112,52 +107,55 @@ impl Store {
         from: &str,
         valid_for: i64,
     ) -> Result<RestoreRow> {
-        let conn = &mut self.conn;
-        let tx = conn.savepoint()?;
-        let approved = tx
-            .query_row(
-                &format!("{RESTORE_SELECT} WHERE r.client_id = ?1 AND r.srk_name = ?2 AND r.state = 'approved'"),
-                params![client_id, srk_name],
-                restore_row,
-            )
-            .optional()?;
-        if let Some(row) = approved.filter(|r| !r.expired(valid_for)) {
-            return Ok(row);
-        }
-        tx.execute(
-            "DELETE FROM restore_requests WHERE client_id = ?1 AND srk_name = ?2",
-            params![client_id, srk_name],
-        )?;
-        let id = random_id().map_err(|e| StoreError::Refused(e.to_string()))?;
-        let state = if secret_hash.is_some() {
-            "challenged"
-        } else {
-            "pending"
-        };
-        tx.execute(
-            "INSERT INTO restore_requests (id, client_id, srk_name, srk_public, created, state, secret_hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            params![id, client_id, srk_name, srk_public, now(), state, secret_hash],
-        )?;
-        audit(&tx, from, "restore-request", &format!("{client_id} {id}"))?;
-        let row = restore_request(&tx, &id)?;
-        tx.commit()?;
-        Ok(row)
+        self.conn.transaction(|tx| {
+            let approved = tx
+                .query_opt(
+                    &format!("{RESTORE_SELECT} WHERE r.client_id = $1 AND r.srk_name = $2 AND r.state = 'approved'"),
+                    args![client_id, srk_name],
+                )?
+                .map(|r| restore_row(&r))
+                .transpose()?;
+            if let Some(row) = approved.filter(|r| !r.expired(valid_for)) {
+                return Ok(row);
+            }
+            tx.execute(
+                "DELETE FROM restore_requests WHERE client_id = $1 AND srk_name = $2",
+                args![client_id, srk_name],
+            )?;
+            let id = random_id().map_err(|e| StoreError::Refused(e.to_string()))?;
+            let state = if secret_hash.is_some() {
+                "challenged"
+            } else {
+                "pending"
+            };
+            tx.execute(
+                "INSERT INTO restore_requests (id, client_id, srk_name, srk_public, created, state, secret_hash) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                args![id, client_id, srk_name, srk_public, now(), state, secret_hash],
+            )?;
+            audit(tx, from, "restore-request", &format!("{client_id} {id}"))?;
+            restore_request(tx, &id)
+        })
     }
 
-    pub fn restore_request(&self, id: &str) -> Result<RestoreRow> {
-        restore_request(&self.conn, id)
+    pub fn restore_request(&mut self, id: &str) -> Result<RestoreRow> {
+        restore_request(&mut self.conn, id)
     }
 
-    pub fn list_restores(&self) -> Result<Vec<RestoreRow>> {
-        let conn = &self.conn;
-        let mut stmt = conn.prepare(&format!("{RESTORE_SELECT} ORDER BY r.created"))?;
-        let rows = stmt.query_map([], restore_row)?;
-        Ok(rows.collect::<std::result::Result<_, _>>()?)
+    pub fn list_restores(&mut self) -> Result<Vec<RestoreRow>> {
+        let rows = self
+            .conn
+            .query(&format!("{RESTORE_SELECT} ORDER BY r.created"), args![])?;
+        rows.iter().map(restore_row).collect()
     }
 
     /// Restore request `id`, refused unless it is in `state` and has not expired.
-    pub fn restore_in_state(&self, id: &str, state: &str, valid_for: i64) -> Result<RestoreRow> {
-        restore_in_state(&self.conn, id, state, valid_for)
+    pub fn restore_in_state(
+        &mut self,
+        id: &str,
+        state: &str,
+        valid_for: i64,
+    ) -> Result<RestoreRow> {
+        restore_in_state(&mut self.conn, id, state, valid_for)
     }
 
     /// Moves restore request `id` as `step` says, audited as `action` by `actor` (an approval
@@ -171,18 +169,16 @@ impl Store {
         actor: &str,
         action: &str,
     ) -> Result<()> {
-        let conn = &mut self.conn;
-        let tx = conn.savepoint()?;
-        let row = restore_in_state(&tx, id, step.from, valid_for)?;
-        let approved = (step.to == "approved").then(now);
-        tx.execute(
-            "UPDATE restore_requests SET state = ?1, body = COALESCE(?2, body),
-             approved = COALESCE(?3, approved) WHERE id = ?4",
-            params![step.to, step.body, approved, id],
-        )?;
-        audit(&tx, actor, action, &format!("{} {id}", row.client_id))?;
-        tx.commit()?;
-        Ok(())
+        self.conn.transaction(|tx| {
+            let row = restore_in_state(tx, id, step.from, valid_for)?;
+            let approved = (step.to == "approved").then(now);
+            tx.execute(
+                "UPDATE restore_requests SET state = $1, body = COALESCE($2, body),
+                 approved = COALESCE($3, approved) WHERE id = $4",
+                args![step.to, step.body, approved, id],
+            )?;
+            audit(tx, actor, action, &format!("{} {id}", row.client_id))
+        })
     }
 
     /// The approved restore file for `client_id` and the storage key named `srk_name`; the fetch is
@@ -194,58 +190,55 @@ impl Store {
         from: &str,
         valid_for: i64,
     ) -> Result<Vec<u8>> {
-        let conn = &mut self.conn;
-        let tx = conn.savepoint()?;
-        let row = tx
-            .query_row(
-                &format!("{RESTORE_SELECT} WHERE r.client_id = ?1 AND r.srk_name = ?2"),
-                params![client_id, srk_name],
-                restore_row,
-            )
-            .optional()?
-            .ok_or_else(|| {
-                StoreError::NotFound("no restore request for this client and TPM".into())
-            })?;
-        if row.expired(valid_for) {
-            return Err(expired(&row.id, row.expires(valid_for)));
-        }
-        let body: Option<Vec<u8>> = tx.query_row(
-            "SELECT body FROM restore_requests WHERE id = ?1",
-            params![row.id],
-            |r| r.get(0),
-        )?;
-        let body = match body {
-            Some(body) if row.state == "approved" => body,
-            _ => {
-                return Err(StoreError::NotFound(format!(
-                    "restore request {} is {}, not approved yet",
-                    row.id, row.state
-                )))
+        self.conn.transaction(|tx| {
+            let row = tx
+                .query_opt(
+                    &format!("{RESTORE_SELECT} WHERE r.client_id = $1 AND r.srk_name = $2"),
+                    args![client_id, srk_name],
+                )?
+                .ok_or_else(|| {
+                    StoreError::NotFound("no restore request for this client and TPM".into())
+                })?;
+            let row = restore_row(&row)?;
+            if row.expired(valid_for) {
+                return Err(expired(&row.id, row.expires(valid_for)));
             }
-        };
-        audit(
-            &tx,
-            from,
-            "fetch-restore",
-            &format!("{client_id} {}", row.id),
-        )?;
-        tx.commit()?;
-        Ok(body)
+            let body: Option<Vec<u8>> = tx
+                .query_one(
+                    "SELECT body FROM restore_requests WHERE id = $1",
+                    args![row.id],
+                )?
+                .get(0)?;
+            let body = match body {
+                Some(body) if row.state == "approved" => body,
+                _ => {
+                    return Err(StoreError::NotFound(format!(
+                        "restore request {} is {}, not approved yet",
+                        row.id, row.state
+                    )))
+                }
+            };
+            audit(
+                tx,
+                from,
+                "fetch-restore",
+                &format!("{client_id} {}", row.id),
+            )?;
+            Ok(body)
+        })
     }
 
     /// Deletes restore request `id` (whatever its state), audited.
     pub fn delete_restore(&mut self, id: &str, actor: &str) -> Result<()> {
-        let conn = &mut self.conn;
-        let tx = conn.savepoint()?;
-        let row = restore_request(&tx, id)?;
-        tx.execute("DELETE FROM restore_requests WHERE id = ?1", params![id])?;
-        audit(
-            &tx,
-            actor,
-            "delete-restore",
-            &format!("{} {id}", row.client_id),
-        )?;
-        tx.commit()?;
-        Ok(())
+        self.conn.transaction(|tx| {
+            let row = restore_request(tx, id)?;
+            tx.execute("DELETE FROM restore_requests WHERE id = $1", args![id])?;
+            audit(
+                tx,
+                actor,
+                "delete-restore",
+                &format!("{} {id}", row.client_id),
+            )
+        })
     }
 }

@@ -745,6 +745,35 @@ fn the_packet_limit_holds_across_instances() {
     }
 }
 
+#[test]
+fn a_lost_postgresql_connection_fails_only_the_requests_of_that_moment() {
+    let sb = Sandbox::new();
+    let srv = Server::start_on_postgres(&sb, &[]);
+    srv.admin(&sb, &["machines"]).ok();
+    let name = crate::support::pg::database_name(srv.database.as_ref().unwrap());
+    // What a PostgreSQL restart or a network failure does to the server's session.
+    let ended = crate::support::pg::cluster()
+        .client("postgres")
+        .unwrap()
+        .query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1",
+            &[&name],
+        )
+        .unwrap();
+    assert!(!ended.is_empty(), "the server had no session to end");
+    let first = srv.admin(&sb, &["machines"]);
+    eprintln!(
+        "after the session ended: exit {}: {}",
+        first.code,
+        first.stderr.trim()
+    );
+    if first.code != 0 {
+        assert!(first.stderr.contains("503"), "{}", first.stderr);
+    }
+    srv.admin(&sb, &["machines"]).ok();
+    join(&sb, &srv, "a", None);
+}
+
 /// kill -9 of the server: no chance to flush anything.
 fn kill_9(srv: &Server) {
     let pid = std::process::Command::new("pgrep")

@@ -15,24 +15,55 @@ fn open(t: &Swtpm) -> TssTpm {
 
 #[test]
 fn transient_restore_unseals_in_the_same_process_as_the_initramfs_will() {
+    use tpm::KeyAlgorithm::{Ecc, Rsa};
+    // ECC where swtpm has it (the default), RSA-2048 as on TPMs without P-256, and a client
+    // of one algorithm backed up to a server of the other.
+    for (client, server) in [(None, None), (Some(Rsa), Some(Rsa)), (Some(Rsa), Some(Ecc))] {
+        board_swap_through_a_transient_drsk(client, server);
+    }
+}
+
+fn board_swap_through_a_transient_drsk(
+    client_algorithm: Option<tpm::KeyAlgorithm>,
+    server_algorithm: Option<tpm::KeyAlgorithm>,
+) {
     let sb = Sandbox::new();
     let server_tpm = Swtpm::start(&sb.path("server-tpm"));
     let mut server = open(&server_tpm);
-    let server_key = server.create_server_key(None).unwrap();
+    let server_key = server.create_server_key(None, server_algorithm).unwrap();
     let server_name = name_of_public(&server_key.public).unwrap();
 
     let client_tpm = Swtpm::start(&sb.path("tpm-a"));
     let mut a = open(&client_tpm);
     assert_eq!(
-        a.provision(std::slice::from_ref(&server_name), None, false)
-            .unwrap(),
+        a.provision(
+            std::slice::from_ref(&server_name),
+            None,
+            false,
+            client_algorithm
+        )
+        .unwrap(),
         tpm::Provisioned::Created
     );
     assert_eq!(
-        a.provision(std::slice::from_ref(&server_name), None, false)
+        a.drsk_algorithm().unwrap(),
+        client_algorithm.unwrap_or(tpm::KeyAlgorithm::Ecc)
+    );
+    // Run again without saying: what is there is kept. Asking for the other algorithm is
+    // refused without --force, and says why.
+    assert_eq!(
+        a.provision(std::slice::from_ref(&server_name), None, false, None)
             .unwrap(),
         tpm::Provisioned::AlreadyThere
     );
+    let other = match a.drsk_algorithm().unwrap() {
+        tpm::KeyAlgorithm::Ecc => tpm::KeyAlgorithm::Rsa,
+        tpm::KeyAlgorithm::Rsa => tpm::KeyAlgorithm::Ecc,
+    };
+    match a.provision(std::slice::from_ref(&server_name), None, false, Some(other)) {
+        Err(TpmError::ForeignObject(why)) => assert!(why.contains("asked for"), "{why}"),
+        other => panic!("provisioning the other algorithm without --force: {other:?}"),
+    }
     let key = VolumeKey::from_slice(&[42; 64]);
     let (blob, _) = a.seal(&key, &[], None).unwrap();
     let client_id = tpm::client_id(&a.drsk_public().unwrap());
@@ -84,23 +115,45 @@ fn transient_restore_unseals_in_the_same_process_as_the_initramfs_will() {
 /// the original sealed blob and the key opens the image. Then the same with a PCR-bound blob.
 #[test]
 fn seed_demo_board_swap_restore_unseals_the_original_blob() {
+    seed_demo(&[]);
+}
+
+/// The same with RSA-2048 storage keys on the client and the server, as on TPMs without
+/// ECC P-256; the new TPM's own SRK is ECC (swtpm has it), which is fine for an RSA DRSK.
+#[test]
+fn the_seed_demo_with_rsa_2048_storage_keys() {
+    seed_demo(&["--key-algorithm", "rsa"]);
+}
+
+/// seeds/003's demo, with `algorithm` (options) for both TPMs' storage keys.
+fn seed_demo(algorithm: &[&str]) {
     let sb = Sandbox::new();
     let b = Swtpm::start(&sb.path("tpm-b"));
-    sb.server_on(&b, &["drsk", "init", "--dir", "srv"]).ok();
+    let mut init = vec!["drsk", "init", "--dir", "srv"];
+    init.extend_from_slice(algorithm);
+    sb.server_on(&b, &init).ok();
 
     let img = sb.luks_image("disk.img", 2);
     let pcr_img = sb.luks_image("pcr.img", 1);
     let image = img.path.to_str().unwrap();
     let pcr_image = pcr_img.path.to_str().unwrap();
     let a = Swtpm::start(&sb.path("tpm-a"));
-    let client_id = sb
-        .lifeline_on(&a, &["provision", "--backup-server-key", "srv/drsk.pub"])
-        .ok()
-        .stdout
-        .trim()
-        .to_string();
+    let mut provision = vec!["provision", "--backup-server-key", "srv/drsk.pub"];
+    provision.extend_from_slice(algorithm);
+    let provisioned = sb.lifeline_on(&a, &provision);
+    let label = match algorithm {
+        [] => "(ECC P-256)",
+        _ => "(RSA-2048)",
+    };
+    assert!(
+        provisioned.ok().stderr.contains(label),
+        "{}",
+        provisioned.stderr
+    );
+    let client_id = provisioned.stdout.trim().to_string();
     assert_eq!(client_id.len(), 64);
-    enroll(&sb, &a, &img, &[]).ok();
+    let enrolled = enroll(&sb, &a, &img, &[]);
+    assert!(enrolled.ok().stderr.contains(label), "{}", enrolled.stderr);
     sb.lifeline_on(&a, &["unseal-check", image]).ok();
     // PCR 16 is the resettable debug PCR: give it a value, bind the LUKS1 volume's key to it.
     extend_pcr16(&a);
@@ -185,14 +238,14 @@ fn drsk_goes_only_to_a_server_named_at_provisioning() {
     let sb = Sandbox::new();
     let b = Swtpm::start(&sb.path("tpm-b"));
     let mut server = open(&b);
-    let good = server.create_server_key(None).unwrap();
-    let rogue = server.create_server_key(None).unwrap();
+    let good = server.create_server_key(None, None).unwrap();
+    let rogue = server.create_server_key(None, None).unwrap();
     let good_name = name_of_public(&good.public).unwrap();
     let rogue_name = name_of_public(&rogue.public).unwrap();
     let a = Swtpm::start(&sb.path("tpm-a"));
     let mut client = open(&a);
     client
-        .provision(std::slice::from_ref(&good_name), None, false)
+        .provision(std::slice::from_ref(&good_name), None, false, None)
         .unwrap();
 
     // The TPM refuses: through the real branch list, and through a list that names the rogue.
@@ -285,12 +338,12 @@ fn the_server_keys_public_part_alone_cannot_reduplicate() {
     let sb = Sandbox::new();
     let b = Swtpm::start(&sb.path("tpm-b"));
     let mut server = open(&b);
-    let key = server.create_server_key(None).unwrap();
-    let rogue = server.create_server_key(None).unwrap();
+    let key = server.create_server_key(None, None).unwrap();
+    let rogue = server.create_server_key(None, None).unwrap();
     let name = name_of_public(&key.public).unwrap();
     let a = Swtpm::start(&sb.path("tpm-a"));
     open(&a)
-        .provision(std::slice::from_ref(&name), None, false)
+        .provision(std::slice::from_ref(&name), None, false, None)
         .unwrap();
     let attempt =
         secret_branch_without_the_server_key(&a.tcti(), &key.public, &rogue.public, &[name]);
@@ -723,6 +776,106 @@ fn restore_needs_proof_of_a_genuine_tpm_when_the_server_asks() {
     sb.lifeline_on(&c, &["restore", "--in", "c.restore", "--persist"])
         .ok();
     sb.lifeline_on(&c, &["unseal-check", image]).ok();
+}
+
+/// A TPM whose only EK certificate is for its ECC P-256 EK (as some vendors ship): the proof
+/// takes it, and the board swap goes through.
+#[test]
+fn the_genuine_tpm_proof_takes_an_ecc_p256_ek_certificate() {
+    let sb = Sandbox::new();
+    let ca_pem = crate::support::swtpm::manufacture(&sb.path("tpm-c"), &sb.path("ca"));
+    sb.write("ek-ca.pem", &ca_pem);
+    let c = Swtpm::start(&sb.path("tpm-c"));
+    // The ECC P-256 EK (TCG default template), certified by the same CA, at its NV index; the
+    // RSA EK certificate swtpm made is removed.
+    let dir = sb.path("");
+    c.tool(
+        &dir,
+        "tpm2_createek",
+        &["-G", "ecc", "-c", "ek.ctx", "-u", "ek.pem", "-f", "pem"],
+    );
+    let signed = std::process::Command::new("openssl")
+        .args([
+            "x509",
+            "-new",
+            "-force_pubkey",
+            "ek.pem",
+            "-subj",
+            "/CN=ECC EK",
+        ])
+        .args(["-CA", "ca/issuercert.pem", "-CAkey", "ca/signkey.pem"])
+        .args(["-days", "3650", "-outform", "DER", "-out", "ek.der"])
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    assert!(
+        signed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&signed.stderr)
+    );
+    let size = std::fs::metadata(sb.path("ek.der"))
+        .unwrap()
+        .len()
+        .to_string();
+    let attributes = "ownerwrite|ownerread|authread|no_da";
+    c.tool(
+        &dir,
+        "tpm2_nvdefine",
+        &["0x1c0000a", "-C", "o", "-s", &size, "-a", attributes],
+    );
+    c.tool(
+        &dir,
+        "tpm2_nvwrite",
+        &["0x1c0000a", "-C", "o", "-i", "ek.der"],
+    );
+    c.tool(&dir, "tpm2_nvundefine", &["-C", "p", "0x1c00002"]);
+
+    let b = Swtpm::start(&sb.path("tpm-b"));
+    sb.server_on(
+        &b,
+        &["drsk", "init", "--dir", "srv", "--ek-ca", "ek-ca.pem"],
+    )
+    .ok();
+    let img = sb.luks_image("disk.img", 2);
+    let a = Swtpm::start(&sb.path("tpm-a"));
+    let id = sb
+        .lifeline_on(&a, &["provision", "--backup-server-key", "srv/drsk.pub"])
+        .ok()
+        .stdout
+        .trim()
+        .to_string();
+    enroll(&sb, &a, &img, &[]).ok();
+    sb.lifeline_on(
+        &a,
+        &["backup", "--server-key", "srv/drsk.pub", "--out", "a.dup"],
+    )
+    .ok();
+    sb.server_on(&b, &["drsk", "import", "--dir", "srv", "a.dup"])
+        .ok();
+    drop(a);
+
+    sb.lifeline_on(&c, &["srk-public", "--out", "c.srk", "--ek-out", "c.ek"])
+        .ok();
+    let server = |args: &[&str]| {
+        let common = ["--dir", "srv", "--client", &id, "--new-parent", "c.srk"];
+        sb.server_on(&b, &[args, &common[..]].concat())
+    };
+    server(&["drsk", "challenge", "--ek", "c.ek", "--out", "c.chal"]).ok();
+    sb.lifeline_on(&c, &["activate", "--in", "c.chal", "--out", "c.proof"])
+        .ok();
+    server(&[
+        "drsk",
+        "restore",
+        "--proof",
+        "c.proof",
+        "--out",
+        "c.restore",
+    ])
+    .ok();
+    sb.lifeline_on(&c, &["restore", "--in", "c.restore", "--persist"])
+        .ok();
+    sb.lifeline_on(&c, &["unseal-check", img.path.to_str().unwrap()])
+        .ok();
 }
 
 #[test]

@@ -76,7 +76,11 @@ pub fn run(args: Args, g: &Globals) -> CmdResult {
     let unsealed = tpm.unseal_token(&token, pin.as_ref())?;
     volume.check_key(&unsealed)?;
     let place = store(&mut volume, g, &info.uuid, &token)?;
-    eprintln!("Volume {} enrolled: {place}.", info.uuid);
+    eprintln!(
+        "Volume {} enrolled: {place}, sealed under the DRSK ({}).",
+        info.uuid,
+        token.key_algorithm.label()
+    );
     if !pcrs.is_empty() {
         let list: Vec<String> = pcrs.iter().map(u8::to_string).collect();
         eprintln!("Bound to PCR {} (sha256).", list.join(","));

@@ -31,6 +31,10 @@ pub struct Args {
     /// (everything sealed under the old DRSK is lost)
     #[argh(switch)]
     pub force: bool,
+    /// the storage keys' algorithm: ecc (P-256) or rsa (RSA-2048, for TPMs without P-256 or
+    /// slow at it); default: ecc when the TPM has it, and what is provisioned already
+    #[argh(option)]
+    pub key_algorithm: Option<tpm::KeyAlgorithm>,
 }
 
 /// Reads a server key file (binary TPM2B_PUBLIC) and returns its Name.
@@ -64,7 +68,7 @@ pub fn run(args: Args, g: &Globals) -> CmdResult {
     };
     let mut tpm = g.open_tpm()?;
     let auth = owner_auth(&mut tpm, args.owner_auth_file.as_deref())?;
-    let outcome = tpm.provision(&names, auth.as_ref(), args.force)?;
+    let outcome = tpm.provision(&names, auth.as_ref(), args.force, args.key_algorithm)?;
     atomic_file::replace(
         &g.state_dir.join(POLICY_FILE),
         transfer::policy_text(&names).as_bytes(),
@@ -78,9 +82,10 @@ pub fn run(args: Args, g: &Globals) -> CmdResult {
     })?;
     let client_id = tpm::client_id(&tpm.drsk_public()?);
     match outcome {
-        Provisioned::Created => {
-            eprintln!("TPM provisioned: SRK at 0x81000003, DRSK at 0x81000004.")
-        }
+        Provisioned::Created => eprintln!(
+            "TPM provisioned: SRK at 0x81000003, DRSK at 0x81000004 ({}).",
+            tpm.drsk_algorithm()?.label()
+        ),
         Provisioned::AlreadyThere => {
             eprintln!("TPM already provisioned with these backup servers; nothing changed.")
         }

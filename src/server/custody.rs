@@ -255,8 +255,7 @@ impl Custody {
         }
         let certified =
             crate::server::ekcert::verify(ek_certificate, &ca).map_err(CustodyError::Refused)?;
-        let modulus = tpm::ek_modulus(ek_public)?;
-        if crate::server::ekcert::strip_zeros(&modulus) != certified.as_slice() {
+        if tpm::ek_key(ek_public)? != certified {
             return Err(CustodyError::Refused(
                 "the EK certificate is for another key than the EK given".into(),
             ));

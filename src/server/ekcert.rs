@@ -32,8 +32,8 @@ fn parse_cas<T>(
     Ok(with(&cas))
 }
 
-/// Checks `cert_der` against the CA certificates in `ca_pem`; returns the certified RSA modulus
-/// (without leading zero bytes).
+/// Checks `cert_der` against the CA certificates in `ca_pem`; returns the certified key: an RSA
+/// modulus without leading zero bytes, or an ECC P-256 point as x || y (`tpm::ek_key`).
 pub fn verify(cert_der: &[u8], ca_pem: &[u8]) -> Result<Vec<u8>, String> {
     let (_, cert) = X509Certificate::from_der(cert_der)
         .map_err(|_| "the EK certificate is not an X.509 certificate".to_string())?;
@@ -49,13 +49,11 @@ pub fn verify(cert_der: &[u8], ca_pem: &[u8]) -> Result<Vec<u8>, String> {
         ));
     }
     match cert.public_key().parsed() {
-        Ok(PublicKey::RSA(rsa)) => Ok(strip_zeros(rsa.modulus).to_vec()),
-        _ => Err("the EK certificate does not certify an RSA key".into()),
+        Ok(PublicKey::RSA(rsa)) => Ok(crate::tpm::strip_zeros(rsa.modulus).to_vec()),
+        // An uncompressed point: 0x04, x, y.
+        Ok(PublicKey::EC(point)) if point.data().len() == 65 && point.data()[0] == 4 => {
+            Ok(point.data()[1..].to_vec())
+        }
+        _ => Err("the EK certificate certifies neither an RSA key nor an ECC P-256 key".into()),
     }
-}
-
-/// Big-endian integers may carry leading zero bytes (DER) or not (TPM); compare without them.
-pub fn strip_zeros(bytes: &[u8]) -> &[u8] {
-    let start = bytes.iter().position(|&b| b != 0).unwrap_or(bytes.len());
-    &bytes[start..]
 }

@@ -15,7 +15,7 @@ use std::fmt;
 
 pub use tss::{auth_policy_of, name_of_public, Provisioned, TssTpm};
 #[cfg(feature = "server")]
-pub use tss::{ek_modulus, is_resident_storage_key, ServerKey};
+pub use tss::{ek_key, is_resident_storage_key, ServerKey};
 
 /// Persistent handle of lifeline's storage root key (0x81000001/2 are the platform's SRK/EK).
 pub const SRK_HANDLE: u32 = 0x8100_0003;
@@ -23,6 +23,50 @@ pub const SRK_HANDLE: u32 = 0x8100_0003;
 pub const DRSK_HANDLE: u32 = 0x8100_0004;
 /// The TCTI used when neither `--tcti` nor `LIFELINE_TCTI` says otherwise.
 pub const DEFAULT_TCTI: &str = "device:/dev/tpmrm0";
+
+/// The algorithm of lifeline's storage keys (SRK, DRSK, a server's custody key): chosen at
+/// provisioning, ECC P-256 where the TPM has it, else RSA-2048, which every TPM has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyAlgorithm {
+    Ecc,
+    Rsa,
+}
+
+impl KeyAlgorithm {
+    pub fn name(self) -> &'static str {
+        match self {
+            KeyAlgorithm::Ecc => "ecc",
+            KeyAlgorithm::Rsa => "rsa",
+        }
+    }
+
+    /// As people say it.
+    pub fn label(self) -> &'static str {
+        match self {
+            KeyAlgorithm::Ecc => "ECC P-256",
+            KeyAlgorithm::Rsa => "RSA-2048",
+        }
+    }
+}
+
+impl std::str::FromStr for KeyAlgorithm {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "ecc" => Ok(KeyAlgorithm::Ecc),
+            "rsa" => Ok(KeyAlgorithm::Rsa),
+            other => Err(format!(
+                "'{other}' is not a key algorithm: give ecc (P-256) or rsa (RSA-2048)"
+            )),
+        }
+    }
+}
+
+/// Big-endian integers may carry leading zero bytes (DER) or not (TPM); compare without them.
+pub fn strip_zeros(bytes: &[u8]) -> &[u8] {
+    let start = bytes.iter().position(|&b| b != 0).unwrap_or(bytes.len());
+    &bytes[start..]
+}
 
 /// What callers decide on. Every TPM failure maps to one of these.
 #[derive(Debug, Clone)]

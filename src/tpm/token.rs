@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
 
-use super::{PcrBinding, SealedBlob};
+use super::{KeyAlgorithm, PcrBinding, SealedBlob};
 use crate::hex::encode as hex;
 use crate::luks::{LuksError, LuksVolume};
 
@@ -28,6 +28,9 @@ pub struct SealedToken {
     /// Present when the key is sealed with a PIN: the salt of its authorization value
     /// (`tpm::pin_auth`).
     pub pin_salt: Option<Vec<u8>>,
+    /// The DRSK's algorithm (`key-algorithm`, written when it is RSA; ECC when absent), for
+    /// whoever reads the token: the TPM knows it from the DRSK itself.
+    pub key_algorithm: KeyAlgorithm,
 }
 
 /// Why a volume's sealed token cannot be used.
@@ -113,6 +116,9 @@ impl SealedToken {
         if let Some(salt) = &self.pin_salt {
             v["pin-salt"] = json!(hex(salt));
         }
+        if self.key_algorithm != KeyAlgorithm::Ecc {
+            v["key-algorithm"] = json!(self.key_algorithm.name());
+        }
         v
     }
 
@@ -172,6 +178,14 @@ impl SealedToken {
             },
             pcrs,
             pin_salt,
+            key_algorithm: match v.get("key-algorithm") {
+                None => KeyAlgorithm::Ecc,
+                Some(a) => a
+                    .as_str()
+                    .unwrap_or("-")
+                    .parse()
+                    .map_err(|e| TokenError::Damaged(format!("'key-algorithm': {e}")))?,
+            },
         })
     }
 }
@@ -190,6 +204,7 @@ mod tests {
             },
             pcrs: None,
             pin_salt: None,
+            key_algorithm: KeyAlgorithm::Ecc,
         };
         assert_eq!(SealedToken::from_json(&t.to_json()).unwrap(), t);
         t.pcrs = Some(PcrBinding {
@@ -203,6 +218,10 @@ mod tests {
         let pinned = t.to_json();
         assert_eq!(pinned["lifeline-version"], json!(2));
         assert_eq!(SealedToken::from_json(&pinned).unwrap(), t);
+        t.key_algorithm = KeyAlgorithm::Rsa;
+        let rsa = t.to_json();
+        assert_eq!(rsa["key-algorithm"], json!("rsa"));
+        assert_eq!(SealedToken::from_json(&rsa).unwrap(), t);
         let mut no_salt = pinned.clone();
         no_salt.as_object_mut().unwrap().remove("pin-salt");
         assert!(SealedToken::from_json(&no_salt).is_err());
@@ -224,6 +243,7 @@ mod tests {
             },
             pcrs: None,
             pin_salt: None,
+            key_algorithm: KeyAlgorithm::Ecc,
         };
         for bad in [
             "é",

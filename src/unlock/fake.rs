@@ -32,6 +32,7 @@ pub fn token(pcrs: &[u8]) -> SealedToken {
             values: vec![vec![0; 32]; pcrs.len()],
         }),
         pin_salt: None,
+        key_algorithm: crate::tpm::KeyAlgorithm::Ecc,
     }
 }
 

@@ -47,6 +47,10 @@ pub struct InitArgs {
     /// the TPM owner authorization, first line of this file (asked for when set)
     #[argh(option)]
     pub owner_auth_file: Option<PathBuf>,
+    /// the server key's algorithm: ecc (P-256) or rsa (RSA-2048); default: ecc when the TPM
+    /// has it (clients of either algorithm back up to either)
+    #[argh(option)]
+    pub key_algorithm: Option<tpm::KeyAlgorithm>,
 }
 
 #[derive(FromArgs, Debug)]
@@ -157,7 +161,7 @@ fn init(args: InitArgs, g: &Globals) -> CmdResult {
     std::fs::create_dir_all(&args.dir).map_err(io_failure)?;
     let mut tpm = g.open_tpm()?;
     let auth = owner_auth(&mut tpm, args.owner_auth_file.as_deref())?;
-    let key = tpm.create_server_key(auth.as_ref())?;
+    let key = tpm.create_server_key(auth.as_ref(), args.key_algorithm)?;
     atomic_file::write_new(&args.dir.join("drsk.priv"), &key.private, 0o600).map_err(io_failure)?;
     atomic_file::write_new(&public_path, &key.public, 0o644).map_err(io_failure)?;
     if let Some((pem, count)) = ek_ca {

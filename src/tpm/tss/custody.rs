@@ -25,13 +25,18 @@ pub struct ServerKey {
 }
 
 impl TssTpm {
-    /// Creates the server's DRSK under its SRK.
+    /// Creates the server's DRSK under its SRK, of `algorithm` (default: the TPM's preferred).
     pub fn create_server_key(
         &mut self,
         owner_auth: Option<&Passphrase>,
+        algorithm: Option<crate::tpm::KeyAlgorithm>,
     ) -> Result<ServerKey, TpmError> {
         let (srk, transient) = self.srk(owner_auth)?;
-        let template = storage_template(false, None)?;
+        let algorithm = match algorithm {
+            Some(a) => a,
+            None => self.preferred_algorithm()?,
+        };
+        let template = storage_template(false, None, algorithm)?;
         let created = self
             .ctx
             .execute_with_session(Some(AuthSession::Password), |ctx| {

@@ -20,21 +20,58 @@ use super::rc::*;
 use super::templates::*;
 use super::*;
 
-/// The RSA EK certificate and key: the TCG default template (L-1), certificate at 0x01c00002.
-pub(super) const EK_ALG: tss_esapi::interface_types::algorithm::AsymmetricAlgorithm =
-    tss_esapi::interface_types::algorithm::AsymmetricAlgorithm::Rsa;
+use tss_esapi::abstraction::AsymmetricAlgorithmSelection;
+use tss_esapi::interface_types::algorithm::AsymmetricAlgorithm;
 
-/// The modulus of an EK public area, if it has the TCG default RSA EK template's attributes
-/// and policy (PolicySecret(endorsement)): such a key is usable only inside its TPM.
+/// The EKs lifeline proves a TPM with, in the order it looks for their certificates: the TCG
+/// default templates RSA-2048 (L-1, certificate at 0x01c00002) and ECC P-256 (L-2,
+/// 0x01c0000a), the two every TPM vendor certifies (a TPM without one has the other).
+fn ek_kinds() -> [(AsymmetricAlgorithm, AsymmetricAlgorithmSelection); 2] {
+    use tss_esapi::interface_types::ecc::EccCurve;
+    use tss_esapi::interface_types::key_bits::RsaKeyBits;
+    [
+        (
+            AsymmetricAlgorithm::Rsa,
+            AsymmetricAlgorithmSelection::Rsa(RsaKeyBits::Rsa2048),
+        ),
+        (
+            AsymmetricAlgorithm::Ecc,
+            AsymmetricAlgorithmSelection::Ecc(EccCurve::NistP256),
+        ),
+    ]
+}
+
+/// The key of an EK public area, as its certificate states it (`ekcert::certified_key`): an
+/// RSA modulus without leading zeros, or an ECC P-256 point as x || y. Refused unless it has a
+/// TCG default EK template's attributes and policy (PolicySecret(endorsement)): such a key is
+/// usable only inside its TPM.
 #[cfg(feature = "server")]
-pub fn ek_modulus(ek_public: &[u8]) -> Result<Vec<u8>, TpmError> {
+pub fn ek_key(ek_public: &[u8]) -> Result<Vec<u8>, TpmError> {
     let public = public_from(ek_public, "the EK")?;
-    let template = tss_esapi::abstraction::ek::create_ek_public_from_default_template(EK_ALG, None)
-        .map_err(wrapper)?;
-    let modulus = match &public {
-        Public::Rsa { unique, .. } => unique.value().to_vec(),
-        _ => return Err(TpmError::Other("the EK is not an RSA key".into())),
+    let (algorithm, key) = match &public {
+        Public::Rsa { unique, .. } => (
+            AsymmetricAlgorithm::Rsa,
+            crate::tpm::strip_zeros(unique.value()).to_vec(),
+        ),
+        Public::Ecc { unique, .. } => {
+            let (x, y) = (unique.x().value(), unique.y().value());
+            if x.len() > 32 || y.len() > 32 {
+                return Err(TpmError::Other("the EK is not an ECC P-256 key".into()));
+            }
+            let mut point = vec![0u8; 64];
+            point[32 - x.len()..32].copy_from_slice(x);
+            point[64 - y.len()..].copy_from_slice(y);
+            (AsymmetricAlgorithm::Ecc, point)
+        }
+        _ => {
+            return Err(TpmError::Other(
+                "the EK is neither an RSA nor an ECC key".into(),
+            ))
+        }
     };
+    let template =
+        tss_esapi::abstraction::ek::create_ek_public_from_default_template(algorithm, None)
+            .map_err(wrapper)?;
     if public.object_attributes() != template.object_attributes()
         || public.auth_policy() != template.auth_policy()
     {
@@ -42,7 +79,7 @@ pub fn ek_modulus(ek_public: &[u8]) -> Result<Vec<u8>, TpmError> {
             "the EK does not have the TCG endorsement key template".into(),
         ));
     }
-    Ok(modulus)
+    Ok(key)
 }
 
 /// True when a public area describes a storage key that was created inside a TPM and cannot
@@ -62,22 +99,25 @@ pub fn is_resident_storage_key(bytes: &[u8]) -> bool {
 }
 
 impl TssTpm {
-    /// This TPM's RSA EK public area and its certificate (DER) from NV.
-    pub fn ek_bundle(&mut self) -> Result<(Vec<u8>, Vec<u8>), TpmError> {
-        use tss_esapi::abstraction::ek;
-        use tss_esapi::abstraction::AsymmetricAlgorithmSelection;
-        use tss_esapi::interface_types::key_bits::RsaKeyBits;
-        let cert = ek::retrieve_ek_pubcert(
-            &mut self.ctx,
-            AsymmetricAlgorithmSelection::Rsa(RsaKeyBits::Rsa2048),
-        )
-        .map_err(|e| match kind(&e) {
-            Some(Rc::Handle | Rc::Value) | None => {
-                TpmError::Other("the TPM has no RSA EK certificate (NV index 0x01c00002)".into())
+    /// The kind of EK this TPM has a certificate for, and the certificate (DER) from NV.
+    fn ek_certificate(&mut self) -> Result<(AsymmetricAlgorithm, Vec<u8>), TpmError> {
+        for (algorithm, selection) in ek_kinds() {
+            match tss_esapi::abstraction::ek::retrieve_ek_pubcert(&mut self.ctx, selection) {
+                Ok(cert) => return Ok((algorithm, cert)),
+                Err(e) if matches!(kind(&e), Some(Rc::Handle | Rc::Value) | None) => continue,
+                Err(e) => return Err(classify(e, "reading the EK certificate")),
             }
-            _ => classify(e, "reading the EK certificate"),
-        })?;
-        let handle = ek::create_ek_object(&mut self.ctx, EK_ALG, None)
+        }
+        Err(TpmError::Other(
+            "the TPM has no EK certificate (neither RSA-2048 at NV index 0x01c00002 nor ECC P-256 at 0x01c0000a)".into(),
+        ))
+    }
+
+    /// This TPM's EK public area (RSA-2048 or ECC P-256, whichever is certified) and its
+    /// certificate (DER) from NV.
+    pub fn ek_bundle(&mut self) -> Result<(Vec<u8>, Vec<u8>), TpmError> {
+        let (algorithm, cert) = self.ek_certificate()?;
+        let handle = tss_esapi::abstraction::ek::create_ek_object(&mut self.ctx, algorithm, None)
             .map_err(|e| classify(e, "creating the EK"))?;
         let public = self.read_public(handle.into());
         self.flush(handle);
@@ -121,9 +161,20 @@ impl TssTpm {
         use tss_esapi::structures::IdObject;
         let blob = from_tpm2b::<IdObject>(blob, "the challenge is damaged")?;
         let seed = from_tpm2b::<EncryptedSecret>(seed, "the challenge is damaged")?;
+        // The EK the proof was made for: the one `ek_bundle` sent.
+        let (algorithm, _) = self.ek_certificate()?;
         let (srk, srk_transient) = self.srk(owner_auth)?;
-        let ek = tss_esapi::abstraction::ek::create_ek_object(&mut self.ctx, EK_ALG, None)
-            .map_err(|e| classify(e, "creating the EK"))?;
+        let ek = tss_esapi::abstraction::ek::create_ek_object(&mut self.ctx, algorithm, None)
+            .map_err(|e| classify(e, "creating the EK"));
+        let ek = match ek {
+            Ok(ek) => ek,
+            Err(e) => {
+                if srk_transient {
+                    self.flush(srk);
+                }
+                return Err(e);
+            }
+        };
         let session = self.session(SessionType::Policy, None);
         let result = session.and_then(|session| {
             let ps = policy_session(session)?;

@@ -8,20 +8,22 @@ use tss_esapi::structures::Public;
 
 use crate::secret::Passphrase;
 use crate::tpm::policy;
-use crate::tpm::{TpmError, DRSK_HANDLE, SRK_HANDLE};
+use crate::tpm::{KeyAlgorithm, TpmError, DRSK_HANDLE, SRK_HANDLE};
 
 use super::rc::*;
 use super::templates::*;
 use super::*;
 
 impl TssTpm {
-    /// Creates the SRK as a transient primary (same key every time for this TPM's seed).
+    /// Creates the SRK as a transient primary (same key every time for this TPM's seed and
+    /// `algorithm`).
     pub(super) fn create_srk(
         &mut self,
         owner_auth: Option<&Passphrase>,
+        algorithm: KeyAlgorithm,
     ) -> Result<KeyHandle, TpmError> {
         self.set_owner_auth(owner_auth)?;
-        let template = storage_template(false, None)?;
+        let template = storage_template(false, None, algorithm)?;
         let result = self
             .ctx
             .execute_with_session(Some(AuthSession::Password), |ctx| {
@@ -31,8 +33,8 @@ impl TssTpm {
         Ok(result.key_handle)
     }
 
-    /// The SRK: the persistent one at 0x81000003 if present, else a transient primary.
-    /// Returns the handle and whether it must be flushed after use.
+    /// The SRK: the persistent one at 0x81000003 if present, else a transient primary of the
+    /// TPM's preferred algorithm. Returns the handle and whether it must be flushed after use.
     pub(super) fn srk(
         &mut self,
         owner_auth: Option<&Passphrase>,
@@ -43,7 +45,8 @@ impl TssTpm {
         if owner_auth.is_none() && self.owner_auth_set()? {
             return Err(TpmError::OwnerAuthNeeded);
         }
-        Ok((self.create_srk(owner_auth)?, true))
+        let algorithm = self.preferred_algorithm()?;
+        Ok((self.create_srk(owner_auth, algorithm)?, true))
     }
 
     /// The SRK's TPM2B_PUBLIC: what a backup server needs to restore a DRSK to this TPM.
@@ -73,28 +76,59 @@ impl TssTpm {
         public_bytes(&public)
     }
 
+    /// The DRSK's algorithm.
+    pub fn drsk_algorithm(&mut self) -> Result<KeyAlgorithm, TpmError> {
+        let drsk = self.drsk()?;
+        algorithm_of(&self.read_public(drsk.into())?)
+            .ok_or_else(|| TpmError::Other("the DRSK is not a storage key".into()))
+    }
+
     /// Creates (or checks) the SRK at 0x81000003 and the DRSK at 0x81000004 whose
-    /// duplication policy allows exactly the backup servers whose DRSK Names are given.
-    /// Both handles are inspected before anything changes: a refusal leaves the TPM as it was.
+    /// duplication policy allows exactly the backup servers whose DRSK Names are given, both
+    /// of `algorithm` (default: the TPM's preferred one; keys there already keep theirs unless
+    /// one is asked for). Both handles are inspected before anything changes: a refusal leaves
+    /// the TPM as it was.
     pub fn provision(
         &mut self,
         server_names: &[Vec<u8>],
         owner_auth: Option<&Passphrase>,
         force: bool,
+        algorithm: Option<KeyAlgorithm>,
     ) -> Result<Provisioned, TpmError> {
         if owner_auth.is_none() && self.owner_auth_set()? {
             return Err(TpmError::OwnerAuthNeeded);
         }
+        let algorithm = match algorithm {
+            Some(a) => a,
+            None => match self.persistent(SRK_HANDLE)? {
+                Some(h) => self
+                    .read_public(h)
+                    .ok()
+                    .as_ref()
+                    .and_then(algorithm_of)
+                    .map_or_else(|| self.preferred_algorithm(), Ok)?,
+                None => self.preferred_algorithm()?,
+            },
+        };
         let auth_policy = policy::drsk_auth_policy(server_names);
-        let drsk_template = storage_template(true, Some(&auth_policy))?;
+        let drsk_template = storage_template(true, Some(&auth_policy), algorithm)?;
 
         // Ours is the primary our template makes on this TPM: compare with a fresh one.
-        let fresh_srk = self.create_srk(owner_auth)?;
+        let fresh_srk = self.create_srk(owner_auth, algorithm)?;
         let result = self
             .inspect_handles(fresh_srk, &drsk_template)
             .and_then(|(srk, drsk)| {
                 use HandleState::{Empty, Foreign, Ours};
                 let foreign = match (&srk, &drsk) {
+                    (Foreign(h), _)
+                        if algorithm_of(&self.read_public(*h)?)
+                            .is_some_and(|a| a != algorithm) =>
+                    {
+                        Some(match algorithm {
+                            KeyAlgorithm::Rsa => "the storage keys at 0x81000003/0x81000004 are ECC P-256, not the RSA-2048 asked for",
+                            KeyAlgorithm::Ecc => "the storage keys at 0x81000003/0x81000004 are RSA-2048, not the ECC P-256 asked for",
+                        })
+                    }
                     (Foreign(_), _) => Some("another key is at 0x81000003"),
                     (_, Foreign(_)) => Some("another object is at 0x81000004"),
                     (_, Ours(h))
@@ -158,8 +192,11 @@ impl TssTpm {
         let drsk = match self.persistent(DRSK_HANDLE)? {
             None => HandleState::Empty,
             Some(h)
-                if self.read_public(h)?.object_attributes()
-                    == drsk_template.object_attributes() =>
+                if {
+                    let public = self.read_public(h)?;
+                    public.object_attributes() == drsk_template.object_attributes()
+                        && algorithm_of(&public) == algorithm_of(drsk_template)
+                } =>
             {
                 HandleState::Ours(h)
             }

@@ -43,7 +43,7 @@ mod templates;
 #[cfg(feature = "server")]
 pub use custody::ServerKey;
 #[cfg(feature = "server")]
-pub use ek::{ek_modulus, is_resident_storage_key};
+pub use ek::{ek_key, is_resident_storage_key};
 pub use templates::{auth_policy_of, name_of_public};
 
 use rc::*;
@@ -149,6 +149,23 @@ impl TssTpm {
             .get_tpm_property(PropertyTag::Permanent)
             .map_err(|e| classify(e, "reading TPM properties"))?;
         Ok(permanent.unwrap_or(0) & 1 == 1)
+    }
+
+    /// The storage-key algorithm this TPM takes when none is asked for: ECC P-256 when it has
+    /// that curve, else RSA-2048.
+    pub fn preferred_algorithm(&mut self) -> Result<crate::tpm::KeyAlgorithm, TpmError> {
+        use tss_esapi::constants::{CapabilityType, EccCurveIdentifier};
+        use tss_esapi::structures::CapabilityData;
+        let (curves, _) = self
+            .ctx
+            .get_capability(CapabilityType::EccCurves, 0, 64)
+            .map_err(|e| classify(e, "reading the TPM's ECC curves"))?;
+        let p256 = matches!(&curves, CapabilityData::EccCurves(list)
+            if list.contains(&EccCurveIdentifier::NistP256));
+        Ok(match p256 {
+            true => crate::tpm::KeyAlgorithm::Ecc,
+            false => crate::tpm::KeyAlgorithm::Rsa,
+        })
     }
 
     pub(super) fn set_owner_auth(&mut self, auth: Option<&Passphrase>) -> Result<(), TpmError> {
@@ -267,6 +284,7 @@ impl TssTpm {
             blob,
             pcrs,
             pin_salt: salt,
+            key_algorithm: self.drsk_algorithm()?,
         })
     }
 

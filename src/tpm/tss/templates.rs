@@ -3,24 +3,27 @@
 use tss_esapi::attributes::ObjectAttributesBuilder;
 use tss_esapi::interface_types::algorithm::{HashingAlgorithm, PublicAlgorithm};
 use tss_esapi::interface_types::ecc::EccCurve;
+use tss_esapi::interface_types::key_bits::RsaKeyBits;
 use tss_esapi::interface_types::session_handles::{AuthSession, PolicySession};
 use tss_esapi::structures::{
     Digest, EccPoint, KeyedHashScheme, PcrSelectionList, PcrSelectionListBuilder, PcrSlot, Public,
-    PublicBuilder, PublicEccParametersBuilder, PublicKeyedHashParameters,
-    SymmetricDefinitionObject,
+    PublicBuilder, PublicEccParametersBuilder, PublicKeyRsa, PublicKeyedHashParameters,
+    PublicRsaParametersBuilder, RsaExponent, SymmetricDefinitionObject,
 };
 use tss_esapi::traits::{Marshall, UnMarshall};
 
 use crate::tpm::policy;
-use crate::tpm::{tpm2b, untpm2b, TpmError};
+use crate::tpm::{tpm2b, untpm2b, KeyAlgorithm, TpmError};
 
 use super::rc::*;
 
-/// A restricted decrypt ECC P-256 storage key. `movable` clears fixedTPM/fixedParent;
-/// `auth_policy` (the DRSK's duplication policy) also sets adminWithPolicy.
+/// A restricted decrypt storage key, ECC P-256 or RSA-2048 (AES-128-CFB for its children
+/// either way). `movable` clears fixedTPM/fixedParent; `auth_policy` (the DRSK's duplication
+/// policy) also sets adminWithPolicy.
 pub(super) fn storage_template(
     movable: bool,
     auth_policy: Option<&[u8]>,
+    algorithm: KeyAlgorithm,
 ) -> Result<Public, TpmError> {
     let attributes = ObjectAttributesBuilder::new()
         .with_fixed_tpm(!movable)
@@ -33,21 +36,36 @@ pub(super) fn storage_template(
         .with_decrypt(true)
         .build()
         .map_err(wrapper)?;
-    let params = PublicEccParametersBuilder::new_restricted_decryption_key(
-        SymmetricDefinitionObject::AES_128_CFB,
-        EccCurve::NistP256,
-    )
-    .build()
-    .map_err(wrapper)?;
-    PublicBuilder::new()
-        .with_public_algorithm(PublicAlgorithm::Ecc)
+    let builder = PublicBuilder::new()
         .with_name_hashing_algorithm(HashingAlgorithm::Sha256)
         .with_object_attributes(attributes)
-        .with_auth_policy(Digest::try_from(auth_policy.unwrap_or(&[]).to_vec()).map_err(wrapper)?)
-        .with_ecc_parameters(params)
-        .with_ecc_unique_identifier(EccPoint::default())
-        .build()
-        .map_err(wrapper)
+        .with_auth_policy(Digest::try_from(auth_policy.unwrap_or(&[]).to_vec()).map_err(wrapper)?);
+    let builder = match algorithm {
+        KeyAlgorithm::Ecc => builder
+            .with_public_algorithm(PublicAlgorithm::Ecc)
+            .with_ecc_parameters(
+                PublicEccParametersBuilder::new_restricted_decryption_key(
+                    SymmetricDefinitionObject::AES_128_CFB,
+                    EccCurve::NistP256,
+                )
+                .build()
+                .map_err(wrapper)?,
+            )
+            .with_ecc_unique_identifier(EccPoint::default()),
+        KeyAlgorithm::Rsa => builder
+            .with_public_algorithm(PublicAlgorithm::Rsa)
+            .with_rsa_parameters(
+                PublicRsaParametersBuilder::new_restricted_decryption_key(
+                    SymmetricDefinitionObject::AES_128_CFB,
+                    RsaKeyBits::Rsa2048,
+                    RsaExponent::default(),
+                )
+                .build()
+                .map_err(wrapper)?,
+            )
+            .with_rsa_unique_identifier(PublicKeyRsa::default()),
+    };
+    builder.build().map_err(wrapper)
 }
 
 /// A sealed data object: used through `policy` when given (PCRs, and the PIN after them),
@@ -119,6 +137,15 @@ pub(super) fn pcr_selection(pcrs: &[u8]) -> Result<PcrSelectionList, TpmError> {
         .with_selection(HashingAlgorithm::Sha256, &slots)
         .build()
         .map_err(wrapper)
+}
+
+/// The algorithm of a storage key's public area.
+pub(super) fn algorithm_of(public: &Public) -> Option<KeyAlgorithm> {
+    match public {
+        Public::Ecc { .. } => Some(KeyAlgorithm::Ecc),
+        Public::Rsa { .. } => Some(KeyAlgorithm::Rsa),
+        _ => None,
+    }
 }
 
 pub(super) fn policy_session(s: AuthSession) -> Result<PolicySession, TpmError> {

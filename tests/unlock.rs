@@ -22,13 +22,20 @@ struct Tty {
 
 impl Tty {
     fn start(dir: &Path, config: &Path) -> Tty {
+        Tty::start_with(dir, config, "")
+    }
+
+    /// `lifeline unlock --check-only` with `extra` options; what one run leaves for the next
+    /// in the same boot goes to `dir/run`.
+    fn start_with(dir: &Path, config: &Path, extra: &str) -> Tty {
         let command = format!(
-            "{} unlock --check-only --config {} --cmdline /dev/null",
+            "{} unlock --check-only {extra} --config {} --cmdline /dev/null",
             env!("CARGO_BIN_EXE_lifeline"),
             config.display()
         );
         let mut child = Command::new("script")
             .args(["-qec", &command, "/dev/null"])
+            .env("LIFELINE_RUN_DIR", dir.join("run"))
             .current_dir(dir)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -280,6 +287,64 @@ fn tpm_then_pcr_change_over_https_with_otp_and_reseal_then_usb_without_network()
     let (code, text) = tty.finish();
     assert_eq!(code, 0, "{text}");
     assert!(text.contains("(recovery packet)"), "{text}");
+}
+
+#[test]
+fn a_pin_machine_is_asked_its_pin_before_the_network_and_only_once() {
+    let sb = Sandbox::new();
+    let t = Swtpm::start(&sb.path("tpm"));
+    let img = sb.luks_image("disk.img", 2);
+    let (image, key) = (img.path.to_str().unwrap(), img.key_file.to_str().unwrap());
+    sb.write("pin", "2468\n");
+    sb.lifeline_on(&t, &["provision"]).ok();
+    let enroll = [
+        "enroll",
+        image,
+        "--key-file",
+        key,
+        "--pin",
+        "--pin-file",
+        "pin",
+    ];
+    sb.lifeline_on(&t, &enroll).ok();
+    let config = write_config(&sb, &t, &img, "");
+    let dir = sb.path("");
+
+    // The glue's first run, before any network: the PIN opens with the TPM.
+    let mut tty = Tty::start_with(&dir, &config, "--tpm-only");
+    tty.wait_for("TPM PIN (or passphrase):", 1);
+    tty.type_line("2468");
+    let (code, out) = tty.finish();
+    assert!(code == 0 && out.contains("(TPM)"), "{code}: {out}");
+
+    // Three wrong PINs: recovery follows (exit 9, the glue brings the network up).
+    let mut tty = Tty::start_with(&dir, &config, "--tpm-only");
+    for n in 1..=3 {
+        tty.wait_for("TPM PIN (or passphrase):", n);
+        tty.type_line("1111");
+    }
+    let (code, out) = tty.finish();
+    assert!(
+        code == 9 && out.contains("recovery follows"),
+        "{code}: {out}"
+    );
+    // Out of lockout again, so that only the handoff keeps the PIN from being asked.
+    t.tool(&dir, "tpm2_dictionarylockout", &["-c"]);
+
+    // The glue's second run does not ask a fourth time: recovery, and the passphrase opens.
+    let mut tty = Tty::start(&dir, &config);
+    tty.wait_for("Recovery ID", 1);
+    tty.wait_for("Passphrase or one-time password:", 1);
+    tty.type_line(OLD_PASSPHRASE);
+    let (code, out) = tty.finish();
+    assert!(
+        code == 0 && out.contains("opened with its passphrase"),
+        "{code}: {out}"
+    );
+    assert!(!out.contains("TPM PIN"), "{out}");
+    assert!(out.contains("the TPM refused the PIN"), "{out}");
+    // Read once: a later run asks the PIN again.
+    assert!(!sb.path(&format!("run/pin-{}", img.uuid)).exists());
 }
 
 #[test]

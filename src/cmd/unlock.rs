@@ -39,8 +39,9 @@ pub struct Args {
     /// prove the key opens each volume without creating the device-mapper mapping
     #[argh(switch)]
     pub check_only: bool,
-    /// try only the TPM, without recovery: exit 0 when it opened every volume, 9 when not (the
-    /// glue then brings the network up and runs lifeline unlock again)
+    /// try only the TPM (asking the PIN of a key sealed with one), without recovery: exit 0 when
+    /// it opened every volume, 9 when not (the glue then brings the network up and runs
+    /// lifeline unlock again, which does not ask that PIN again)
     #[argh(switch)]
     pub tpm_only: bool,
     /// for initramfs hooks: exit 0 when lifeline is enabled with an escrow server (so the
@@ -133,20 +134,25 @@ pub fn run(args: Args, g: &super::Globals, started: Instant) -> CmdResult {
         match open_volume(v, args.check_only, &g.state_dir) {
             Ok(None) => say(format!("volume {} is open already ({}).", v.uuid, v.name)),
             Ok(Some(mut volume)) if args.tpm_only => {
-                match unlock::tpm_only(&mut volume, tpm.as_mut()) {
+                match unlock::tpm_only(&v.uuid, &mut volume, tpm.as_mut(), &mut console, &settings)
+                {
                     Ok(()) => say(format!(
                         "volume {} unlocked{} (TPM) after {} ms.",
                         v.uuid,
                         if args.check_only { " (check only)" } else { "" },
                         started.elapsed().as_millis()
                     )),
-                    Err(why) => {
-                        say(format!("volume {}: {why}; recovery follows.", v.uuid));
+                    Err(not) => {
+                        if let Some(e) = &not.handoff {
+                            leave_handoff(&v.uuid, e);
+                        }
+                        say(format!("volume {}: {}; recovery follows.", v.uuid, not.why));
                         closed += 1;
                     }
                 }
             }
             Ok(Some(mut volume)) => {
+                let earlier = take_handoff(&v.uuid);
                 match unlock::unlock(
                     &v.uuid,
                     &mut volume,
@@ -154,6 +160,7 @@ pub fn run(args: Args, g: &super::Globals, started: Instant) -> CmdResult {
                     &mut sources,
                     &mut console,
                     &settings,
+                    earlier,
                 ) {
                     Ok(how) => say(format!(
                         "volume {} unlocked{} ({}) after {} ms.",
@@ -190,6 +197,38 @@ pub fn run(args: Args, g: &super::Globals, started: Instant) -> CmdResult {
         return Err(Failure::new(Exit::StepAside, what));
     }
     Ok(())
+}
+
+/// Where `--tpm-only` leaves how a PIN prompt ended, for the whole flow after it in the same
+/// boot (so that the PIN is asked once): `$LIFELINE_RUN_DIR` (default /run/lifeline, in
+/// memory, gone at the next boot) `/pin-<uuid>`. Nothing secret: the kind of failure and its
+/// words. None for a UUID that is not one.
+fn handoff_path(uuid: &str) -> Option<PathBuf> {
+    if uuid.is_empty() || !uuid.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+        return None;
+    }
+    let run = std::env::var_os("LIFELINE_RUN_DIR")
+        .map_or_else(|| PathBuf::from("/run/lifeline"), PathBuf::from);
+    Some(run.join(format!("pin-{uuid}")))
+}
+
+/// Best effort: without it the whole flow asks for the PIN again.
+fn leave_handoff(uuid: &str, e: &TpmError) {
+    if let Some(path) = handoff_path(uuid) {
+        let text = unlock::handoff_text(e);
+        let _ = path
+            .parent()
+            .map_or(Ok(()), std::fs::create_dir_all)
+            .and_then(|()| crate::atomic_file::replace(&path, text.as_bytes(), 0o600));
+    }
+}
+
+/// The handoff `--tpm-only` left for this volume, if any; removed as it is read.
+fn take_handoff(uuid: &str) -> Option<TpmError> {
+    let path = handoff_path(uuid)?;
+    let text = std::fs::read_to_string(&path).ok();
+    let _ = std::fs::remove_file(&path);
+    unlock::handoff_from(&text?)
 }
 
 /// What the initramfs needs so that this configuration works at boot.

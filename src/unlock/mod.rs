@@ -202,7 +202,8 @@ pub fn recovery_id(who: &str, volume_uuid: &str) -> String {
     format!("{}-{}", first4(who), first4(volume_uuid))
 }
 
-/// The boot flow for one volume.
+/// The boot flow for one volume. `earlier` is how `tpm_only` ended for a token sealed with a
+/// PIN, earlier in this boot: its PIN is not asked for again (see `handoff_text`).
 pub fn unlock(
     uuid: &str,
     volume: &mut dyn Volume,
@@ -210,6 +211,7 @@ pub fn unlock(
     sources: &mut [Box<dyn EscrowSource>],
     console: &mut dyn Console,
     settings: &Settings,
+    earlier: Option<TpmError>,
 ) -> Result<Opened, GaveUp> {
     let token = match volume.token() {
         Some(Ok(t)) => Some(t),
@@ -223,7 +225,11 @@ pub fn unlock(
     let mut tpm_failure = None;
     let mut typed_otp = None;
     if let Some(t) = &token {
-        match tpm_step(uuid, volume, tpm, t, console, settings)? {
+        let step = match (earlier, &t.pin_salt) {
+            (Some(e), Some(_)) => TpmStep::Failed(e),
+            _ => tpm_step(uuid, volume, tpm, t, console, settings)?,
+        };
+        match step {
             TpmStep::Opened(how) => return Ok(how),
             TpmStep::Failed(e) => tpm_failure = Some(e),
             TpmStep::Otp(otp) => typed_otp = Some(otp),
@@ -292,15 +298,86 @@ pub fn unlock(
 }
 
 /// Step 1 alone, without recovery: for `lifeline unlock --tpm-only`, so that the initramfs
-/// glue brings the network up only when the TPM cannot open the volume. A token with a PIN
-/// needs the prompt: that is the whole flow's job.
-pub fn tpm_only(volume: &mut dyn Volume, tpm: &mut dyn Tpm) -> Result<(), String> {
+/// glue brings the network up only when the TPM cannot open the volume. A token sealed with a
+/// PIN is asked for it here, before any network (the PIN is the TPM's; the prompt also takes
+/// the passphrase): a PIN machine never waits for a network to come up, or time out, before
+/// its prompt. When the TPM does not open the volume, `Err` has the reason and, after a PIN
+/// prompt, how it ended, for the whole flow that follows (`unlock`'s `earlier`).
+pub fn tpm_only(
+    uuid: &str,
+    volume: &mut dyn Volume,
+    tpm: &mut dyn Tpm,
+    console: &mut dyn Console,
+    settings: &Settings,
+) -> Result<(), NotOpened> {
+    let plain = |why: String| NotOpened { why, handoff: None };
     match volume.token() {
-        Some(Ok(t)) if t.pin_salt.is_some() => Err("its TPM key needs a PIN".into()),
-        Some(Ok(t)) => unseal_and_open(volume, tpm, &t).map_err(|e| e.to_string()),
-        Some(Err(damaged)) => Err(damaged.to_string()),
-        None => Err("it has no lifeline TPM key".into()),
+        Some(Ok(t)) if t.pin_salt.is_some() => {
+            match with_pin(uuid, volume, tpm, &t, console, settings) {
+                Ok(TpmStep::Opened(_)) => Ok(()),
+                Ok(TpmStep::Failed(e)) => Err(NotOpened {
+                    why: e.to_string(),
+                    handoff: Some(e),
+                }),
+                Ok(TpmStep::Otp(_)) => Err(NotOpened {
+                    why: "a one-time password was typed: type it again at the recovery prompt"
+                        .into(),
+                    handoff: Some(TpmError::Other("a one-time password was typed".into())),
+                }),
+                // Nobody answered: the whole flow asks again.
+                Err(gave_up) => Err(plain(gave_up.to_string())),
+            }
+        }
+        Some(Ok(t)) => unseal_and_open(volume, tpm, &t).map_err(|e| plain(e.to_string())),
+        Some(Err(damaged)) => Err(plain(damaged.to_string())),
+        None => Err(plain("it has no lifeline TPM key".into())),
     }
+}
+
+/// Why `tpm_only` did not open a volume.
+#[derive(Debug)]
+pub struct NotOpened {
+    pub why: String,
+    /// How a PIN prompt ended, for the whole flow (none when no PIN was asked, or nobody
+    /// answered).
+    pub handoff: Option<TpmError>,
+}
+
+/// How `tpm_only` ended for a PIN token, as the text handed to the whole flow (one line of
+/// kind, then the reason; nothing secret). `handoff_from` reads it back.
+pub fn handoff_text(e: &TpmError) -> String {
+    let kind = match e {
+        TpmError::Lockout => "lockout",
+        TpmError::WrongPin => "wrong-pin",
+        TpmError::PcrMismatch(_) => "pcr",
+        TpmError::DrskMissing => "drsk-missing",
+        TpmError::ForeignObject(_) => "foreign",
+        TpmError::OtherKey(_) => "other-key",
+        _ => "other",
+    };
+    let words = match e {
+        TpmError::PcrMismatch(w)
+        | TpmError::ForeignObject(w)
+        | TpmError::OtherKey(w)
+        | TpmError::Other(w) => w.clone(),
+        other => other.to_string(),
+    };
+    format!("{kind}\n{words}\n")
+}
+
+pub fn handoff_from(text: &str) -> Option<TpmError> {
+    let (kind, words) = text.split_once('\n')?;
+    let words = words.trim_end().to_string();
+    Some(match kind {
+        "lockout" => TpmError::Lockout,
+        "wrong-pin" => TpmError::WrongPin,
+        "pcr" => TpmError::PcrMismatch(words),
+        "drsk-missing" => TpmError::DrskMissing,
+        "foreign" => TpmError::ForeignObject(words),
+        "other-key" => TpmError::OtherKey(words),
+        "other" => TpmError::Other(words),
+        _ => return None,
+    })
 }
 
 /// Step 1 for one token: unattended, or with the PIN when it has one.

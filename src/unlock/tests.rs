@@ -40,6 +40,8 @@ struct World {
     console: Vec<Step>,
     settings: Settings,
     uuid: String,
+    /// How `tpm_only` ended earlier in the boot.
+    earlier: Option<TpmError>,
 }
 
 impl World {
@@ -80,6 +82,7 @@ impl World {
                 now,
             },
             uuid: vector(GOOD, "volume-uuid"),
+            earlier: None,
             log,
         }
     }
@@ -94,6 +97,7 @@ impl World {
             console,
             settings,
             uuid,
+            earlier,
         } = self;
         let mut sources: Vec<Box<dyn EscrowSource>> = vec![Box::new(server), Box::new(usb)];
         let mut console = FakeConsole {
@@ -107,8 +111,26 @@ impl World {
             &mut sources,
             &mut console,
             &settings,
+            earlier,
         );
         let lines = log.borrow().clone();
+        (result, lines)
+    }
+
+    /// `tpm_only` on this machine, then the log.
+    fn tpm_only(&mut self) -> (Result<(), NotOpened>, Vec<String>) {
+        let mut console = FakeConsole {
+            script: VecDeque::from(std::mem::take(&mut self.console)),
+            log: self.log.clone(),
+        };
+        let result = crate::unlock::tpm_only(
+            &self.uuid,
+            &mut self.volume,
+            &mut self.tpm,
+            &mut console,
+            &self.settings,
+        );
+        let lines = self.log.borrow().clone();
         (result, lines)
     }
 }
@@ -127,13 +149,17 @@ fn tpm_unseals_and_nothing_is_asked() {
 #[test]
 fn tpm_only_opens_with_the_tpm_or_says_why_without_asking_anything() {
     let mut w = World::new();
-    assert_eq!(crate::unlock::tpm_only(&mut w.volume, &mut w.tpm), Ok(()));
+    assert!(w.tpm_only().0.is_ok());
     w.tpm.failure = Some(TpmError::PcrMismatch("PCR 7 changed".into()));
-    let why = crate::unlock::tpm_only(&mut w.volume, &mut w.tpm).unwrap_err();
-    assert!(why.contains("PCR 7 changed"), "{why}");
+    let not = w.tpm_only().0.unwrap_err();
+    assert!(not.why.contains("PCR 7 changed"), "{}", not.why);
+    assert!(
+        not.handoff.is_none(),
+        "no PIN was asked: nothing to hand over"
+    );
     w.volume.token = None;
-    let why = crate::unlock::tpm_only(&mut w.volume, &mut w.tpm).unwrap_err();
-    assert!(why.contains("no lifeline TPM key"), "{why}");
+    let not = w.tpm_only().0.unwrap_err();
+    assert!(not.why.contains("no lifeline TPM key"), "{}", not.why);
     assert_eq!(
         *w.log.borrow(),
         ["tpm unseal", "activated", "tpm unseal"],
@@ -503,9 +529,54 @@ fn with_a_pin_and_changed_pcrs_the_key_is_not_resealed_with_an_unchecked_pin() {
 }
 
 #[test]
-fn tpm_only_leaves_a_pin_to_the_whole_flow() {
+fn tpm_only_asks_the_pin_before_any_network() {
     let mut w = with_pin();
-    let why = crate::unlock::tpm_only(&mut w.volume, &mut w.tpm).unwrap_err();
-    assert!(why.contains("needs a PIN"), "{why}");
-    assert!(w.log.borrow().is_empty(), "nothing tried");
+    w.console = vec![Step::Type(PIN)];
+    let (result, log) = w.tpm_only();
+    assert!(result.is_ok(), "{result:?}");
+    assert!(has(&log, "activated"), "{log:#?}");
+    // The passphrase at the same prompt opens the volume too.
+    let mut w = with_pin();
+    w.console = vec![Step::Type("correct horse")];
+    assert!(w.tpm_only().0.is_ok());
+}
+
+#[test]
+fn a_pin_refused_in_tpm_only_is_not_asked_again_by_the_whole_flow() {
+    let mut w = with_pin();
+    w.console = vec![Step::Type("1111"), Step::Type("2222"), Step::Type("3333")];
+    let (result, _) = w.tpm_only();
+    let not = result.unwrap_err();
+    assert!(not.why.contains("PIN"), "{}", not.why);
+    let handoff = not.handoff.expect("the way it ended is handed over");
+    // Through the text the glue's two runs share, and back.
+    let earlier = crate::unlock::handoff_from(&crate::unlock::handoff_text(&handoff));
+    assert!(matches!(earlier, Some(TpmError::WrongPin)), "{earlier:?}");
+    assert_eq!(w.tpm.wrong_pins, 3);
+
+    // The network is up; the whole flow goes to recovery without a fourth PIN try.
+    let mut w = with_pin();
+    w.earlier = earlier;
+    w.server.packets = VecDeque::from([packet(GOOD)]);
+    w.console = vec![Step::Type(otp())];
+    let (result, log) = w.run();
+    assert_eq!(result, Ok(Opened::RecoveryPacket));
+    assert!(!has(&log, PIN_QUESTION), "{log:#?}");
+    assert!(!has(&log, "tpm unseal"), "{log:#?}");
+}
+
+#[test]
+fn handoffs_read_back_as_they_were_written() {
+    for e in [
+        TpmError::Lockout,
+        TpmError::WrongPin,
+        TpmError::PcrMismatch("PCR 7 changed".into()),
+        TpmError::DrskMissing,
+        TpmError::OtherKey("another DRSK".into()),
+        TpmError::Other("a one-time password was typed".into()),
+    ] {
+        let back = crate::unlock::handoff_from(&crate::unlock::handoff_text(&e)).unwrap();
+        assert_eq!(back.to_string(), e.to_string());
+    }
+    assert!(crate::unlock::handoff_from("nonsense").is_none());
 }

@@ -639,30 +639,9 @@ fn restore_needs_proof_of_a_genuine_tpm_when_the_server_asks() {
     let sb = Sandbox::new();
     let ca_pem = crate::support::swtpm::manufacture(&sb.path("tpm-c"), &sb.path("ca"));
     sb.write("ek-ca.pem", &ca_pem);
-    let b = Swtpm::start(&sb.path("tpm-b"));
-    sb.server_on(
-        &b,
-        &["drsk", "init", "--dir", "srv", "--ek-ca", "ek-ca.pem"],
-    )
-    .ok();
     let img = sb.luks_image("disk.img", 2);
     let image = img.path.to_str().unwrap();
-    let a = Swtpm::start(&sb.path("tpm-a"));
-    let id = sb
-        .lifeline_on(&a, &["provision", "--backup-server-key", "srv/drsk.pub"])
-        .ok()
-        .stdout
-        .trim()
-        .to_string();
-    enroll(&sb, &a, &img, &[]).ok();
-    sb.lifeline_on(
-        &a,
-        &["backup", "--server-key", "srv/drsk.pub", "--out", "a.dup"],
-    )
-    .ok();
-    sb.server_on(&b, &["drsk", "import", "--dir", "srv", "a.dup"])
-        .ok();
-    drop(a);
+    let (b, id) = custody_with_proof_and_a_backed_up_machine(&sb, &img);
 
     let c = Swtpm::start(&sb.path("tpm-c"));
     sb.lifeline_on(&c, &["srk-public", "--out", "c.srk", "--ek-out", "c.ek"])
@@ -778,6 +757,38 @@ fn restore_needs_proof_of_a_genuine_tpm_when_the_server_asks() {
     sb.lifeline_on(&c, &["unseal-check", image]).ok();
 }
 
+/// A server (TPM B, directory srv/) whose restores need the genuine-TPM proof with EK
+/// certificates from `ek-ca.pem`, and a machine (TPM A, gone afterwards: the old
+/// motherboard) that provisioned for it, enrolled `img` and backed its DRSK up there. Returns
+/// the server's TPM and the machine's client ID.
+fn custody_with_proof_and_a_backed_up_machine(
+    sb: &Sandbox,
+    img: &crate::support::Image,
+) -> (Swtpm, String) {
+    let b = Swtpm::start(&sb.path("tpm-b"));
+    sb.server_on(
+        &b,
+        &["drsk", "init", "--dir", "srv", "--ek-ca", "ek-ca.pem"],
+    )
+    .ok();
+    let a = Swtpm::start(&sb.path("tpm-a"));
+    let id = sb
+        .lifeline_on(&a, &["provision", "--backup-server-key", "srv/drsk.pub"])
+        .ok()
+        .stdout
+        .trim()
+        .to_string();
+    enroll(sb, &a, img, &[]).ok();
+    sb.lifeline_on(
+        &a,
+        &["backup", "--server-key", "srv/drsk.pub", "--out", "a.dup"],
+    )
+    .ok();
+    sb.server_on(&b, &["drsk", "import", "--dir", "srv", "a.dup"])
+        .ok();
+    (b, id)
+}
+
 /// A TPM whose only EK certificate is for its ECC P-256 EK (as some vendors ship): the proof
 /// takes it, and the board swap goes through.
 #[test]
@@ -830,29 +841,8 @@ fn the_genuine_tpm_proof_takes_an_ecc_p256_ek_certificate() {
     );
     c.tool(&dir, "tpm2_nvundefine", &["-C", "p", "0x1c00002"]);
 
-    let b = Swtpm::start(&sb.path("tpm-b"));
-    sb.server_on(
-        &b,
-        &["drsk", "init", "--dir", "srv", "--ek-ca", "ek-ca.pem"],
-    )
-    .ok();
     let img = sb.luks_image("disk.img", 2);
-    let a = Swtpm::start(&sb.path("tpm-a"));
-    let id = sb
-        .lifeline_on(&a, &["provision", "--backup-server-key", "srv/drsk.pub"])
-        .ok()
-        .stdout
-        .trim()
-        .to_string();
-    enroll(&sb, &a, &img, &[]).ok();
-    sb.lifeline_on(
-        &a,
-        &["backup", "--server-key", "srv/drsk.pub", "--out", "a.dup"],
-    )
-    .ok();
-    sb.server_on(&b, &["drsk", "import", "--dir", "srv", "a.dup"])
-        .ok();
-    drop(a);
+    let (b, id) = custody_with_proof_and_a_backed_up_machine(&sb, &img);
 
     sb.lifeline_on(&c, &["srk-public", "--out", "c.srk", "--ek-out", "c.ek"])
         .ok();

@@ -332,16 +332,7 @@ fn a_pin_machine_is_asked_its_pin_before_the_network_and_only_once() {
     t.tool(&dir, "tpm2_dictionarylockout", &["-c"]);
 
     // The glue's second run does not ask a fourth time: recovery, and the passphrase opens.
-    let mut tty = Tty::start(&dir, &config);
-    tty.wait_for("Recovery ID", 1);
-    tty.wait_for("Passphrase or one-time password:", 1);
-    tty.type_line(OLD_PASSPHRASE);
-    let (code, out) = tty.finish();
-    assert!(
-        code == 0 && out.contains("opened with its passphrase"),
-        "{code}: {out}"
-    );
-    assert!(!out.contains("TPM PIN"), "{out}");
+    let out = recovery_without_the_pin_takes_the_passphrase(&dir, &config, "Recovery ID");
     assert!(out.contains("the TPM refused the PIN"), "{out}");
     // Read once: a later run asks the PIN again.
     assert!(!sb.path(&format!("run/pin-{}", img.uuid)).exists());
@@ -402,8 +393,19 @@ fn a_pin_at_the_boot_prompt_a_wrong_one_counted_a_new_one_then_lockout_and_the_p
     sb.lifeline_on(&t, &["unseal-check", other]).ok();
 
     // In lockout the PIN is not asked for: recovery at once, and the passphrase opens it.
-    let mut tty = Tty::start(&sb.path(""), &config);
-    tty.wait_for("dictionary-attack lockout. Recovery ID", 1);
+    let marker = "dictionary-attack lockout. Recovery ID";
+    recovery_without_the_pin_takes_the_passphrase(&sb.path(""), &config, marker);
+}
+
+/// `lifeline unlock` goes to recovery (saying `marker`) without asking a PIN, and the
+/// volume's passphrase opens it there. Returns what it said.
+fn recovery_without_the_pin_takes_the_passphrase(
+    dir: &Path,
+    config: &Path,
+    marker: &str,
+) -> String {
+    let mut tty = Tty::start(dir, config);
+    tty.wait_for(marker, 1);
     tty.wait_for("Passphrase or one-time password:", 1);
     tty.type_line(OLD_PASSPHRASE);
     let (code, out) = tty.finish();
@@ -412,4 +414,5 @@ fn a_pin_at_the_boot_prompt_a_wrong_one_counted_a_new_one_then_lockout_and_the_p
         "{code}: {out}"
     );
     assert!(!out.contains("TPM PIN"), "{out}");
+    out
 }

@@ -873,13 +873,22 @@ fn load(
             .flat_map(|w| w.join().unwrap())
             .collect()
     });
-    let elapsed = started.elapsed().as_secs_f64();
+    table_row(
+        label,
+        &clients.to_string(),
+        started.elapsed(),
+        &mut latencies,
+    )
+}
+
+/// One row of the benchmark's tables: what, how loaded, requests per second, p50, p99.
+fn table_row(label: &str, load: &str, elapsed: Duration, latencies: &mut [Duration]) -> String {
     latencies.sort();
     let line = format!(
-        "| {label} | {clients} | {:.0} | {:.1} ms | {:.1} ms |",
-        latencies.len() as f64 / elapsed,
-        percentile(&latencies, 0.50).as_secs_f64() * 1000.0,
-        percentile(&latencies, 0.99).as_secs_f64() * 1000.0
+        "| {label} | {load} | {:.0} | {:.1} ms | {:.1} ms |",
+        latencies.len() as f64 / elapsed.as_secs_f64(),
+        percentile(latencies, 0.50).as_secs_f64() * 1000.0,
+        percentile(latencies, 0.99).as_secs_f64() * 1000.0
     );
     eprintln!("{line}");
     line
@@ -940,16 +949,8 @@ fn open_loop(
             .flat_map(|h| h.join().unwrap())
             .collect()
     });
-    let elapsed = started.get().unwrap().elapsed().as_secs_f64();
-    latencies.sort();
-    let line = format!(
-        "| {label} | {rate}/s | {:.0} | {:.1} ms | {:.1} ms |",
-        latencies.len() as f64 / elapsed,
-        percentile(&latencies, 0.50).as_secs_f64() * 1000.0,
-        percentile(&latencies, 0.99).as_secs_f64() * 1000.0
-    );
-    eprintln!("{line}");
-    line
+    let elapsed = started.get().unwrap().elapsed();
+    table_row(label, &format!("{rate}/s"), elapsed, &mut latencies)
 }
 
 /// The load benchmark of docs/benchmarks.md, on SQLite and on PostgreSQL in the same run. Not

@@ -1348,6 +1348,12 @@ fn a_database_made_by_lifeline_0_1_0_is_upgraded_in_place() {
     // Made by lifeline-server 0.1.0 (before schema versions): one machine, one escrow packet,
     // one recovery request, five audit entries.
     let sb = Sandbox::new();
+    // A mistyped --dir is refused, and no database is made there.
+    for command in [&["admin", "add", "--name", "bob"][..], &["audit", "verify"]] {
+        sb.server(&[command, &["--dir", "typo"]].concat())
+            .fails(2, "typo is not a server directory");
+    }
+    assert!(!sb.path("typo").exists());
     std::fs::create_dir(sb.path("srv")).unwrap();
     let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures/server-db-0.1.0.sqlite");

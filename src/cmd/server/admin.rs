@@ -297,8 +297,7 @@ fn add(args: AddArgs) -> CmdResult {
             "an administrator name is letters, digits and -_.@",
         ));
     }
-    let mut db =
-        store::open_server(&args.dir).map_err(|e| Failure::new(Exit::Failure, e.to_string()))?;
+    let mut db = super::open_store(&args.dir)?;
     let credential =
         store::random_secret(32).map_err(|e| Failure::new(Exit::Failure, e.to_string()))?;
     db.add_admin(&args.name, &credential)

@@ -35,6 +35,21 @@ impl From<AuthorityError> for Failure {
     }
 }
 
+/// The database of server directory `dir`, for the commands run on the server's host: a
+/// directory that is not one (no `server.toml`, a mistyped `--dir`) is bad input, and no
+/// database is made there.
+pub(crate) fn open_store(dir: &Path) -> Result<crate::server::store::Store, Failure> {
+    let config = crate::server::config::CONFIG_FILE;
+    if !dir.join(config).is_file() {
+        return Err(Failure::usage(format!(
+            "{} is not a server directory (it holds no {config})",
+            dir.display()
+        ))
+        .todo("give the directory lifeline-server init made"));
+    }
+    crate::server::store::open_server(dir).map_err(|e| Failure::new(Exit::Failure, e.to_string()))
+}
+
 /// The administrator passphrase: from a file, or asked on the terminal (twice when `confirm`).
 pub(crate) fn admin_passphrase(file: Option<&Path>, confirm: bool) -> Result<Passphrase, Failure> {
     if let Some(file) = file {

@@ -70,7 +70,7 @@ pub fn run_audit(args: AuditArgs) -> CmdResult {
         )
         .todo("restore the database from a backup and investigate")
     };
-    let mut db = store::open_server(&args.dir).map_err(failed)?;
+    let mut db = super::open_store(&args.dir)?;
     let n = db.verify_audit().map_err(failed)?.map_err(tampered)?;
     let Some(stream) = &args.stream else {
         eprintln!(

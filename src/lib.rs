@@ -60,8 +60,8 @@
 //!   when regular and small; hex for the text formats.
 //! - `server` (feature `server`): the recovery authority, DRSK custody, and the HTTPS
 //!   escrow server: `server/http/` (axum + rustls, a file per audience) over `server/store/`
-//!   (SQLite with group commit and a hash-chained audit log, a file per entity, behind one
-//!   `Store` type).
+//!   (SQLite, or PostgreSQL for several instances, with group commit and a hash-chained
+//!   audit log, a file per entity, behind one `Store` type).
 
 #![forbid(unsafe_code)]
 

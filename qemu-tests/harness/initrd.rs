@@ -48,12 +48,14 @@ impl Flavour {
     /// What the distribution's own unlock step prints when it asks for the passphrase.
     pub fn passphrase_prompt(self) -> &'static str {
         match self {
-            Flavour::Dracut => "Enter passphrase for",
+            // cryptsetup's own prompt. mkinitcpio's encrypt hook prints a banner first, then
+            // cryptsetup loads device-mapper and flushes what was typed before it asks: typing
+            // at the banner loses the line when the module load is slow.
+            Flavour::Dracut | Flavour::Mkinitcpio => "Enter passphrase for",
             Flavour::DracutSystemd | Flavour::MkinitcpioSystemd => {
                 "Please enter passphrase for disk"
             }
             Flavour::InitramfsTools => "Please unlock disk cryptroot",
-            Flavour::Mkinitcpio => "A password is required to access the cryptroot volume",
         }
     }
 

@@ -132,6 +132,7 @@ fuzz_target!(|data: &[u8]| {
         &mut sources,
         &mut person,
         &settings,
+        None,
     );
     assert!(result.is_err(), "nothing can open this disk");
 });
